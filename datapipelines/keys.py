@@ -1,0 +1,145 @@
+"""Deterministic keys: one query, one key, in every process and on every machine.
+
+A key is ``<module.QualName>:v<schema version>:<hash>``; stores put their own
+namespace in front. The hash is BLAKE2b over a canonical encoding of the query
+that keeps value types apart (``1``, ``1.0``, ``"1"`` and ``True`` differ),
+ignores dict order, and handles nested lists, tuples, sets and dicts. Python's
+``hash()`` is never used: it is salted per process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import hashlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+SCHEMA_VERSION_ATTRIBUTE = "__schema_version__"
+_schema_versions: dict[Any, int] = {}
+_MEMO_LIMIT = 65_536
+_memo: dict[Any, str] = {}
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def set_schema_version(type_: Any, version: int) -> None:
+    """Give ``type_`` a schema version (for types you cannot add an attribute to).
+
+    Bump it when a deploy changes the type: old entries then live under other
+    keys and are never read back as the new type.
+    """
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ValueError(f"Schema version of {type_name_of(type_)} must be a non-negative int, got {version!r}")
+    _schema_versions[type_] = version
+    _memo.clear()
+
+
+def schema_version(type_: Any) -> int:
+    version = _schema_versions.get(type_)
+    if version is None:
+        version = getattr(type_, SCHEMA_VERSION_ATTRIBUTE, 1)
+    return int(version)
+
+
+def type_name_of(type_: Any) -> str:
+    """The type's fully qualified name: the same in every process."""
+    if isinstance(type_, str):
+        return type_
+    return f"{getattr(type_, '__module__', '?')}.{getattr(type_, '__qualname__', repr(type_))}"
+
+
+def _encode(value: Any, path: str, out: list[str]) -> None:
+    # Each value is written with a tag for its type, so different types never collide.
+    cls = value.__class__
+    if value is None:
+        out.append("N")
+    elif cls is bool:
+        out.append("T" if value else "F")
+    elif cls is str:
+        out.append(f"s{len(value)}:{value}")
+    elif cls is int:
+        out.append(f"i{value};")
+    elif cls is float:
+        out.append(f"f{value.hex()};")
+    elif isinstance(value, enum.Enum):
+        out.append(f"e{type_name_of(cls)}(")
+        _encode(value.value, path, out)
+        out.append(")")
+    elif isinstance(value, Mapping):
+        items = []
+        for key, item in value.items():
+            encoded_key: list[str] = []
+            _encode(key, f"{path}.{key}", encoded_key)
+            encoded_item: list[str] = []
+            _encode(item, f"{path}.{key}", encoded_item)
+            items.append("".join(encoded_key) + "=" + "".join(encoded_item))
+        out.append("{" + ",".join(sorted(items)) + "}")
+    elif isinstance(value, (list, tuple)):
+        out.append("[" if isinstance(value, list) else "(")
+        for index, item in enumerate(value):
+            _encode(item, f"{path}[{index}]", out)
+            out.append(",")
+        out.append("]" if isinstance(value, list) else ")")
+    elif isinstance(value, (set, frozenset)):
+        members = []
+        for item in value:
+            encoded: list[str] = []
+            _encode(item, f"{path}{{}}", encoded)
+            members.append("".join(encoded))
+        out.append("<" + ",".join(sorted(members)) + ">")
+    elif isinstance(value, bytes):
+        out.append(f"b{value.hex()};")
+    elif isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        out.append(f"d{cls.__name__}:{value.isoformat()};")
+    elif isinstance(value, (decimal.Decimal, uuid.UUID)):
+        out.append(f"x{cls.__name__}:{value};")
+    elif isinstance(value, (bool, int, float, str)):
+        # Subclasses (IntEnum is handled above): keep the subclass name in the key.
+        out.append(f"x{type_name_of(cls)}:{value!r};")
+    else:
+        raise TypeError(
+            f"Query value at {path!r} has unsupported type {type_name_of(cls)} ({value!r}); "
+            "use None, bool, int, float, str, bytes, enums, dates, Decimal, UUID, "
+            "or lists, tuples, sets and dicts of them"
+        )
+
+
+def canonical_query(query: Mapping[str, Any]) -> str:
+    """The canonical text of a query: equal for equal queries, whatever their dict order."""
+    if not isinstance(query, Mapping):
+        raise TypeError(f"A query must be a mapping, got {type(query).__name__} ({query!r})")
+    parts = []
+    for key, value in query.items():
+        encoded: list[str] = []
+        _encode(key, "<key>", encoded)
+        encoded.append("=")
+        _encode(value, str(key), encoded)
+        parts.append("".join(encoded))
+    return "{" + ",".join(sorted(parts)) + "}"
+
+
+def compute_key(type_: Any, query: Mapping[str, Any]) -> str:
+    digest = hashlib.blake2b(canonical_query(query).encode("utf-8"), digest_size=16).hexdigest()
+    return f"{type_name_of(type_)}:v{schema_version(type_)}:{digest}"
+
+
+def key_for(type_: Any, query: Mapping[str, Any]) -> str:
+    """The deterministic key of ``query`` for ``type_`` (memoised for flat queries)."""
+    try:
+        # Value classes are part of the memo key because 1 == 1.0 == True inside a
+        # dict. Only queries with str keys and plain scalar values are memoised, so a
+        # lookup can only ever match an entry of exactly the same classes.
+        value_classes = tuple(map(type, query.values()))
+        memo_key = (type_, tuple(query.items()), value_classes)
+        key = _memo.get(memo_key)
+    except (TypeError, AttributeError):
+        return compute_key(type_, query)
+    if key is None:
+        key = compute_key(type_, query)
+        if _SCALARS.issuperset(value_classes) and all(k.__class__ is str for k in query):
+            if len(_memo) >= _MEMO_LIMIT:
+                _memo.clear()
+            _memo[memo_key] = key
+    return key

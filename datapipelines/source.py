@@ -1,0 +1,96 @@
+"""DataSource: anything the pipeline can ask for a value."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .context import TYPE_WILDCARD, PipelineContext
+from .dispatch import registered_types, type_dispatch
+from .errors import NotFoundError, UnsupportedError, type_name
+
+
+class DataSource(ABC):
+    """Provides values of one or more types for a query.
+
+    Subclasses decorate ``get`` and ``get_many`` with ``@DataSource.dispatch`` and
+    register one handler per type::
+
+        class Users(DataSource):
+            @DataSource.dispatch
+            def get(self, type, query, context=None): ...
+
+            @DataSource.dispatch
+            def get_many(self, type, query, context=None): ...
+
+            @get.register(User)
+            def get_user(self, query, context=None):
+                ...  # raise NotFoundError when the user is not here
+    """
+
+    @staticmethod
+    def dispatch(method: Any) -> Any:
+        return type_dispatch(method, "DataSource")
+
+    @staticmethod
+    def unsupported(type: Any) -> UnsupportedError:
+        return UnsupportedError(f"The type {type_name(type)} is not supported by this DataSource")
+
+    @property
+    def provides(self) -> Any:
+        """The types this source can provide, or TYPE_WILDCARD."""
+        types = registered_types(type(self), "get", "get_many")
+        return TYPE_WILDCARD if types is None else types
+
+    @abstractmethod
+    def get(self, type: Any, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
+        """Return the value of ``type`` for ``query`` or raise NotFoundError."""
+
+    @abstractmethod
+    def get_many(
+        self, type: Any, query: Mapping[str, Any], context: PipelineContext | None = None
+    ) -> Iterable[Any]:
+        """Return the values of ``type`` that ``query`` names."""
+
+
+class CompositeDataSource(DataSource):
+    """Several sources behind one: each type is asked of its sources in order."""
+
+    def __init__(self, sources: Sequence[DataSource]) -> None:
+        self._sources = list(sources)
+        self._by_type: dict[Any, list[DataSource]] = {}
+        self._wildcards = [s for s in self._sources if s.provides is TYPE_WILDCARD]
+        for source in self._sources:
+            for provided in source.provides:
+                self._by_type.setdefault(provided, []).append(source)
+
+    @property
+    def provides(self) -> Any:
+        if self._wildcards:
+            return TYPE_WILDCARD
+        return set(self._by_type)
+
+    def _sources_for(self, type: Any) -> list[DataSource]:
+        sources = self._by_type.get(type, []) + self._wildcards
+        if not sources:
+            raise self.unsupported(type)
+        return sources
+
+    def get(self, type: Any, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
+        for source in self._sources_for(type):
+            try:
+                return source.get(type, query, context)
+            except NotFoundError:
+                continue
+        raise NotFoundError(type=type, query=query, tried=[repr(s) for s in self._sources_for(type)])
+
+    def get_many(
+        self, type: Any, query: Mapping[str, Any], context: PipelineContext | None = None
+    ) -> Iterable[Any]:
+        for source in self._sources_for(type):
+            try:
+                return source.get_many(type, query, context)
+            except NotFoundError:
+                continue
+        raise NotFoundError(type=type, query=query, tried=[repr(s) for s in self._sources_for(type)])

@@ -1,0 +1,86 @@
+"""MemoryStore: the in-process tier, on cachetools."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from cachetools import LRUCache
+
+from datapipelines.store import MISSING, Store
+
+_FOREVER = float("inf")
+
+
+class MemoryStore(Store):
+    """A bounded LRU of live Python objects.
+
+    Values are kept as they are, not copied: callers must not mutate what they
+    get back. Bounded by ``maxsize`` entries, or by bytes when ``getsizeof`` is
+    given (then ``maxsize`` is a byte budget). ``clock`` returns seconds and is
+    there for tests. Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        maxsize: int = 10_000,
+        *,
+        expirations: Mapping[Any, Any] | None = None,
+        default_expiry: Any = None,
+        types: Iterable[Any] | None = None,
+        getsizeof: Callable[[Any], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(types=types, expirations=expirations, default_expiry=default_expiry)
+        if maxsize <= 0:
+            raise ValueError(f"MemoryStore maxsize must be positive, got {maxsize!r}")
+        sizer = None
+        if getsizeof is not None:
+            # Entries are (value, deadline) pairs; weigh the value only.
+            def sizer(entry: tuple[Any, float]) -> int:
+                return getsizeof(entry[0])
+
+        self._cache: LRUCache[str, tuple[Any, float]] = LRUCache(maxsize, getsizeof=sizer)
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.maxsize = maxsize
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(maxsize={self.maxsize})"
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def _load(self, key: str, type_: Any) -> Any:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return MISSING
+            if entry[1] <= self._clock():
+                del self._cache[key]
+                return MISSING
+            return entry[0]
+
+    def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
+        return [self._load(key, type_) for key in keys]
+
+    def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
+        deadline = _FOREVER if seconds is None else self._clock() + seconds
+        with self._lock:
+            for key, value in entries:
+                try:
+                    self._cache[key] = (value, deadline)
+                except ValueError:
+                    # Larger than the whole byte budget: it cannot be cached at all.
+                    self._cache.pop(key, None)
+
+    def _delete_many(self, keys: Sequence[str]) -> int:
+        with self._lock:
+            return sum(self._cache.pop(key, MISSING) is not MISSING for key in keys)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
