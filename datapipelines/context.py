@@ -51,3 +51,5 @@ class PipelineContext(dict):  # type: ignore[type-arg]
         MANY = "many"
         # Set on put_many calls that were given one query per item.
         QUERIES = "queries"
+        # Set during write-back: the name of the source that produced the value.
+        SOURCE = "source"

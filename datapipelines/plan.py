@@ -12,12 +12,14 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .context import TYPE_WILDCARD
+from .context import TYPE_WILDCARD, PipelineContext
 from .errors import element_name, type_name
 from .sink import DataSink
 from .source import DataSource
 from .store import Store
 from .transformer import CompositeDataTransformer, DataTransformer
+
+_SOURCE = PipelineContext.Keys.SOURCE
 
 Chain = tuple[tuple[DataTransformer, Any], ...]
 
@@ -113,7 +115,9 @@ class Feed:
 class Route:
     """One way to answer a type: ask ``source`` for ``source_type``, convert along ``chain``."""
 
-    __slots__ = ("source", "source_type", "chain", "before", "after", "keyed", "cached", "plain", "name")
+    __slots__ = (
+        "source", "source_type", "chain", "before", "after", "keyed", "cached", "plain", "name", "source_name"
+    )
 
     def __init__(
         self, source: DataSource, source_type: Any, chain: Chain, before: list[Feed], after: list[Feed]
@@ -128,10 +132,12 @@ class Route:
         self.cached = isinstance(source, DataSink)
         # Nothing to convert and nobody to write back to: return the value as it is.
         self.plain = not chain and not before and not after
-        self.name = f"{element_name(source)} as {type_name(source_type)}"
+        self.source_name = element_name(source)
+        self.name = f"{self.source_name} as {type_name(source_type)}"
 
     def deliver(self, value: Any, context: Any) -> Any:
         """Write ``value`` back, convert it to the requested type, and return it."""
+        context[_SOURCE] = self.source_name
         for feed in self.before:
             feed.put(value, context)
         value = convert(self.chain, value, context)
