@@ -20,8 +20,10 @@ from typing import Any
 SCHEMA_VERSION_ATTRIBUTE = "__schema_version__"
 _schema_versions: dict[Any, int] = {}
 _MEMO_LIMIT = 65_536
-_memo: dict[Any, str] = {}
+_memo: dict[Any, tuple[str, tuple[type, ...] | None]] = {}
+# Values the memo may hold; of those, the ones no other class compares equal to.
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+_UNAMBIGUOUS = frozenset({str, type(None), bytes})
 
 
 def set_schema_version(type_: Any, version: int) -> None:
@@ -126,20 +128,30 @@ def compute_key(type_: Any, query: Mapping[str, Any]) -> str:
 
 
 def key_for(type_: Any, query: Mapping[str, Any]) -> str:
-    """The deterministic key of ``query`` for ``type_`` (memoised for flat queries)."""
+    """The deterministic key of ``query`` for ``type_``, memoised for flat queries.
+
+    The memo is indexed by the query's items, where ``1``, ``1.0`` and ``True``
+    are equal; so an entry whose values include numbers or bools also keeps their
+    classes, and a hit is only taken when the classes match. Entries of str, bytes
+    and None values need no such check: nothing else compares equal to them.
+    """
     try:
-        # Value classes are part of the memo key because 1 == 1.0 == True inside a
-        # dict. Only queries with str keys and plain scalar values are memoised, so a
-        # lookup can only ever match an entry of exactly the same classes.
-        value_classes = tuple(map(type, query.values()))
-        memo_key = (type_, tuple(query.items()), value_classes)
-        key = _memo.get(memo_key)
+        entry = _memo.get((type_, *query.items()))
     except (TypeError, AttributeError):
         return compute_key(type_, query)
-    if key is None:
-        key = compute_key(type_, query)
-        if _SCALARS.issuperset(value_classes) and all(k.__class__ is str for k in query):
-            if len(_memo) >= _MEMO_LIMIT:
-                _memo.clear()
-            _memo[memo_key] = key
+    if entry is not None:
+        key, classes = entry
+        if classes is None or classes == tuple(map(type, query.values())):
+            return key
+    key = compute_key(type_, query)
+    _remember(type_, query, key)
     return key
+
+
+def _remember(type_: Any, query: Mapping[str, Any], key: str) -> None:
+    classes = tuple(map(type, query.values()))
+    if not _SCALARS.issuperset(classes) or not all(k.__class__ is str for k in query):
+        return
+    if len(_memo) >= _MEMO_LIMIT:
+        _memo.clear()
+    _memo[(type_, *query.items())] = (key, None if _UNAMBIGUOUS.issuperset(classes) else classes)

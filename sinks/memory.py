@@ -9,6 +9,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from datapipelines.keys import key_for
 from datapipelines.store import MISSING, Store
 
 _FOREVER = float("inf")
@@ -53,15 +54,31 @@ class MemoryStore(Store):
     def __len__(self) -> int:
         return len(self._cache)
 
+    def lookup(self, type_: Any, query: Mapping[str, Any]) -> Any:
+        # The pipeline's hit path: kept flat on purpose (no helper calls, no `with`).
+        key = key_for(type_, query)
+        lock = self._lock
+        lock.acquire()
+        try:
+            value, deadline = self._cache[key]
+        except KeyError:
+            return MISSING
+        finally:
+            lock.release()
+        if deadline is not _FOREVER and deadline <= self._clock():
+            self._delete_many([key])
+            return MISSING
+        return value
+
     def _load(self, key: str, type_: Any) -> Any:
         with self._lock:
             entry = self._cache.get(key)
-            if entry is None:
-                return MISSING
-            if entry[1] <= self._clock():
-                del self._cache[key]
-                return MISSING
-            return entry[0]
+        if entry is None:
+            return MISSING
+        if entry[1] is not _FOREVER and entry[1] <= self._clock():
+            self._delete_many([key])
+            return MISSING
+        return entry[0]
 
     def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
         return [self._load(key, type_) for key in keys]
