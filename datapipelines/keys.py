@@ -20,10 +20,9 @@ from typing import Any
 SCHEMA_VERSION_ATTRIBUTE = "__schema_version__"
 _schema_versions: dict[Any, int] = {}
 _MEMO_LIMIT = 65_536
-_memo: dict[Any, tuple[str, tuple[type, ...] | None]] = {}
-# Values the memo may hold; of those, the ones no other class compares equal to.
+_memo: dict[Any, tuple[str, tuple[type, ...]]] = {}
+# The value classes a memoised query may hold.
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
-_UNAMBIGUOUS = frozenset({str, type(None), bytes})
 
 
 def set_schema_version(type_: Any, version: int) -> None:
@@ -64,7 +63,8 @@ def _encode(value: Any, path: str, out: list[str]) -> None:
     elif cls is int:
         out.append(f"i{value};")
     elif cls is float:
-        out.append(f"f{value.hex()};")
+        # -0.0 == 0.0, so both get the key of 0.0 (adding 0.0 turns -0.0 into 0.0).
+        out.append(f"f{(value + 0.0).hex()};")
     elif isinstance(value, enum.Enum):
         out.append(f"e{type_name_of(cls)}(")
         _encode(value.value, path, out)
@@ -131,9 +131,9 @@ def key_for(type_: Any, query: Mapping[str, Any]) -> str:
     """The deterministic key of ``query`` for ``type_``, memoised for flat queries.
 
     The memo is indexed by the query's items, where ``1``, ``1.0`` and ``True``
-    are equal; so an entry whose values include numbers or bools also keeps their
-    classes, and a hit is only taken when the classes match. Entries of str, bytes
-    and None values need no such check: nothing else compares equal to them.
+    are equal, and so are a str and a str subclass or str-valued enum member; so
+    every entry keeps the classes of its keys and values, and a hit is only taken
+    when they match.
     """
     try:
         entry = _memo.get((type_, *query.items()))
@@ -141,17 +141,20 @@ def key_for(type_: Any, query: Mapping[str, Any]) -> str:
         return compute_key(type_, query)
     if entry is not None:
         key, classes = entry
-        if classes is None or classes == tuple(map(type, query.values())):
+        if classes == _classes(query):
             return key
     key = compute_key(type_, query)
     _remember(type_, query, key)
     return key
 
 
+def _classes(query: Mapping[str, Any]) -> tuple[type, ...]:
+    return (*map(type, query), *map(type, query.values()))
+
+
 def _remember(type_: Any, query: Mapping[str, Any], key: str) -> None:
-    classes = tuple(map(type, query.values()))
-    if not _SCALARS.issuperset(classes) or not all(k.__class__ is str for k in query):
+    if not _SCALARS.issuperset(map(type, query.values())) or not all(k.__class__ is str for k in query):
         return
     if len(_memo) >= _MEMO_LIMIT:
         _memo.clear()
-    _memo[(type_, *query.items())] = (key, None if _UNAMBIGUOUS.issuperset(classes) else classes)
+    _memo[(type_, *query.items())] = (key, _classes(query))
