@@ -63,7 +63,8 @@ def _encode(value: Any, path: str, out: list[str]) -> None:
     elif cls is int:
         out.append(f"i{value};")
     elif cls is float:
-        out.append(f"f{value.hex()};")
+        # -0.0 == 0.0, so both get the key of 0.0 (adding 0.0 turns -0.0 into 0.0).
+        out.append(f"f{(value + 0.0).hex()};")
     elif isinstance(value, enum.Enum):
         out.append(f"e{type_name_of(cls)}(")
         _encode(value.value, path, out)
