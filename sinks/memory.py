@@ -81,7 +81,17 @@ class MemoryStore(Store):
         return entry[0]
 
     def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
-        return [self._load(key, type_) for key in keys]
+        # One lock and one clock reading for the whole batch.
+        found: list[Any] = []
+        with self._lock:
+            cache, now = self._cache, self._clock()
+            for key in keys:
+                entry = cache.get(key)
+                if entry is not None and entry[1] is not _FOREVER and entry[1] <= now:
+                    del cache[key]
+                    entry = None
+                found.append(MISSING if entry is None else entry[0])
+        return found
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
         deadline = _FOREVER if seconds is None else self._clock() + seconds

@@ -1,0 +1,165 @@
+"""RedisStore: the shared network tier, on redis-py (a server or a cluster)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.cluster import RedisCluster
+
+from datapipelines.errors import ConfigurationError
+from datapipelines.store import MISSING, Store
+
+from .serializers import Codec, SerializationError, Serializer, make_serializer, report_bad_entry
+
+_CLEAR_BATCH = 500
+_GLOB_SPECIALS = "\\*?[]"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to log and repr."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username or ''}:***"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+class RedisStore(Store):
+    """Serialized values in Redis under ``<namespace>:<key>``, shared by every process.
+
+    Connects with ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``;
+    ``redis://:password@host:6379/0``), or uses ``client`` (a ``redis.Redis`` or
+    ``RedisCluster`` you configured; ``cluster=True`` builds a cluster client from
+    ``url``). ``socket_timeout`` and ``socket_connect_timeout`` (seconds) bound a
+    slow or unreachable server; ``client_options`` go to ``from_url``.
+
+    Each value is written with its TTL in the same command (``SET ... PX``) and
+    also carries its deadline, checked against ``clock``, so an expired entry is
+    never returned. Batches are one round trip: ``MGET`` to read, a pipeline of
+    ``SET ... PX`` to write. Values go through ``serializer`` (default JSON, or
+    HMAC-signed pickle when ``secret`` or env ``DATAPIPELINES_SECRET`` is set).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        client: Any = None,
+        namespace: str = "datapipelines",
+        expirations: Mapping[Any, Any] | None = None,
+        serializer: Serializer | str | None = None,
+        secret: str | bytes | None = None,
+        default_expiry: Any = None,
+        types: Iterable[Any] | None = None,
+        cluster: bool = False,
+        socket_timeout: float = 2.0,
+        socket_connect_timeout: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        **client_options: Any,
+    ) -> None:
+        super().__init__(types=types, expirations=expirations, default_expiry=default_expiry)
+        if not isinstance(namespace, str) or not namespace or any(c.isspace() for c in namespace):
+            raise ConfigurationError(f"RedisStore namespace must be a non-empty word, got {namespace!r}")
+        self.namespace = namespace
+        self._prefix = namespace + ":"
+        self._codec = Codec(make_serializer(serializer, secret))
+        self._clock = clock
+        self._owns_client = client is None
+        if client is None:
+            self.url = redact_url(url)
+            client = self._connect(url, cluster, socket_timeout, socket_connect_timeout, client_options)
+        else:
+            self.url = None
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise ConfigurationError(
+                f"{self!r} needs a client with decode_responses=False: it stores bytes, not text"
+            )
+        self.client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._mget = client.mget_nonatomic if self._cluster else client.mget
+
+    @staticmethod
+    def _connect(url: str, cluster: bool, timeout: float, connect_timeout: float, options: dict) -> Any:
+        factory = RedisCluster.from_url if cluster else redis.Redis.from_url
+        try:
+            return factory(url, socket_timeout=timeout, socket_connect_timeout=connect_timeout, **options)
+        except ValueError as error:
+            raise ConfigurationError(f"Bad Redis URL {redact_url(url)!r}: {error}") from error
+
+    def __repr__(self) -> str:
+        where = self.url if self.url is not None else type(getattr(self, "client", None)).__name__
+        return f"RedisStore({where!r}, namespace={self.namespace!r})"
+
+    @property
+    def serializer(self) -> Serializer:
+        return self._codec.serializer
+
+    def _decode(self, key: str, blob: Any, type_: Any, now: float) -> Any:
+        if blob is None:
+            return MISSING
+        try:
+            return self._codec.decode(blob, type_, now)
+        except SerializationError as error:
+            report_bad_entry(self, key, type_, error)
+            self.client.unlink(self._prefix + key)
+            return MISSING
+
+    def _load(self, key: str, type_: Any) -> Any:
+        return self._decode(key, self.client.get(self._prefix + key), type_, self._clock())
+
+    def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
+        if not keys:
+            return []
+        prefix = self._prefix
+        blobs = self._mget([prefix + key for key in keys])
+        now = self._clock()
+        return [self._decode(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
+
+    def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
+        deadline = None if seconds is None else self._clock() + seconds
+        # PX takes whole milliseconds; round up so a short expiry never becomes "now".
+        px = None if seconds is None else max(1, math.ceil(seconds * 1000))
+        prefix, encode = self._prefix, self._codec.encode
+        # Serialize everything first: a value that cannot be stored fails the call before any write.
+        blobs = [(prefix + key, encode(value, type_, deadline)) for key, value in entries]
+        if len(blobs) == 1:
+            self.client.set(blobs[0][0], blobs[0][1], px=px)
+            return
+        pipe = self.client.pipeline() if self._cluster else self.client.pipeline(transaction=False)
+        for key, blob in blobs:
+            pipe.set(key, blob, px=px)
+        pipe.execute()
+
+    def _delete_many(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        return int(self.client.unlink(*[self._prefix + key for key in keys]))
+
+    def clear(self) -> None:
+        """Remove every key in this store's namespace (and nothing else)."""
+        pattern = "".join("\\" + c if c in _GLOB_SPECIALS else c for c in self._prefix) + "*"
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= _CLEAR_BATCH:
+                self.client.unlink(*batch)
+                batch.clear()
+        if batch:
+            self.client.unlink(*batch)
+
+    def close(self) -> None:
+        """Close the connections of a client this store created (a client you passed stays open)."""
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> RedisStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

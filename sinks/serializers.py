@@ -1,0 +1,361 @@
+"""How values live as bytes on shared tiers (disk, Redis), and why bytes are never trusted.
+
+A :class:`Serializer` turns a value of a requested type into bytes and back;
+``loads`` raises :class:`SerializationError` for anything it cannot authenticate
+or rebuild, and the stores turn that into a logged miss. :class:`Codec` frames
+the serializer's bytes in a small envelope: a magic prefix, the deadline after
+which the entry is dead, and a tag naming the serializer, the type and its schema
+version, so an entry written by another serializer or for another type version
+is a miss rather than a wrong object.
+
+Choosing (:func:`make_serializer`): with a secret (argument or env
+``DATAPIPELINES_SECRET``) the default is pickle signed with HMAC-SHA256;
+without one it is JSON, which covers plain data and dataclasses. Unsigned pickle
+is used only when asked for by name.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import decimal
+import hashlib
+import hmac
+import json
+import logging
+import os
+import pickle
+import struct
+import typing
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from datapipelines.errors import ConfigurationError, DataPipelinesError, type_name
+from datapipelines.keys import schema_version, type_name_of
+from datapipelines.store import MISSING
+
+LOGGER = logging.getLogger(__name__)
+
+SECRET_ENV = "DATAPIPELINES_SECRET"
+
+
+class SerializationError(DataPipelinesError, ValueError):
+    """A value could not be turned into bytes, or bytes could not be trusted or rebuilt."""
+
+
+def type_tag(type_: Any) -> str:
+    """``module.QualName:v<schema version>``: what an entry claims to hold."""
+    return f"{type_name_of(type_)}:v{schema_version(type_)}"
+
+
+class Serializer(ABC):
+    """Turns values into bytes and back; ``loads`` raises SerializationError on bad bytes."""
+
+    #: Written into every entry; an entry by another serializer is a miss.
+    name: str = ""
+
+    @abstractmethod
+    def dumps(self, value: Any, type_: Any) -> bytes:
+        """The bytes of ``value``, stored as a ``type_``."""
+
+    @abstractmethod
+    def loads(self, data: bytes, type_: Any) -> Any:
+        """The value of ``type_`` in ``data``; SerializationError if it cannot be trusted."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+# -- JSON -------------------------------------------------------------------------------------------
+
+_TAG = "__dp__"
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _to_json(value: Any) -> Any:
+    cls = value.__class__
+    if cls in _PLAIN:
+        return value
+    if cls is list:
+        return [_to_json(item) for item in value]
+    if cls is dict:
+        if _TAG not in value and all(key.__class__ is str for key in value):
+            return {key: _to_json(item) for key, item in value.items()}
+        return {_TAG: "map", "v": [[_to_json(k), _to_json(v)] for k, v in value.items()]}
+    if cls in (tuple, set, frozenset):
+        return {_TAG: cls.__name__, "v": [_to_json(item) for item in value]}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return {_TAG: "dataclass", "t": type_name_of(cls), "v": fields}
+    encode = _SCALAR_ENCODERS.get(cls)
+    if encode is None:
+        raise TypeError(f"{type_name_of(cls)} is neither plain data nor a dataclass ({value!r:.80})")
+    return {_TAG: cls.__name__, "v": encode(value)}
+
+
+_SCALAR_ENCODERS: dict[type, Callable[[Any], Any]] = {
+    bytes: lambda v: base64.b64encode(v).decode("ascii"),
+    datetime.datetime: datetime.datetime.isoformat,
+    datetime.date: datetime.date.isoformat,
+    datetime.time: datetime.time.isoformat,
+    datetime.timedelta: datetime.timedelta.total_seconds,
+    decimal.Decimal: str,
+    uuid.UUID: str,
+}
+
+_SCALAR_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "bytes": base64.b64decode,
+    "datetime": datetime.datetime.fromisoformat,
+    "date": datetime.date.fromisoformat,
+    "time": datetime.time.fromisoformat,
+    "timedelta": lambda v: datetime.timedelta(seconds=v),
+    "Decimal": decimal.Decimal,
+    "UUID": uuid.UUID,
+}
+
+_COLLECTIONS: dict[str, Callable[[Any], Any]] = {"tuple": tuple, "set": set, "frozenset": frozenset}
+
+
+def _from_json(raw: Any, classes: dict[str, type]) -> Any:
+    cls = raw.__class__
+    if cls is list:
+        return [_from_json(item, classes) for item in raw]
+    if cls is not dict:
+        return raw
+    tag = raw.get(_TAG)
+    if tag is None:
+        return {key: _from_json(item, classes) for key, item in raw.items()}
+    if tag == "dataclass":
+        target = classes.get(raw["t"])
+        if target is None:
+            raise SerializationError(
+                f"entry holds a {raw['t']}, which is neither the requested type nor a dataclass it refers to"
+            )
+        return target(**{key: _from_json(item, classes) for key, item in raw["v"].items()})
+    if tag == "map":
+        return {_from_json(k, classes): _from_json(v, classes) for k, v in raw["v"]}
+    if tag in _COLLECTIONS:
+        return _COLLECTIONS[tag](_from_json(item, classes) for item in raw["v"])
+    return _SCALAR_DECODERS[tag](raw["v"])
+
+
+def _dataclasses_of(type_: Any) -> dict[str, type]:
+    """The dataclasses a value of ``type_`` may hold: itself and those its fields name, by name."""
+    found: dict[str, type] = {}
+    pending = [type_]
+    while pending:
+        current = pending.pop()
+        for arg in typing.get_args(current):
+            pending.append(arg)
+        if not (isinstance(current, type) and dataclasses.is_dataclass(current)):
+            continue
+        name = type_name_of(current)
+        if name in found:
+            continue
+        found[name] = current
+        try:
+            hints = typing.get_type_hints(current)
+        except Exception:  # unresolvable forward references: fall back to what is already a type
+            hints = {f.name: f.type for f in dataclasses.fields(current)}
+        pending.extend(hint for hint in hints.values() if not isinstance(hint, str))
+    return found
+
+
+class JsonSerializer(Serializer):
+    """Plain data and dataclasses as JSON; the safe default when there is no secret.
+
+    Covers None, bool, int, float, str, lists and dicts, plus tuples, sets,
+    non-string dict keys, bytes, dates, times, timedeltas, Decimal and UUID
+    (tagged), and dataclasses. A dataclass is stored with its qualified name and
+    rebuilt only if it is the requested type or a dataclass that type's fields
+    name: a payload can never make the reader construct an arbitrary class.
+    """
+
+    name = "json"
+
+    def __init__(self) -> None:
+        self._classes: dict[Any, dict[str, type]] = {}
+
+    def dumps(self, value: Any, type_: Any) -> bytes:
+        try:
+            return json.dumps(_to_json(value), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as error:
+            raise SerializationError(
+                f"The JSON serializer cannot store this {type_name(type_)}: {error}. Store plain data or "
+                f"dataclasses, or use serializer='signed-pickle' with a secret"
+            ) from error
+
+    def loads(self, data: bytes, type_: Any) -> Any:
+        classes = self._classes.get(type_)
+        if classes is None:
+            classes = self._classes[type_] = _dataclasses_of(type_)
+        try:
+            value = _from_json(json.loads(data), classes)
+        except SerializationError:
+            raise
+        except Exception as error:  # any malformed payload is a bad entry, whatever it breaks
+            raise SerializationError(f"not a JSON {type_name(type_)}: {error!r:.200}") from error
+        if dataclasses.is_dataclass(type_) and value.__class__ is not type_:
+            held = type_name_of(value.__class__)
+            raise SerializationError(f"entry holds a {held}, not a {type_name(type_)}")
+        return value
+
+
+# -- pickle -----------------------------------------------------------------------------------------
+
+
+def _pickle(value: Any, type_: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:  # pickle raises many types: PicklingError, TypeError, AttributeError...
+        raise SerializationError(f"Cannot pickle this {type_name(type_)}: {error}") from error
+
+
+def _unpickle(data: bytes, type_: Any) -> Any:
+    try:
+        return pickle.loads(data)
+    except Exception as error:
+        raise SerializationError(f"not a pickled {type_name(type_)}: {error!r:.200}") from error
+
+
+class PickleSerializer(Serializer):
+    """Unsigned pickle. Unpickling runs code chosen by whoever wrote the bytes.
+
+    Use it only for a tier that nobody else can write (a private directory, a
+    Redis only this application reaches); prefer :class:`SignedPickleSerializer`.
+    """
+
+    name = "pickle"
+
+    def dumps(self, value: Any, type_: Any) -> bytes:
+        return _pickle(value, type_)
+
+    def loads(self, data: bytes, type_: Any) -> Any:
+        return _unpickle(data, type_)
+
+
+class SignedPickleSerializer(Serializer):
+    """Pickle behind an HMAC-SHA256 signature; bytes that fail the check are never unpickled.
+
+    The signature covers the type's tag as well as the pickle, so a signed value
+    of one type (or schema version) cannot be replayed as another.
+    """
+
+    name = "pickle+hmac-sha256"
+    _MAC_SIZE = hashlib.sha256().digest_size
+
+    def __init__(self, secret: str | bytes) -> None:
+        if not secret:
+            raise ConfigurationError("SignedPickleSerializer needs a non-empty secret")
+        self._secret = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+
+    def _mac(self, type_: Any, data: bytes) -> bytes:
+        signed = hmac.new(self._secret, type_tag(type_).encode("utf-8"), hashlib.sha256)
+        signed.update(b"\0")
+        signed.update(data)
+        return signed.digest()
+
+    def dumps(self, value: Any, type_: Any) -> bytes:
+        data = _pickle(value, type_)
+        return self._mac(type_, data) + data
+
+    def loads(self, data: bytes, type_: Any) -> Any:
+        mac, payload = data[: self._MAC_SIZE], data[self._MAC_SIZE :]
+        if not hmac.compare_digest(mac, self._mac(type_, payload)):
+            raise SerializationError(f"bad signature on a {type_name(type_)} (another secret, or tampered)")
+        return _unpickle(payload, type_)
+
+
+# -- choosing -----------------------------------------------------------------------------------------
+
+SERIALIZER_NAMES = ("json", "signed-pickle", "pickle")
+
+
+def make_serializer(
+    serializer: Serializer | str | None = None, secret: str | bytes | None = None
+) -> Serializer:
+    """The serializer a shared tier uses.
+
+    ``None``: signed pickle when a secret is given (or set in ``DATAPIPELINES_SECRET``),
+    JSON otherwise. A name: ``"json"``, ``"signed-pickle"`` (needs a secret) or
+    ``"pickle"`` (unsigned; only for tiers nobody else can write). Or an instance.
+    """
+    if isinstance(serializer, Serializer):
+        if secret is not None:
+            raise ConfigurationError(f"Pass a secret or a serializer instance ({serializer!r}), not both")
+        return serializer
+    secret = secret if secret is not None else os.environ.get(SECRET_ENV) or None
+    if serializer is None:
+        return SignedPickleSerializer(secret) if secret else JsonSerializer()
+    if serializer == "json":
+        return JsonSerializer()
+    if serializer == "signed-pickle":
+        if not secret:
+            raise ConfigurationError(f"serializer='signed-pickle' needs secret= or env {SECRET_ENV}")
+        return SignedPickleSerializer(secret)
+    if serializer == "pickle":
+        return PickleSerializer()
+    raise ConfigurationError(
+        f"Unknown serializer {serializer!r}: use one of {', '.join(SERIALIZER_NAMES)} or a Serializer"
+    )
+
+
+# -- the envelope -------------------------------------------------------------------------------------
+
+_MAGIC = b"DPE1"
+_DEADLINE = struct.Struct("!d")
+_TAG_LENGTH = struct.Struct("!H")
+_HEADER = len(_MAGIC) + _DEADLINE.size
+_FOREVER = float("inf")
+
+
+class Codec:
+    """Frames a serializer's bytes: ``DPE1``, deadline (wall-clock seconds), tag, payload.
+
+    The deadline lets every reader reject an expired entry by its own clock,
+    whatever the backend's eviction does; the tag makes an entry from another
+    serializer, type or schema version a miss.
+    """
+
+    __slots__ = ("serializer", "_tags")
+
+    def __init__(self, serializer: Serializer) -> None:
+        self.serializer = serializer
+        self._tags: dict[tuple[Any, int], bytes] = {}
+
+    def _tag(self, type_: Any) -> bytes:
+        # Keyed by version too: set_schema_version() may bump it while the process runs.
+        cache_key = (type_, schema_version(type_))
+        tag = self._tags.get(cache_key)
+        if tag is None:
+            text = f"{self.serializer.name} {type_tag(type_)}".encode()
+            tag = self._tags[cache_key] = _TAG_LENGTH.pack(len(text)) + text
+        return tag
+
+    def encode(self, value: Any, type_: Any, deadline: float | None) -> bytes:
+        payload = self.serializer.dumps(value, type_)
+        stamp = _DEADLINE.pack(_FOREVER if deadline is None else deadline)
+        return b"".join((_MAGIC, stamp, self._tag(type_), payload))
+
+    def decode(self, blob: Any, type_: Any, now: float) -> Any:
+        """The value in ``blob``, MISSING once past its deadline; SerializationError if bad."""
+        tag = self._tag(type_)
+        start = _HEADER + len(tag)
+        if blob.__class__ is not bytes or not blob.startswith(_MAGIC) or len(blob) < start:
+            raise SerializationError(f"not a datapipelines entry ({blob!r:.40})")
+        if blob[_HEADER:start] != tag:
+            found_start = _HEADER + _TAG_LENGTH.size
+            found = blob[found_start : found_start + _TAG_LENGTH.unpack_from(blob, _HEADER)[0]]
+            raise SerializationError(f"written as {found.decode('utf-8', 'replace')!r}, "
+                                     f"expected {tag[_TAG_LENGTH.size:].decode()!r}")
+        if _DEADLINE.unpack_from(blob, len(_MAGIC))[0] <= now:
+            return MISSING
+        return self.serializer.loads(blob[start:], type_)
+
+
+def report_bad_entry(store: Any, key: str, type_: Any, error: Exception) -> None:
+    """Log, lazily, that ``store`` drops the entry under ``key``: it will be deleted and missed."""
+    LOGGER.warning("%r dropped a bad %s entry under %s: %s", store, type_name(type_), key, error)
