@@ -1,8 +1,9 @@
 """The exceptions every part of datapipelines raises.
 
 They form one small hierarchy under :class:`DataPipelinesError`. The three 1.x
-names keep their 1.x bases (``NoConversionError`` is still a ``ValueError``) so
-code written against 1.x catches them as before.
+names keep their 1.x base: ``NotFoundError``, ``UnsupportedError`` and
+``NoConversionError`` are still ``ValueError``s, so code written against 1.x
+catches them as before.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class DataPipelinesError(Exception):
     """Base class of every error raised by datapipelines."""
 
 
-class NotFoundError(DataPipelinesError):
+class NotFoundError(DataPipelinesError, ValueError):
     """Nothing could answer a query.
 
     A source handler raises it (with any message) to say "not here"; the pipeline
@@ -57,7 +58,7 @@ class NoConversionError(DataPipelinesError, ValueError):
     """No source provides a type, not even through a chain of transformers."""
 
 
-class UnsupportedError(DataPipelinesError):
+class UnsupportedError(DataPipelinesError, ValueError):
     """A source, sink or transformer was called with a type it never registered."""
 
 
