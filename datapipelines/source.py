@@ -59,20 +59,23 @@ class CompositeDataSource(DataSource):
 
     def __init__(self, sources: Sequence[DataSource]) -> None:
         self._sources = list(sources)
+        self._provided = [(source, source.provides) for source in self._sources]
         self._by_type: dict[Any, list[DataSource]] = {}
-        self._wildcards = [s for s in self._sources if s.provides is TYPE_WILDCARD]
-        for source in self._sources:
-            for provided in source.provides:
-                self._by_type.setdefault(provided, []).append(source)
 
     @property
     def provides(self) -> Any:
-        if self._wildcards:
-            return TYPE_WILDCARD
-        return set(self._by_type)
+        types: set[Any] = set()
+        for _, provided in self._provided:
+            if provided is TYPE_WILDCARD:
+                return TYPE_WILDCARD
+            types.update(provided)
+        return types
 
     def _sources_for(self, type: Any) -> list[DataSource]:
-        sources = self._by_type.get(type, []) + self._wildcards
+        sources = self._by_type.get(type)
+        if sources is None:
+            # In the order given: a wildcard source keeps its place among the typed ones.
+            sources = self._by_type[type] = [s for s, provided in self._provided if type in provided]
         if not sources:
             raise self.unsupported(type)
         return sources
