@@ -124,8 +124,8 @@ def create_table(engine: Engine, table: sa.Table) -> None:
 
 
 def table_exists(engine: Engine, table: sa.Table) -> bool:
-    database = engine.url.database
-    if engine.dialect.name == "sqlite" and database and database != ":memory:" and not os.path.exists(database):
+    file = engine.url.database
+    if engine.dialect.name == "sqlite" and file and file != ":memory:" and not os.path.exists(file):
         return False  # Asking SQLite would create the file.
     with engine.connect() as connection:
         connection.execution_options(**{READ_ONLY: True})

@@ -1,0 +1,30 @@
+"""Batch inventory: incremental and backfill processing with predictable workloads.
+
+A job takes contiguous ranges of a SQL table with an auto-increment id, each
+bounded by summed weight and item count, and releases each range as succeeded
+or failed. The inventory table records every range, so a job only takes what
+it has not taken yet, failed work is offered again, and history can be re-run.
+"""
+
+from .batch import Batch, BatchRecord, BatchReleasedError, BatchResultError
+from .inventory import DEFAULT_URL, URL_ENVIRONMENT, Inventory, JobSummary
+from .schema import DEFAULT_TABLE, FAILED, RUNNING, STATUSES, SUCCEEDED
+from .source import Source, Where
+
+__all__ = [
+    "DEFAULT_TABLE",
+    "DEFAULT_URL",
+    "FAILED",
+    "RUNNING",
+    "STATUSES",
+    "SUCCEEDED",
+    "URL_ENVIRONMENT",
+    "Batch",
+    "BatchRecord",
+    "BatchReleasedError",
+    "BatchResultError",
+    "Inventory",
+    "JobSummary",
+    "Source",
+    "Where",
+]
