@@ -8,19 +8,19 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from datapipelines.sinks.disk import DiskStore
+from datapipelines.sinks.memory import MemoryStore
+from datapipelines.sinks.redis import RedisStore
 
 from datapipelines import (
+    MISSING,
     DataPipeline,
     DataSource,
-    MISSING,
     NotFoundError,
     UnsupportedError,
     key_for,
     set_schema_version,
 )
-from datapipelines.sinks.disk import DiskStore
-from datapipelines.sinks.memory import MemoryStore
-from datapipelines.sinks.redis import RedisStore
 from datapipelines.store import Store
 
 
@@ -160,7 +160,7 @@ def test_each_type_expires_on_its_own_schedule(make_store: MakeStore, fake_clock
     assert store.lookup_many(Item, [{"id": 1}]) == [MISSING]
 
 
-def test_zero_means_never_store_and_minus_one_or_none_never_expire(make_store: MakeStore, fake_clock: Any) -> None:
+def test_zero_never_stores_and_minus_one_or_none_never_expire(make_store: MakeStore, fake_clock: Any) -> None:
     store = make_store(expirations={Item: 0, Other: -1, "dict": None}, default_expiry=1)
     put(store, Item, {"id": 1}, Item(1, "x"))
     put(store, Other, {"id": 1}, Other(1))
