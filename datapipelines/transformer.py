@@ -23,6 +23,13 @@ class DataTransformer(ABC):
     """
 
     @staticmethod
+    def unsupported(target_type: Any, value: Any) -> UnsupportedError:
+        return UnsupportedError(
+            f"The conversion from {type_name(type(value))} to {type_name(target_type)} "
+            "is not supported by this DataTransformer"
+        )
+
+    @staticmethod
     def dispatch(method: Callable[..., Any]) -> Any:
         dispatcher = Dispatcher(method.__name__)
         transforms: dict[Any, set[Any]] = {}
@@ -30,10 +37,7 @@ class DataTransformer(ABC):
         def wrapper(self: Any, target_type: Any, value: Any, context: Any = None) -> Any:
             handler = dispatcher.dispatch(type(value), target_type)
             if handler is None:
-                raise UnsupportedError(
-                    f"{type(self).__name__} cannot transform {type_name(type(value))} "
-                    f"to {type_name(target_type)}"
-                )
+                raise DataTransformer.unsupported(target_type, value)
             return handler(self, value, context)
 
         def register(from_type: Any, to_type: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
