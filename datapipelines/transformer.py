@@ -33,9 +33,11 @@ class DataTransformer(ABC):
     def dispatch(method: Callable[..., Any]) -> Any:
         dispatcher = Dispatcher(method.__name__)
         transforms: dict[Any, set[Any]] = {}
+        # Dispatch matches a subclass of a registered target too; only exact targets are served.
+        targets: set[Any] = set()
 
         def wrapper(self: Any, target_type: Any, value: Any, context: Any = None) -> Any:
-            handler = dispatcher.dispatch(type(value), target_type)
+            handler = dispatcher.dispatch(type(value), target_type) if target_type in targets else None
             if handler is None:
                 raise DataTransformer.unsupported(target_type, value)
             return handler(self, value, context)
@@ -43,6 +45,7 @@ class DataTransformer(ABC):
         def register(from_type: Any, to_type: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             def add(handler: Callable[..., Any]) -> Callable[..., Any]:
                 transforms.setdefault(from_type, set()).add(to_type)
+                targets.add(to_type)
                 dispatcher.add((from_type, to_type), handler)
                 return handler
 
