@@ -1,0 +1,165 @@
+"""``datapipelines audit``: inspect, export, verify and clean an audit recorder directory.
+
+    datapipelines audit --dir audit sessions
+    datapipelines audit --dir audit show <request-id-prefix>
+    datapipelines audit --dir audit export <session> <directory>
+    datapipelines audit --dir audit verify
+    datapipelines audit --dir audit gc [--min-age SECONDS]
+
+Tables by default; ``--json`` prints one JSON document for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_DIR = os.environ.get("DATAPIPELINES_AUDIT_DIR", "audit")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("audit", help="inspect and maintain an audit recorder directory")
+    parser.add_argument("--dir", default=DEFAULT_DIR,
+                        help="the recorder directory (default: $DATAPIPELINES_AUDIT_DIR or ./audit)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    commands.add_parser("sessions", help="list sessions with their request counts").set_defaults(func=_sessions)
+    show = commands.add_parser("show", help="a request and every response recorded for it")
+    show.add_argument("request_id", help="a request id or a unique prefix of at least 6 characters")
+    show.add_argument("--payload", action="store_true", help="write the newest payload's bytes to stdout")
+    show.set_defaults(func=_show)
+    export = commands.add_parser("export", help="copy one session into a new, replayable recorder directory")
+    export.add_argument("session", help="a session id, unique id prefix, or name (the newest of that name)")
+    export.add_argument("directory")
+    export.set_defaults(func=_export)
+    commands.add_parser("verify", help="recompute every blob's sha256; exit 1 if any is missing or damaged") \
+        .set_defaults(func=_verify)
+    gc = commands.add_parser("gc", help="delete blobs no record references")
+    gc.add_argument("--min-age", type=float, default=60.0,
+                    help="only blobs untouched for this many seconds (default 60), so running recorders are safe")
+    gc.set_defaults(func=_gc)
+
+
+def _recorder(args: argparse.Namespace) -> Any:
+    from datapipelines.errors import ConfigurationError
+    from datapipelines.sinks.audit import DATABASE, AuditRecorder
+
+    if not os.path.isfile(os.path.join(args.dir, DATABASE)):
+        raise ConfigurationError(f"{args.dir!r} is not an audit recorder directory (no {DATABASE})")
+    return AuditRecorder(args.dir)
+
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Rows aligned under headers; numbers right-aligned."""
+    cells = [[str(c) for c in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric)]
+        lines.append("  ".join(parts).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    sessions = _recorder(args).sessions()
+    if args.json:
+        _print_json(sessions)
+        return 0
+    rows = [
+        (s["id"][:12], s["name"], when(s["started_at"]), when(s["ended_at"]), s["responses"], s["errors"], s["bytes"])
+        for s in sessions
+    ]
+    print(table(("session", "name", "started", "ended", "responses", "errors", "bytes"), rows))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    recorder = _recorder(args)
+    history = recorder.request_history(args.request_id)
+    if args.payload:
+        if not history["responses"]:
+            return 1
+        sys.stdout.buffer.write(recorder.blobs.read(history["responses"][-1]["sha256"]))
+        return 0
+    if args.json:
+        _print_json(history)
+        return 0
+    params = "&".join(f"{k}={v}" for k, v in history["params"])
+    print(f"request  {history['id']}")
+    print(f"source   {history['source']}")
+    print(f"call     {history['method']} {history['target']}{'?' + params if params else ''}")
+    if history["headers"]:
+        print(f"headers  {json.dumps(history['headers'], sort_keys=True)}")
+    if history["body_sha256"]:
+        print(f"body     blob {history['body_sha256']}")
+    print()
+    rows = [
+        (when(r["fetched_at"]), r["session_id"][:12] if r["session_id"] else None, r["status"], r["content_type"],
+         r["size"], f"{r['elapsed'] * 1000:.1f}", r["attempts"], r["sha256"][:16])
+        for r in history["responses"]
+    ]
+    print(table(("fetched", "session", "status", "content type", "bytes", "ms", "attempts", "sha256"), rows))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    result = _recorder(args).export(args.session, args.directory)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"exported session {result['session'][:12]} ({result['name']}): {result['requests']} requests, "
+              f"{result['responses']} responses -> {result['directory']}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = _recorder(args).verify()
+    bad = report["missing"] + report["damaged"]
+    if args.json:
+        _print_json({"ok": len(report["ok"]), "missing": report["missing"], "damaged": report["damaged"]})
+    else:
+        print(f"{len(report['ok'])} blobs ok, {len(report['missing'])} missing, {len(report['damaged'])} damaged")
+        if bad:
+            rows = [(sha, "missing") for sha in report["missing"]] + [(sha, "damaged") for sha in report["damaged"]]
+            print(table(("sha256", "problem"), rows))
+    return 1 if bad else 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    removed = _recorder(args).gc(min_age=args.min_age)
+    if args.json:
+        _print_json({"removed": removed})
+    else:
+        print(f"removed {len(removed)} unreferenced blob file(s)")
+    return 0
+
+
+def summary_text(recorder: Any, session_id: str) -> str:
+    """A readable summary of one session: what was fetched, how it went, where the bytes are."""
+    summary = recorder.summary(session_id)
+    rows = [
+        (row["source"], row["status"], row["requests"], row["responses"], row["bytes"],
+         f"{(row['elapsed'] or 0) * 1000:.1f}", row["blobs"])
+        for row in summary["by_status"]
+    ]
+    head = (f"session {summary['id'][:12]} {summary['name']!r}: {when(summary['started_at'])} -> "
+            f"{when(summary['ended_at'])}, {summary['responses']} responses, {summary['errors']} errors, "
+            f"{summary['bytes']} bytes recorded in {recorder.directory}")
+    return head + "\n" + table(("source", "status", "requests", "responses", "bytes", "ms", "blobs"), rows)
