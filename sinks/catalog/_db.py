@@ -1,0 +1,164 @@
+"""The database layer shared by the catalogue, the local state and the key-value store.
+
+SQLAlchemy Core on SQLite (embedded, one file to sync) or PostgreSQL (several
+machines). Datetimes are stored as naive UTC and handed back aware, so both
+backends compare them the same way.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    Select,
+    String,
+    Table,
+    Text,
+    create_engine,
+    make_url,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from datapipelines.errors import DataPipelinesError
+
+from .content import canonical_json
+
+UTC = datetime.timezone.utc
+PAGE_SIZE = 1000
+FieldsType = JSON().with_variant(JSONB(), "postgresql")
+
+# The columns a consumer copies from the catalogue, in this order.
+REMOTE_COLUMNS = (
+    "key", "type", "query", "size", "sha256", "source", "retrieved_at", "last_updated", "fields",
+)  # fmt: skip
+DATE_COLUMNS = frozenset({"retrieved_at", "last_updated", "local_updated", "deleted_at"})
+
+
+class CatalogError(DataPipelinesError, ValueError):
+    """Bad input to a catalogue, a local state or their key-value store."""
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(UTC)
+
+
+def to_db(value: datetime.datetime) -> datetime.datetime:
+    """Naive UTC for storage; a naive input is taken to be UTC already."""
+    if not isinstance(value, datetime.datetime):
+        raise CatalogError(f"expected a datetime, got {type(value).__name__} ({value!r})")
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def from_db(value: datetime.datetime | None) -> datetime.datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def engine_for(url: str) -> Engine:
+    """An engine for a SQLite or PostgreSQL URL; a bare path means a SQLite file.
+
+    ``postgresql://`` and ``postgres://`` use the psycopg 3 driver.
+    """
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            url = "postgresql+psycopg://" + url[len(plain) :]
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise CatalogError(
+            f"Catalogue URLs are sqlite:///path or postgresql://...; got {backend}:// in {url!r}"
+        )
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    return create_engine(parsed, json_serializer=canonical_json)
+
+
+def display_url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def record_table(metadata: MetaData, name: str, *, local: bool) -> Table:
+    """The catalogue's table, or (``local=True``) a consumer's copy with its own state."""
+    columns: list[Any] = [
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("key", Text, nullable=False, unique=True),
+        Column("type", Text, nullable=False, index=True),
+        Column("query", FieldsType, nullable=False),
+        Column("size", BigInteger, nullable=False),
+        Column("sha256", String(64), nullable=False),
+        Column("source", Text, nullable=True),
+        Column("retrieved_at", DateTime, nullable=False, index=True),
+        Column("last_updated", DateTime, nullable=False),
+        Column("fields", FieldsType, nullable=False),
+    ]
+    if local:
+        columns += [
+            Column("local", FieldsType, nullable=False),
+            Column("local_updated", DateTime, nullable=True),
+            Column("deleted_at", DateTime, nullable=True, index=True),
+            Column("deleted_reason", Text, nullable=True),
+        ]
+    return Table(name, metadata, *columns)
+
+
+def store_table(metadata: MetaData, name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("key", Text, primary_key=True),
+        Column("kind", String(16), nullable=False),
+        Column("value", Text, nullable=True),
+        Column("updated_at", DateTime, nullable=False),
+    )
+
+
+def upsert(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows, or update the row with the same ``key``, in one statement."""
+    if not rows:
+        return
+    insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
+    statement = insert(table)
+    columns = [name for name in rows[0] if name not in ("id", "key")]
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.key], set_={name: statement.excluded[name] for name in columns}
+    )
+    connection.execute(statement, list(rows))
+
+
+def pages(
+    engine: Engine, statement: Select[Any], id_column: Any, size: int = PAGE_SIZE
+) -> Iterator[Sequence[Any]]:
+    """Rows of ``statement`` in id order, one short-lived connection per page.
+
+    No connection stays open between pages, so a caller may write to the same
+    SQLite file while it iterates.
+    """
+    last = None
+    while True:
+        page_statement = statement.order_by(id_column).limit(size)
+        if last is not None:
+            page_statement = page_statement.where(id_column > last)
+        with engine.connect() as connection:
+            rows = connection.execute(page_statement).all()
+        if not rows:
+            return
+        yield rows
+        last = rows[-1].id
+        if len(rows) < size:
+            return

@@ -1,0 +1,304 @@
+"""Records and queries over them: ``find(document_type="contract", imported=False)``.
+
+A filter names a column (``type``, ``source``, ``size``...) or a field. Fields
+live in JSON: the catalogue's extracted ``fields`` and, in a local state, the
+consumer's own ``local`` fields, which win over a remote field of the same name.
+A field that was never set reads as None, and ``name=False`` matches it too, so
+``find(imported=False)`` finds what nobody has marked yet. ``<name>_after`` is
+inclusive and ``<name>_before`` exclusive; ``retrieved_after`` compares
+``retrieved_at``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from functools import partial
+from typing import Any, Protocol
+
+from sqlalchemy import ColumnElement, Engine, Table, and_, false, func, not_, or_, select, update
+
+from datapipelines.keys import type_name_of
+
+from ._db import DATE_COLUMNS, CatalogError, from_db, pages, to_db
+from .content import canonical_json
+
+# Columns every record shows; none of them can be set through a record.
+CORE_COLUMNS = (
+    "id", "key", "type", "query", "size", "sha256", "source", "retrieved_at", "last_updated",
+    "local_updated", "deleted_at", "deleted_reason",
+)  # fmt: skip
+_RESERVED = frozenset(CORE_COLUMNS)
+_SCALARS = (str, int, float, bool, type(None), datetime.datetime, datetime.date)
+Predicate = Callable[[Any, str], ColumnElement[bool]]
+
+
+class Owner(Protocol):
+    def _save_record(self, record_id: int, changed: Mapping[str, Any], removed: set[str]) -> None: ...
+
+
+class Record(MutableMapping[str, Any]):
+    """One catalogued item as a mapping: columns, then local fields, then remote fields.
+
+    Set fields with ``record["imported"] = True`` and write them with ``save()``.
+    """
+
+    def __init__(
+        self, owner: Owner, core: dict[str, Any], fields: dict[str, Any], local: dict[str, Any] | None
+    ) -> None:
+        self._owner = owner
+        self._core = core
+        self._fields = fields
+        self._local = local
+        self._changed: dict[str, Any] = {}
+        self._removed: set[str] = set()
+
+    @property
+    def id(self) -> int:
+        return int(self._core["id"])
+
+    @property
+    def key(self) -> str:
+        return str(self._core["key"])
+
+    @property
+    def deleted(self) -> bool:
+        return self._core.get("deleted_at") is not None
+
+    def _writable(self) -> dict[str, Any]:
+        return self._fields if self._local is None else self._local
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._core:
+            return self._core[name]
+        if self._local is not None and name in self._local:
+            return self._local[name]
+        return self._fields[name]
+
+    def __iter__(self) -> Iterator[str]:
+        names = dict.fromkeys(self._core)
+        names.update(dict.fromkeys(self._local or {}))
+        names.update(dict.fromkeys(self._fields))
+        return iter(names)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._check_name(name)
+        try:
+            canonical_json(value)
+        except (TypeError, ValueError) as error:
+            raise CatalogError(f"Field {name!r} of record {self.key}: {error}") from None
+        self._writable()[name] = value
+        self._changed[name] = value
+        self._removed.discard(name)
+
+    def __delitem__(self, name: str) -> None:
+        self._check_name(name)
+        del self._writable()[name]
+        self._changed.pop(name, None)
+        self._removed.add(name)
+
+    def _check_name(self, name: str) -> None:
+        if name in _RESERVED:
+            raise CatalogError(f"{name!r} is kept by the catalogue and cannot be set on record {self.key}")
+
+    def save(self) -> None:
+        """Write the fields set or deleted since the record was read (or last saved)."""
+        if self._changed or self._removed:
+            self._owner._save_record(self.id, self._changed, self._removed)
+            self._changed, self._removed = {}, set()
+
+    def __repr__(self) -> str:
+        return f"Record({dict(self)!r})"
+
+
+def make_record(owner: Owner, row: Any, table: Table) -> Record:
+    values = row._mapping
+    core = {name: values[name] for name in CORE_COLUMNS if name in values}
+    for name in DATE_COLUMNS & core.keys():
+        core[name] = from_db(core[name])
+    local = dict(values["local"]) if "local" in table.c else None
+    return Record(owner, core, dict(values["fields"]), local)
+
+
+def save_fields(
+    engine: Engine, table: Table, column: str, record_id: int,
+    changed: Mapping[str, Any], removed: set[str], stamp: Mapping[str, Any],
+) -> None:  # fmt: skip
+    """Merge changes into one JSON column of a row, reading and writing in one transaction."""
+    with engine.begin() as connection:
+        current = connection.execute(
+            select(table.c[column]).where(table.c.id == record_id).with_for_update()
+        ).scalar_one_or_none()
+        if current is None:
+            raise CatalogError(f"Record {record_id} is no longer in {table.name}")
+        merged = {k: v for k, v in current.items() if k not in removed}
+        merged.update(changed)
+        connection.execute(update(table).where(table.c.id == record_id).values({column: merged, **stamp}))
+
+
+# -- filters ---------------------------------------------------------------------
+def _sqlite_path(name: str) -> str:
+    if '"' in name:
+        raise CatalogError(f"Field names used in find() cannot contain '\"': {name!r}")
+    return f'$."{name}"'
+
+
+class _SQLite:
+    @staticmethod
+    def present(column: Any, name: str) -> ColumnElement[bool]:
+        return func.json_type(column, _sqlite_path(name)).is_not(None)
+
+    @staticmethod
+    def absent(column: Any, name: str) -> ColumnElement[bool]:
+        kind = func.json_type(column, _sqlite_path(name))
+        return or_(kind.is_(None), kind == "null")
+
+    @staticmethod
+    def equals(column: Any, name: str, value: Any) -> ColumnElement[bool]:
+        kind = func.json_type(column, _sqlite_path(name))
+        if isinstance(value, bool):
+            return kind == ("true" if value else "false")
+        kinds = ("text",) if isinstance(value, str) else ("integer", "real")
+        return and_(kind.in_(kinds), func.json_extract(column, _sqlite_path(name)) == value)
+
+    @staticmethod
+    def text(column: Any, name: str) -> Any:
+        return func.json_extract(column, _sqlite_path(name))
+
+
+class _PostgreSQL:
+    @staticmethod
+    def present(column: Any, name: str) -> ColumnElement[bool]:
+        return column.has_key(name)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def absent(column: Any, name: str) -> ColumnElement[bool]:
+        return or_(not_(column.has_key(name)), func.jsonb_typeof(column[name]) == "null")
+
+    @staticmethod
+    def equals(column: Any, name: str, value: Any) -> ColumnElement[bool]:
+        # Containment compares JSON values with their types: true is not 1, "1" is not 1.
+        return column.contains({name: value})  # type: ignore[no-any-return]
+
+    @staticmethod
+    def text(column: Any, name: str) -> Any:
+        return column[name].astext
+
+
+def where(table: Table, filters: Mapping[str, Any], dialect: str) -> list[ColumnElement[bool]]:
+    """The SQL conditions for ``find(**filters)`` on ``table``."""
+    json = _SQLite if dialect == "sqlite" else _PostgreSQL
+    local = table.c.local if "local" in table.c else None
+
+    def field(name: str, predicate: Predicate) -> ColumnElement[bool]:
+        # A local field, when present, hides the remote one of the same name.
+        if local is None:
+            return predicate(table.c.fields, name)
+        return or_(
+            and_(json.present(local, name), predicate(local, name)),
+            and_(not_(json.present(local, name)), predicate(table.c.fields, name)),
+        )
+
+    conditions = []
+    for name, value in filters.items():
+        if name in table.c and name in _RESERVED:
+            conditions.append(_column_condition(table, name, value))
+            continue
+        comparison = _comparison(name)
+        if comparison is not None:
+            stem, after = comparison
+            column = _date_column(table, stem)
+            if column is not None:
+                bound = to_db(value)
+                conditions.append(column >= bound if after else column < bound)
+            else:
+                text = value.isoformat() if isinstance(value, (datetime.date, datetime.datetime)) else value
+                conditions.append(field(stem, partial(_text_bound, json, text, after)))
+            continue
+        if not isinstance(value, _SCALARS):
+            raise CatalogError(
+                f"find() compares fields with single values; got a {type(value).__name__} for {name!r}"
+            )
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            value = value.isoformat()
+        if value is None:
+            conditions.append(field(name, json.absent))
+        elif value is False:
+            conditions.append(or_(field(name, partial(_equals, json, False)), field(name, json.absent)))
+        else:
+            conditions.append(field(name, partial(_equals, json, value)))
+    return conditions
+
+
+def _equals(json: Any, value: Any, column: Any, name: str) -> ColumnElement[bool]:
+    return json.equals(column, name, value)  # type: ignore[no-any-return]
+
+
+def _text_bound(json: Any, bound: Any, after: bool, column: Any, name: str) -> ColumnElement[bool]:
+    text = json.text(column, name)
+    return text >= bound if after else text < bound  # type: ignore[no-any-return]
+
+
+def _comparison(name: str) -> tuple[str, bool] | None:
+    for suffix, after in (("_after", True), ("_before", False)):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], after
+    return None
+
+
+def _date_column(table: Table, stem: str) -> Any:
+    for name in (stem, f"{stem}_at"):
+        if name in DATE_COLUMNS and name in table.c:
+            return table.c[name]
+    return None
+
+
+def _column_condition(table: Table, name: str, value: Any) -> ColumnElement[bool]:
+    column = table.c[name]
+    if value is None:
+        return column.is_(None)
+    if name == "query":
+        raise CatalogError("find() cannot compare whole queries; use key=key_for(type, query)")
+    if name in DATE_COLUMNS:
+        return column == to_db(value)  # type: ignore[no-any-return]
+    if name == "type" and not isinstance(value, str):
+        value = type_name_of(value)
+    return column == value  # type: ignore[no-any-return]
+
+
+def find_records(
+    owner: Owner, engine: Engine, table: Table, filters: Mapping[str, Any],
+    *, include_deleted: bool, limit: int | None,
+) -> Iterator[Record]:  # fmt: skip
+    """Matching records in id order, read a page at a time."""
+    statement = select(table).where(*_conditions(engine, table, filters, include_deleted))
+    remaining = limit
+    for rows in pages(engine, statement, table.c.id):
+        for row in rows:
+            if remaining is not None:
+                if remaining <= 0:
+                    return
+                remaining -= 1
+            yield make_record(owner, row, table)
+
+
+def count_records(engine: Engine, table: Table, filters: Mapping[str, Any], *, include_deleted: bool) -> int:
+    statement = select(func.count()).select_from(table).where(
+        *_conditions(engine, table, filters, include_deleted)
+    )
+    with engine.connect() as connection:
+        return int(connection.execute(statement).scalar_one())
+
+
+def _conditions(
+    engine: Engine, table: Table, filters: Mapping[str, Any], include_deleted: bool
+) -> list[ColumnElement[bool]]:
+    conditions = where(table, filters, engine.dialect.name)
+    # Asking about deletion (deleted_at=..., deleted_after=...) implies deleted records.
+    asks_deleted = any(name.startswith("deleted") for name in filters)
+    if "deleted_at" in table.c and not include_deleted and not asks_deleted:
+        conditions.append(table.c.deleted_at.is_(None))
+    return conditions or [~false()]
