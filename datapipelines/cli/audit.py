@@ -24,11 +24,16 @@ DEFAULT_DIR = os.environ.get("DATAPIPELINES_AUDIT_DIR", "audit")
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("audit", help="inspect and maintain an audit recorder directory")
-    parser.add_argument("--dir", default=DEFAULT_DIR,
-                        help="the recorder directory (default: $DATAPIPELINES_AUDIT_DIR or ./audit)")
+    parser.add_argument(
+        "--dir",
+        default=DEFAULT_DIR,
+        help="the recorder directory (default: $DATAPIPELINES_AUDIT_DIR or ./audit)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-    commands.add_parser("sessions", help="list sessions with their request counts").set_defaults(func=_sessions)
+    commands.add_parser("sessions", help="list sessions with their request counts").set_defaults(
+        func=_sessions
+    )
     show = commands.add_parser("show", help="a request and every response recorded for it")
     show.add_argument("request_id", help="a request id or a unique prefix of at least 6 characters")
     show.add_argument("--payload", action="store_true", help="write the newest payload's bytes to stdout")
@@ -37,11 +42,16 @@ def register(subparsers: Any) -> None:
     export.add_argument("session", help="a session id, unique id prefix, or name (the newest of that name)")
     export.add_argument("directory")
     export.set_defaults(func=_export)
-    commands.add_parser("verify", help="recompute every blob's sha256; exit 1 if any is missing or damaged") \
-        .set_defaults(func=_verify)
+    commands.add_parser(
+        "verify", help="recompute every blob's sha256; exit 1 if any is missing or damaged"
+    ).set_defaults(func=_verify)
     gc = commands.add_parser("gc", help="delete blobs no record references")
-    gc.add_argument("--min-age", type=float, default=60.0,
-                    help="only blobs untouched for this many seconds (default 60), so running recorders are safe")
+    gc.add_argument(
+        "--min-age",
+        type=float,
+        default=60.0,
+        help="only blobs untouched for this many seconds (default 60), so running recorders are safe",
+    )
     gc.set_defaults(func=_gc)
 
 
@@ -64,10 +74,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Rows aligned under headers; numbers right-aligned."""
     cells = [[str(c) for c in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(headers))]
+    numeric = [
+        all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(headers))
+    ]
     lines = []
     for row in cells:
-        parts = [c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric)]
+        parts = [c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric, strict=False)]
         lines.append("  ".join(parts).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -83,7 +95,15 @@ def _sessions(args: argparse.Namespace) -> int:
         _print_json(sessions)
         return 0
     rows = [
-        (s["id"][:12], s["name"], when(s["started_at"]), when(s["ended_at"]), s["responses"], s["errors"], s["bytes"])
+        (
+            s["id"][:12],
+            s["name"],
+            when(s["started_at"]),
+            when(s["ended_at"]),
+            s["responses"],
+            s["errors"],
+            s["bytes"],
+        )
         for s in sessions
     ]
     print(table(("session", "name", "started", "ended", "responses", "errors", "bytes"), rows))
@@ -111,8 +131,16 @@ def _show(args: argparse.Namespace) -> int:
         print(f"body     blob {history['body_sha256']}")
     print()
     rows = [
-        (when(r["fetched_at"]), r["session_id"][:12] if r["session_id"] else None, r["status"], r["content_type"],
-         r["size"], f"{r['elapsed'] * 1000:.1f}", r["attempts"], r["sha256"][:16])
+        (
+            when(r["fetched_at"]),
+            r["session_id"][:12] if r["session_id"] else None,
+            r["status"],
+            r["content_type"],
+            r["size"],
+            f"{r['elapsed'] * 1000:.1f}",
+            r["attempts"],
+            r["sha256"][:16],
+        )
         for r in history["responses"]
     ]
     print(table(("fetched", "session", "status", "content type", "bytes", "ms", "attempts", "sha256"), rows))
@@ -124,8 +152,10 @@ def _export(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(f"exported session {result['session'][:12]} ({result['name']}): {result['requests']} requests, "
-              f"{result['responses']} responses -> {result['directory']}")
+        print(
+            f"exported session {result['session'][:12]} ({result['name']}): {result['requests']} requests, "
+            f"{result['responses']} responses -> {result['directory']}"
+        )
     return 0
 
 
@@ -135,9 +165,12 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"ok": len(report["ok"]), "missing": report["missing"], "damaged": report["damaged"]})
     else:
-        print(f"{len(report['ok'])} blobs ok, {len(report['missing'])} missing, {len(report['damaged'])} damaged")
+        ok, missing, damaged = (len(report[k]) for k in ("ok", "missing", "damaged"))
+        print(f"{ok} blobs ok, {missing} missing, {damaged} damaged")
         if bad:
-            rows = [(sha, "missing") for sha in report["missing"]] + [(sha, "damaged") for sha in report["damaged"]]
+            rows = [(sha, "missing") for sha in report["missing"]] + [
+                (sha, "damaged") for sha in report["damaged"]
+            ]
             print(table(("sha256", "problem"), rows))
     return 1 if bad else 0
 
@@ -155,11 +188,20 @@ def summary_text(recorder: Any, session_id: str) -> str:
     """A readable summary of one session: what was fetched, how it went, where the bytes are."""
     summary = recorder.summary(session_id)
     rows = [
-        (row["source"], row["status"], row["requests"], row["responses"], row["bytes"],
-         f"{(row['elapsed'] or 0) * 1000:.1f}", row["blobs"])
+        (
+            row["source"],
+            row["status"],
+            row["requests"],
+            row["responses"],
+            row["bytes"],
+            f"{(row['elapsed'] or 0) * 1000:.1f}",
+            row["blobs"],
+        )
         for row in summary["by_status"]
     ]
-    head = (f"session {summary['id'][:12]} {summary['name']!r}: {when(summary['started_at'])} -> "
-            f"{when(summary['ended_at'])}, {summary['responses']} responses, {summary['errors']} errors, "
-            f"{summary['bytes']} bytes recorded in {recorder.directory}")
+    head = (
+        f"session {summary['id'][:12]} {summary['name']!r}: {when(summary['started_at'])} -> "
+        f"{when(summary['ended_at'])}, {summary['responses']} responses, {summary['errors']} errors, "
+        f"{summary['bytes']} bytes recorded in {recorder.directory}"
+    )
     return head + "\n" + table(("source", "status", "requests", "responses", "bytes", "ms", "blobs"), rows)

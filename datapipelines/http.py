@@ -1,0 +1,254 @@
+"""HttpSource: remote queries answered over HTTP(S) with httpx, as RawResponse.
+
+Retries with exponential backoff and jitter on connection errors, 429 and 5xx
+(honouring Retry-After), a politeness delay per host, a timeout and a
+configurable User-Agent. ``sleep``, ``clock`` and ``random`` are injectable so
+tests never wait for real.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random as _random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .errors import ConfigurationError
+from .remote import DEFAULT_SOURCE, RawResponse, RemoteError, RemoteRequest, RemoteSource, response_for
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_USER_AGENT = "datapipelines/2 (+https://github.com/meraki-analytics/datapipelines)"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A state-changing request is retried only when the server cannot have acted on it.
+_UNSAFE_RETRY_STATUSES = frozenset({429, 503})
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds a Retry-After header asks to wait (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class HttpAdapter:
+    """Performs RemoteRequests over HTTP with retries, backoff, politeness and a timeout.
+
+    ``max_attempts`` counts the first try. The n-th retry waits
+    ``min(max_backoff, backoff * 2**(n-1))``, shortened by up to ``jitter`` of
+    itself at random, or what Retry-After asks when the server sent it (no retry
+    when that exceeds ``max_retry_after``). ``politeness`` is the least time in
+    seconds between two requests to one host.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        user_agent: str = DEFAULT_USER_AGENT,
+        timeout: float = 10.0,
+        max_attempts: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        jitter: float = 0.5,
+        max_retry_after: float = 120.0,
+        politeness: float = 0.0,
+        retry_statuses: Iterable[int] = RETRY_STATUSES,
+        verify: bool = True,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        if max_attempts < 1:
+            raise ConfigurationError(f"HttpAdapter max_attempts must be at least 1, got {max_attempts!r}")
+        if not 0 <= jitter <= 1:
+            raise ConfigurationError(f"HttpAdapter jitter must be between 0 and 1, got {jitter!r}")
+        if timeout <= 0 or backoff < 0 or politeness < 0:
+            raise ConfigurationError(
+                f"HttpAdapter needs timeout > 0, backoff >= 0, politeness >= 0; "
+                f"got {timeout!r}, {backoff!r}, {politeness!r}"
+            )
+        self.base_url = base_url
+        self.headers = {"User-Agent": user_agent, **dict(headers or {})}
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.jitter = jitter
+        self.max_retry_after = max_retry_after
+        self.politeness = politeness
+        self.retry_statuses = frozenset(retry_statuses)
+        self._verify = verify
+        self._transport = transport
+        self._sleep = sleep
+        self._clock = clock
+        self._random = random
+        self._next_slot: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+        self._client_pid = 0
+
+    def __repr__(self) -> str:
+        return f"HttpAdapter(base_url={self.base_url!r})"
+
+    @property
+    def client(self) -> httpx.Client:
+        # One pooled client per process: a forked child must not share the parent's sockets.
+        if self._client is None or self._client_pid != os.getpid():
+            with self._lock:
+                if self._client is None or self._client_pid != os.getpid():
+                    self._client = httpx.Client(
+                        headers=self.headers,
+                        timeout=self.timeout,
+                        follow_redirects=True,
+                        verify=self._verify,
+                        transport=self._transport,
+                    )
+                    self._client_pid = os.getpid()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def fetch(self, request: RemoteRequest) -> RawResponse:
+        return self._call(request)
+
+    def send(self, request: RemoteRequest) -> RawResponse:
+        return self._call(request)
+
+    def backoff_delay(self, retry: int) -> float:
+        """How long to wait before the ``retry``-th retry (1 for the first)."""
+        delay = min(self.max_backoff, self.backoff * 2 ** (retry - 1))
+        return delay * (1 - self.jitter * self._random())
+
+    def _polite(self, host: str) -> None:
+        if not self.politeness:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next_slot.get(host, now))
+            self._next_slot[host] = slot + self.politeness
+        if slot > now:
+            self._sleep(slot - now)
+
+    def _call(self, request: RemoteRequest) -> RawResponse:
+        url = request.url_for(self.base_url)
+        host = urlsplit(url).netloc
+        statuses = self.retry_statuses if request.safe else self.retry_statuses & _UNSAFE_RETRY_STATUSES
+        retryable_errors = httpx.TransportError if request.safe else _NOT_SENT
+        attempt = 0
+        while True:
+            attempt += 1
+            self._polite(host)
+            started = time.perf_counter()
+            try:
+                answer = self.client.request(
+                    request.method,
+                    url,
+                    params=list(request.params),
+                    content=request.body,
+                    headers=dict(request.headers),
+                )
+            except httpx.TransportError as error:
+                if attempt >= self.max_attempts or not isinstance(error, retryable_errors):
+                    raise RemoteError(
+                        f"{request.source}: {request.method} {url} failed after {attempt} attempt(s): "
+                        f"{type(error).__name__}: {error}",
+                        url=url,
+                    ) from error
+                delay = self.backoff_delay(attempt)
+                LOGGER.info(
+                    "%s %s: %s, retry %d in %.3fs", request.method, url, type(error).__name__, attempt, delay
+                )
+                self._sleep(delay)
+                continue
+            elapsed = time.perf_counter() - started
+            if answer.status_code in statuses and attempt < self.max_attempts:
+                delay = self._retry_delay(attempt, answer)
+                if delay is not None:
+                    LOGGER.info(
+                        "%s %s: %d, retry %d in %.3fs",
+                        request.method,
+                        url,
+                        answer.status_code,
+                        attempt,
+                        delay,
+                    )
+                    self._sleep(delay)
+                    continue
+            return response_for(
+                request,
+                payload=answer.content,
+                status_code=answer.status_code,
+                content_type=answer.headers.get("content-type"),
+                headers=dict(answer.headers),
+                url=str(answer.url),
+                elapsed=elapsed,
+                attempts=attempt,
+                fetched_at=time.time(),
+            )
+
+    def _retry_delay(self, attempt: int, answer: httpx.Response) -> float | None:
+        asked = retry_after_seconds(answer.headers.get("retry-after"), time.time())
+        if asked is None:
+            return self.backoff_delay(attempt)
+        if asked > self.max_retry_after:
+            LOGGER.warning(
+                "%s asks to retry after %.0fs (limit %.0fs): giving up",
+                answer.url,
+                asked,
+                self.max_retry_after,
+            )
+            return None
+        return asked
+
+
+class HttpSource(RemoteSource):
+    """Provides RawResponse for queries naming a ``url``, or a ``path`` under ``base_url``.
+
+    ``name`` is the ``source`` a query must name (``"http"`` by default, which
+    queries also default to). Other keyword arguments configure the
+    :class:`HttpAdapter`: ``headers``, ``user_agent``, ``timeout``,
+    ``max_attempts``, ``backoff``, ``jitter``, ``politeness``... Headers given
+    here are sent with every request and are not part of the request id.
+    """
+
+    adapter: HttpAdapter
+
+    def __init__(self, base_url: str | None = None, *, name: str = DEFAULT_SOURCE, **options: Any) -> None:
+        super().__init__(HttpAdapter(base_url, **options), name=name)
+
+    def __repr__(self) -> str:
+        return f"HttpSource({self.adapter.base_url!r}, name={self.name!r})"
+
+    @property
+    def base_url(self) -> str | None:
+        return self.adapter.base_url
+
+    def close(self) -> None:
+        self.adapter.close()
+
+    def __enter__(self) -> HttpSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

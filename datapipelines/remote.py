@@ -1,0 +1,386 @@
+"""Remote requests and their raw responses, shared by remote sources and the audit recorder.
+
+A query names one remote request with these keys (only ``url`` or ``path`` is required):
+
+``source``  the name of the source that answers it (default ``"http"``)
+``method``  ``"GET"`` (default), or ``"POST"``/``"PUT"``/... for :meth:`RemoteSource.send`
+``url``     an absolute URL, or
+``path``    a path joined to the source's base URL
+``params``  the query-string parameters, a mapping of scalars or lists of scalars
+``body``    the request body: bytes, str (UTF-8), or a dict/list sent as JSON
+``headers`` the request headers that change the answer (``Accept``, ``Accept-Language``...)
+
+:func:`request_for` turns a query into a :class:`RemoteRequest` without knowing the
+source, so the recorder computes the same request id as the source that fetched it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .context import PipelineContext
+from .errors import ConfigurationError, DataPipelinesError, NotFoundError
+from .source import DataSource
+
+DEFAULT_SOURCE = "http"
+QUERY_KEYS = frozenset({"source", "method", "url", "path", "params", "body", "headers"})
+# Header values never written to the audit store (they still count in the request id).
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+_PARAM_SCALARS = (str, int, float, bool, type(None))
+
+Pairs = tuple[tuple[str, str], ...]
+
+
+class RemoteError(DataPipelinesError):
+    """A remote source answered with an error status (other than 404) or could not be reached.
+
+    ``status`` is None when no response arrived at all; ``response`` is the
+    :class:`RawResponse` when one did.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, url: str = "", response: RawResponse | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+        self.response = response
+
+
+class RemoteQueryError(DataPipelinesError, ValueError):
+    """A query does not describe a remote request (no ``url``/``path``, bad ``params``...)."""
+
+
+@dataclass(frozen=True)
+class RemoteRequest:
+    """One remote request in canonical form; ``id`` is its deterministic request id."""
+
+    source: str
+    method: str
+    target: str  # the URL or the path, exactly as the query names it
+    params: Pairs = ()
+    body: bytes | None = None
+    headers: Pairs = ()  # lower-case names, sorted
+    is_path: bool = False
+
+    @property
+    def id(self) -> str:
+        body = hashlib.sha256(self.body).hexdigest() if self.body is not None else None
+        canonical = [self.source, self.method, self.target, list(self.params), body, list(self.headers)]
+        text = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def url_for(self, base_url: str | None) -> str:
+        """The URL to call: ``target`` itself, or joined to ``base_url`` when it is a path."""
+        if not self.is_path:
+            return self.target
+        if not base_url:
+            raise RemoteQueryError(
+                f"Query names path {self.target!r} but source {self.source!r} has no base_url; "
+                "give the source a base_url or the query an absolute 'url'"
+            )
+        return base_url.rstrip("/") + "/" + self.target.lstrip("/")
+
+    @property
+    def safe(self) -> bool:
+        return self.method in _SAFE_METHODS
+
+
+def mask_secrets(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` as they may be written down: credentials replaced by ``<redacted>``."""
+    return {k: ("<redacted>" if k.lower() in SECRET_HEADERS else v) for k, v in headers.items()}
+
+
+def _param_text(value: Any) -> str:
+    # The same spelling httpx puts on the wire, so the id matches what was sent.
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return "" if value is None else str(value)
+
+
+def _params(raw: Any, query: Mapping[str, Any]) -> Pairs:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise RemoteQueryError(f"'params' must be a mapping, got {type(raw).__name__} in query {query!r}")
+    pairs: list[tuple[str, str]] = []
+    for key, value in raw.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if not isinstance(item, _PARAM_SCALARS):
+                raise RemoteQueryError(
+                    f"Parameter {key!r} has unsupported value {item!r} ({type(item).__name__}) "
+                    f"in query {query!r}"
+                )
+            pairs.append((str(key), _param_text(item)))
+    # Stable sort by name keeps the order of a repeated parameter's values.
+    return tuple(sorted(pairs, key=lambda pair: pair[0]))
+
+
+def _body(raw: Any, query: Mapping[str, Any]) -> tuple[bytes | None, bool]:
+    """The body bytes, and whether they are JSON we encoded."""
+    if raw is None:
+        return None, False
+    if isinstance(raw, bytes):
+        return raw, False
+    if isinstance(raw, str):
+        return raw.encode("utf-8"), False
+    if isinstance(raw, (Mapping, list)):
+        return json.dumps(raw, separators=(",", ":"), sort_keys=True).encode("utf-8"), True
+    raise RemoteQueryError(
+        f"'body' must be bytes, str, dict or list, got {type(raw).__name__} in query {query!r}"
+    )
+
+
+def request_for(query: Mapping[str, Any]) -> RemoteRequest:
+    """The canonical request a query names; raises RemoteQueryError when it names none."""
+    if not isinstance(query, Mapping):
+        raise RemoteQueryError(f"A remote query must be a mapping, got {type(query).__name__}")
+    unknown = set(query) - QUERY_KEYS
+    if unknown:
+        raise RemoteQueryError(
+            f"Unknown key(s) {sorted(map(str, unknown))} in remote query {query!r}; "
+            f"known keys: {sorted(QUERY_KEYS)} (put query-string values under 'params')"
+        )
+    url, path = query.get("url"), query.get("path")
+    if (url is None) == (path is None):
+        raise RemoteQueryError(f"A remote query needs exactly one of 'url' or 'path': {query!r}")
+    target = url if url is not None else path
+    if not isinstance(target, str) or not target:
+        raise RemoteQueryError(f"'url'/'path' must be a non-empty str in query {query!r}")
+    body, is_json = _body(query.get("body"), query)
+    headers = {str(k).lower(): str(v) for k, v in (query.get("headers") or {}).items()}
+    if is_json:
+        headers.setdefault("content-type", "application/json")
+    return RemoteRequest(
+        source=str(query.get("source", DEFAULT_SOURCE)),
+        method=str(query.get("method", "GET")).upper(),
+        target=target,
+        params=_params(query.get("params"), query),
+        body=body,
+        headers=tuple(sorted(headers.items())),
+        is_path=url is None,
+    )
+
+
+def request_id(query: Mapping[str, Any]) -> str:
+    """The deterministic request id of a query: the same in the source and in the recorder."""
+    return request_for(query).id
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """The exact bytes a remote source answered, with what is needed to record and replay them."""
+
+    payload: bytes
+    status_code: int
+    content_type: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    url: str = ""  # the final URL, after redirects
+    elapsed: float = 0.0  # seconds taken by the answering attempt
+    request_id: str = ""
+    method: str = "GET"
+    params: Pairs = ()
+    source: str = DEFAULT_SOURCE
+    target: str = ""  # the URL or path the query named
+    request_body: bytes | None = None
+    request_headers: Mapping[str, str] = field(default_factory=dict)  # the identity headers
+    attempts: int = 1
+    fetched_at: float = 0.0  # Unix time the answer arrived
+    replayed: bool = False  # served from an audit store rather than fetched
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Transport metadata as a plain dict (the shape mxm-style adapters return)."""
+        return {
+            "url": self.url,
+            "headers": dict(self.headers),
+            "elapsed": self.elapsed,
+            "attempts": self.attempts,
+            "request_id": self.request_id,
+        }
+
+
+def response_for(request: RemoteRequest, **fields: Any) -> RawResponse:
+    """A RawResponse for ``request``: the request-side fields filled in from it."""
+    return RawResponse(
+        request_id=request.id,
+        method=request.method,
+        params=request.params,
+        source=request.source,
+        target=request.target,
+        request_body=request.body,
+        request_headers=dict(request.headers),
+        **fields,
+    )
+
+
+def check_status(response: RawResponse) -> RawResponse:
+    """``response`` if it is 2xx; NotFoundError for 404; RemoteError for any other status."""
+    if response.ok:
+        return response
+    where = response.url or response.target
+    if response.status_code == 404:
+        raise NotFoundError(f"{response.source} answered 404 Not Found for {response.method} {where}")
+    raise RemoteError(
+        f"{response.source} answered {response.status_code} for {response.method} {where} "
+        f"(request {response.request_id[:12]})",
+        status=response.status_code,
+        url=where,
+        response=response,
+    )
+
+
+# -- adapters ----------------------------------------------------------------------
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Performs remote requests: ``fetch`` for safe methods; ``send`` (optional) for the rest."""
+
+    def fetch(self, request: RemoteRequest) -> RawResponse: ...
+
+
+_adapters: dict[str, Adapter] = {}
+_adapters_lock = threading.Lock()
+
+
+def register_adapter(name: str, adapter: Adapter) -> None:
+    """Make ``adapter`` available to :class:`RemoteSource` under ``name``."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"An adapter name must be a non-empty str, got {name!r}")
+    if not callable(getattr(adapter, "fetch", None)):
+        raise ConfigurationError(f"Adapter {name!r} ({type(adapter).__name__}) has no fetch(request) method")
+    with _adapters_lock:
+        if name in _adapters:
+            raise ConfigurationError(
+                f"An adapter named {name!r} is already registered ({type(_adapters[name]).__name__}); "
+                "unregister_adapter it first"
+            )
+        _adapters[name] = adapter
+
+
+def unregister_adapter(name: str) -> Adapter:
+    """Remove and return the adapter registered under ``name``."""
+    with _adapters_lock:
+        try:
+            return _adapters.pop(name)
+        except KeyError:
+            raise ConfigurationError(_unknown_adapter(name)) from None
+
+
+def get_adapter(name: str) -> Adapter:
+    """The adapter registered under ``name``."""
+    try:
+        return _adapters[name]
+    except KeyError:
+        raise ConfigurationError(_unknown_adapter(name)) from None
+
+
+def adapter_names() -> list[str]:
+    return sorted(_adapters)
+
+
+def _unknown_adapter(name: str) -> str:
+    known = ", ".join(sorted(_adapters)) or "none"
+    return f"No adapter named {name!r} is registered (registered: {known})"
+
+
+# -- the source ----------------------------------------------------------------------
+
+
+class RemoteSource(DataSource):
+    """Provides :class:`RawResponse` for remote queries through an adapter.
+
+    ``adapter`` is an instance or the name of a registered one; ``name`` (default:
+    the registered name, else ``"http"``) is the ``source`` a query must name for
+    this source to answer it. Error statuses never reach a sink: 404 raises
+    NotFoundError, others RemoteError; before raising, the response is handed to
+    every pipeline element with a ``record(response)`` method (the audit recorder),
+    so failed calls can still be explained.
+    """
+
+    def __init__(self, adapter: Adapter | str, *, name: str | None = None) -> None:
+        if isinstance(adapter, str):
+            name = name or adapter
+            adapter = get_adapter(adapter)
+        elif not callable(getattr(adapter, "fetch", None)):
+            raise ConfigurationError(f"{type(adapter).__name__} is not an adapter: it has no fetch(request)")
+        self.adapter = adapter
+        self.name = name or DEFAULT_SOURCE
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def request(self, query: Mapping[str, Any]) -> RemoteRequest:
+        """The request ``query`` names, checked to be addressed to this source."""
+        request = request_for(query)
+        if request.source != self.name:
+            raise NotFoundError(f"Query is for source {request.source!r}, not {self.name!r}: {query!r}")
+        return request
+
+    @DataSource.dispatch
+    def get(self, type: Any, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
+        """Fetch the raw response for ``query`` (a safe method: GET or HEAD)."""
+
+    @DataSource.dispatch
+    def get_many(self, type: Any, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
+        """A remote request answers one value; many-item queries are not found here."""
+
+    @get.register(RawResponse)
+    def _get_raw(self, query: Mapping[str, Any], context: PipelineContext | None = None) -> RawResponse:
+        request = self.request(query)
+        if not request.safe:
+            raise RemoteQueryError(
+                f"{self!r}.get only makes safe requests; {request.method} {request.target} changes "
+                "state, so call send(query) instead"
+            )
+        pipeline = context.get(PipelineContext.Keys.PIPELINE) if context is not None else None
+        return _checked(self.adapter.fetch(request), pipeline)
+
+    @get_many.register(RawResponse)
+    def _get_many_raw(self, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
+        raise NotFoundError(f"{self!r} answers one request per query, not many: {query!r}")
+
+    def send(self, query: Mapping[str, Any], *, pipeline: Any = None) -> RawResponse:
+        """Make a state-changing request (``method`` defaults to POST) and return its response.
+
+        Nothing is cached. With ``pipeline``, every element of it that records
+        (the audit recorder) is handed the response, inside the current session.
+        """
+        if "method" not in query:
+            query = {**query, "method": "POST"}
+        request = self.request(query)
+        send = getattr(self.adapter, "send", None)
+        if send is None:
+            raise ConfigurationError(f"The adapter of {self!r} ({type(self.adapter).__name__}) cannot send")
+        response = send(request)
+        if response.ok:
+            _record(response, pipeline)
+        return _checked(response, pipeline)
+
+
+def _record(response: RawResponse, pipeline: Any) -> None:
+    """Hand ``response`` to every element of ``pipeline`` that has ``record(response)``."""
+    for element in getattr(pipeline, "elements", None) or ():
+        if callable(getattr(element, "record", None)):
+            element.record(response)
+
+
+def _checked(response: RawResponse, pipeline: Any) -> RawResponse:
+    # An error answer is recorded for the audit trail, then raised: it never reaches a sink.
+    if not response.ok:
+        _record(response, pipeline)
+    return check_status(response)

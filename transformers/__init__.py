@@ -1,0 +1,19 @@
+"""Built-in transformers, installed as ``datapipelines.transformers``.
+
+``RawTransformer`` turns a RawResponse into bytes, str or ``JSON``;
+``DataclassTransformer(*types)`` turns JSON objects into dataclasses and back.
+"""
+
+from .dataclass import DataclassConversionError, DataclassTransformer, from_json, to_json
+from .raw import JSON, DecodeError, RawTransformer, charset_of
+
+__all__ = [
+    "JSON",
+    "DataclassConversionError",
+    "DataclassTransformer",
+    "DecodeError",
+    "RawTransformer",
+    "charset_of",
+    "from_json",
+    "to_json",
+]
