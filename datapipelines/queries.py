@@ -188,6 +188,12 @@ class QueryValidator:
         key = self._need_key("as_")
         if key.child is not None:
             raise QueryValidatorStructureError(f"Key {key.key!r} already has a type")
+        types = list(types)
+        for type_ in types:
+            if not isinstance(_runtime_type(type_), type):
+                raise QueryValidatorStructureError(
+                    f"Key {key.key!r} can only be checked against types; got {type_!r}"
+                )
         key.child = _Types(key.key, types)
         return self
 
