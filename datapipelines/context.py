@@ -53,3 +53,5 @@ class PipelineContext(dict):  # type: ignore[type-arg]
         QUERIES = "queries"
         # Set during write-back: the name of the source that produced the value.
         SOURCE = "source"
+        # Set during write-back under a Policy: {type: seconds} overriding store expiry.
+        EXPIRY = "expiry"

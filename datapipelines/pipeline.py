@@ -5,15 +5,23 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple, TypeVar
 
+from .breaker import CircuitBreaker
 from .context import PipelineContext
-from .errors import ConfigurationError, NoConversionError, NotFoundError, type_name
+from .errors import ConfigurationError, NoConversionError, NotFoundError, element_name, type_name
+from .flight import RedisLock, SingleFlight
+from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
+from .policy import Policy
 from .sink import DataSink
 from .source import DataSource
+from .stats import SAMPLE_EVERY, ElementStats
 from .store import MISSING, Store
 from .transformer import DataTransformer
 
@@ -29,6 +37,9 @@ _PIPELINE = PipelineContext.Keys.PIPELINE
 _QUERY = PipelineContext.Keys.QUERY
 _QUERIES = PipelineContext.Keys.QUERIES
 _MANY = PipelineContext.Keys.MANY
+_EXPIRY = PipelineContext.Keys.EXPIRY
+_SOURCE = PipelineContext.Keys.SOURCE
+_SAMPLE_MASK = SAMPLE_EVERY - 1
 
 _current_session: contextvars.ContextVar[Any] = contextvars.ContextVar("datapipelines_session", default=None)
 
@@ -38,13 +49,32 @@ def current_session() -> Any:
     return _current_session.get()
 
 
+class Result(NamedTuple):
+    """What ``get_result`` returns: the value, whether it is stale, and who answered."""
+
+    value: Any
+    stale: bool
+    source: str
+
+
 class DataPipeline:
     """An ordered list of sources and sinks, plus transformers between types.
 
     ``elements`` are asked fastest first; a value found in one element is written
-    back into every sink placed before it. ``query_from`` maps a type to a
-    function that derives the query of an item, so a direct ``put`` or a
-    ``get_many`` write-back can key it in the built-in stores.
+    back into every sink placed before it. Keyword options:
+
+    - ``query_from``: type -> function deriving the query of an item, so a direct
+      ``put`` or a ``get_many`` write-back can key it in the built-in stores.
+    - ``policies``: type -> :class:`Policy` (stale-while-revalidate, fail-safe,
+      negative caching, jitter).
+    - ``strict``: let a cache tier's exceptions reach the caller (default: a
+      failing tier is logged, counted and skipped).
+    - ``breaker``: factory of the :class:`CircuitBreaker` each cache tier gets;
+      None disables breakers.
+    - ``process_lock``: a :class:`RedisLock` so processes sharing a Redis call a
+      source once per missing key.
+
+    A pipeline is safe to share between threads.
     """
 
     def __init__(
@@ -53,6 +83,11 @@ class DataPipeline:
         transformers: Iterable[DataTransformer] | None = None,
         *,
         query_from: Mapping[Any, Callable[[Any], Mapping[str, Any]]] | None = None,
+        policies: Mapping[Any, Policy] | None = None,
+        strict: bool = False,
+        breaker: Callable[[], CircuitBreaker] | None = CircuitBreaker,
+        process_lock: RedisLock | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not elements:
             raise ConfigurationError("A DataPipeline needs a non-empty sequence of DataSources and DataSinks")
@@ -77,9 +112,36 @@ class DataPipeline:
         self._sinks = set(sinks_so_far)
         self._ordered_sinks = sinks_so_far
         self._query_from = dict(query_from or {})
+        self._strict = strict
+        self._clock = clock
+        self._stats = {id(e): ElementStats(element_name(e)) for e in self._elements}
+        self._breakers = {
+            id(e): breaker() for e in self._elements if breaker is not None and isinstance(e, DataSink)
+        }
         self._routes: dict[Any, list[Route]] = {}
-        self._first_lookup: dict[Any, Callable[[Any, Mapping[str, Any]], Any]] = {}
         self._put_feeds: dict[Any, list[Feed]] = {}
+        # Per type, the fastest tier's route when a hit there needs no conversion.
+        self._fast: dict[Any, Route] = {}
+        self._flight = SingleFlight()
+        self._process_lock = process_lock
+        self._negative: dict[tuple[Any, str], float] = {}
+        self._refreshing: set[tuple[Any, str]] = set()
+        self._refresh_lock = threading.Lock()
+        self._refresher: ThreadPoolExecutor | None = None
+        self._policies: dict[Any, Policy] = {}
+        for policy_type, policy in (policies or {}).items():
+            self.set_policy(policy_type, policy)
+
+    def set_policy(self, type: Any, policy: Policy | None) -> None:
+        """Give ``type`` a :class:`Policy` (None removes it)."""
+        if policy is not None and not isinstance(policy, Policy):
+            raise ConfigurationError(f"The policy for {type_name(type)} must be a Policy, got {policy!r}")
+        if policy is None:
+            self._policies.pop(type, None)
+        else:
+            self._policies[type] = policy
+        self._routes.pop(type, None)
+        self._fast.pop(type, None)
 
     # -- planning ---------------------------------------------------------------
     @property
@@ -96,12 +158,19 @@ class DataPipeline:
                     f"No source can provide {type_name(type)}, not even through transformers; "
                     f"the sources provide: {describe_provided(self._ordered_sources)}"
                 )
+            policy = self._policies.get(type)
+            for route in routes:
+                route.attach(self._stats[id(route.source)], self._breakers.get(id(route.source)), policy)
+                for feed in route.before + route.after:
+                    feed.attach(self._stats[id(feed.sink)], self._breakers.get(id(feed.sink)))
             self._routes[type] = routes
-            first = routes[0]
-            if first.keyed and first.plain and first.source_type is type:
-                # The hit path of the fastest tier: one bound method, no loop.
-                self._first_lookup[type] = first.source.lookup  # type: ignore[attr-defined]
+            self._enable_fast_path(type)
         return routes
+
+    def _enable_fast_path(self, type: Any) -> None:
+        first = self._routes[type][0]
+        if first.keyed and first.plain and first.source_type is type:
+            self._fast[type] = first
 
     def _feeds_for_put(self, type: Any) -> list[Feed]:
         feeds = self._put_feeds.get(type)
@@ -138,38 +207,271 @@ class DataPipeline:
         ``refresh=True`` skips every cache tier on the way in (the value is still
         written back); ``only_cached=True`` never calls a source that is not a store.
         """
-        if refresh or only_cached:
-            routes = self._select(self.routes(type), refresh, only_cached)
-        else:
-            first = self._first_lookup.get(type)
-            if first is not None:
-                value = first(type, query)
-                if value is not MISSING:
-                    return value  # type: ignore[no-any-return]
-                routes = self._routes[type][1:]
-            else:
-                routes = self.routes(type)
-        context = None
-        for route in routes:
+        if not (refresh or only_cached):
+            route = self._fast.get(type)
+            if route is not None:
+                stats = route.stats
+                stats.lookups += 1
+                # One hit in SAMPLE_EVERY takes the slow path, which measures latency.
+                if stats.lookups & _SAMPLE_MASK:
+                    try:
+                        if route.max_age is None:
+                            value = route.lookup(type, query)
+                        else:
+                            value = route.lookup_fresh(type, query, route.max_age)
+                    except Exception:
+                        value = None  # the slow path asks again and accounts for the error
+                    else:
+                        if value is not MISSING:
+                            return value  # type: ignore[no-any-return]
+                stats.lookups -= 1
+        return self.get_result(type, query, refresh=refresh, only_cached=only_cached).value  # type: ignore[no-any-return]
+
+    def get_result(
+        self, type: Any, query: Mapping[str, Any], *, refresh: bool = False, only_cached: bool = False
+    ) -> Result:
+        """Like ``get``, but says whether the value is stale and which element answered."""
+        routes = self.routes(type)
+        policy = self._policies.get(type)
+        context = self._context(query)
+        stale: Result | None = None
+        for index, route in enumerate(routes):
+            if (refresh and route.cached) or (only_cached and not route.cached):
+                continue
+            if not route.cached:
+                return self._fetch(type, query, routes, index, context, policy, stale, only_cached)
+            found = self._ask_tier(route, type, query)
+            if found is MISSING:
+                continue
+            value, age = found
+            if policy is not None and age is not None:
+                if age >= policy.fresh_limit:
+                    if stale is None and age < policy.stale_limit:
+                        stale = Result(convert(route.chain, value, context), True, route.source_name)
+                    continue
+                if age >= policy.soft_limit:
+                    self._refresh_later(type, query)
+            return Result(self._deliver(route, value, context), False, route.source_name)
+        if stale is not None:
+            return stale
+        raise NotFoundError(
+            type=type, query=query, tried=[r.name for r in self._select(routes, refresh, only_cached)]
+        )
+
+    def _ask_tier(self, route: Route, type: Any, query: Mapping[str, Any]) -> Any:
+        """(value, age or None) from a cache tier, or MISSING; a failing tier is skipped."""
+        stats, breaker = route.stats, route.breaker
+        stats.lookups += 1
+        if breaker is not None and not breaker.allow():
+            stats.skips += 1
+            return MISSING
+        started = time.perf_counter()
+        try:
             if route.keyed:
-                value = route.source.lookup(route.source_type, query)
-                if value is MISSING:
-                    continue
-                if route.plain:
-                    return value  # type: ignore[no-any-return]
-                context = self._context(query)
+                found = route.source.lookup_entry(route.source_type, query)  # type: ignore[attr-defined]
             else:
-                if context is None:
-                    context = self._context(query)
-                try:
-                    value = route.source.get(route.source_type, dict(query), context)
-                except NotFoundError:
-                    continue
-                if route.plain:
-                    return value  # type: ignore[no-any-return]
-            return route.deliver(value, context)  # type: ignore[no-any-return]
-        tried = self._select(self._routes[type], refresh, only_cached)
-        raise NotFoundError(type=type, query=query, tried=[r.name for r in tried])
+                found = (route.source.get(route.source_type, dict(query), self._context(query)), None)
+        except NotFoundError:
+            found = MISSING
+        except Exception as error:
+            self._tier_failed(route.source, stats, breaker, error, "lookup")
+            return MISSING
+        stats.record_latency(time.perf_counter() - started)
+        if breaker is not None:
+            breaker.success()
+        if found is MISSING:
+            stats.misses += 1
+        return found
+
+    def _tier_failed(
+        self, element: Any, stats: ElementStats, breaker: CircuitBreaker | None, error: Exception, action: str
+    ) -> None:
+        stats.errors += 1
+        if breaker is not None:
+            breaker.failure()
+        if self._strict:
+            raise error
+        LOGGER.warning("Cache tier %s failed on %s, skipped: %r", stats.name, action, error)
+
+    def _fetch(
+        self,
+        type: Any,
+        query: Mapping[str, Any],
+        routes: list[Route],
+        index: int,
+        context: PipelineContext,
+        policy: Policy | None,
+        stale: Result | None,
+        only_cached: bool,
+    ) -> Result:
+        """Ask the sources from ``routes[index]`` on, once per key however many callers wait."""
+        try:
+            key = key_for(type, query)
+        except TypeError:
+            # A query the key function cannot encode (1.x allows any object): no coalescing.
+            return self._call_sources(type, query, routes, index, context, policy, stale, None)
+        result, joined = self._flight.run(
+            (type, key),
+            lambda: self._call_sources(type, query, routes, index, context, policy, stale, key),
+        )
+        if joined:
+            routes[index].stats.joins += 1
+        return result  # type: ignore[no-any-return]
+
+    def _call_sources(
+        self,
+        type: Any,
+        query: Mapping[str, Any],
+        routes: list[Route],
+        index: int,
+        context: PipelineContext,
+        policy: Policy | None,
+        stale: Result | None,
+        key: str | None,
+    ) -> Result:
+        negative_ttl = policy.negative_ttl if policy is not None else None
+        if negative_ttl and key is not None:
+            until = self._negative.get((type, key))
+            if until is not None and until > self._clock():
+                routes[index].stats.negative += 1
+                raise NotFoundError(type=type, query=query, tried=["negative cache"])
+        token = None
+        lock = self._process_lock
+        if lock is not None and key is not None:
+            token = lock.acquire(f"{type_name(type)}:{key}")
+            if token is None:
+                waited = lock.wait(f"{type_name(type)}:{key}", lambda: self._cached(type, query), MISSING)
+                if waited is not MISSING:
+                    return waited  # type: ignore[no-any-return]
+            else:
+                cached = self._cached(type, query)
+                if cached is not MISSING:
+                    lock.release(f"{type_name(type)}:{key}", token)
+                    return cached  # type: ignore[no-any-return]
+        try:
+            return self._ask_sources(type, query, routes, index, context, policy, stale, key)
+        finally:
+            if token is not None:
+                assert lock is not None and key is not None
+                lock.release(f"{type_name(type)}:{key}", token)
+
+    def _cached(self, type: Any, query: Mapping[str, Any]) -> Any:
+        try:
+            return self.get_result(type, query, only_cached=True)
+        except NotFoundError:
+            return MISSING
+
+    def _ask_sources(
+        self,
+        type: Any,
+        query: Mapping[str, Any],
+        routes: list[Route],
+        index: int,
+        context: PipelineContext,
+        policy: Policy | None,
+        stale: Result | None,
+        key: str | None,
+    ) -> Result:
+        tried = []
+        for route in routes[index:]:
+            if route.cached:
+                continue
+            tried.append(route.name)
+            stats = route.stats
+            stats.calls += 1
+            started = time.perf_counter()
+            try:
+                value = route.source.get(route.source_type, dict(query), context)
+            except NotFoundError:
+                stats.misses += 1
+                continue
+            except Exception as error:
+                stats.errors += 1
+                if stale is not None:
+                    stats.stale += 1
+                    LOGGER.warning("%s failed (%r); serving a stale %s", stats.name, error, type_name(type))
+                    return stale
+                raise
+            finally:
+                stats.record_latency(time.perf_counter() - started)
+            if policy is not None and policy.ttl is not None:
+                context[_EXPIRY] = {type: policy.lifetime()}
+            return Result(self._deliver(route, value, context), False, route.source_name)
+        if policy is not None and policy.negative_ttl and key is not None:
+            self._negative[(type, key)] = self._clock() + policy.negative_ttl
+        raise NotFoundError(type=type, query=query, tried=tried)
+
+    def _deliver(self, route: Route, value: Any, context: PipelineContext) -> Any:
+        """Write ``value`` back, convert it to the requested type, and return it."""
+        context[_SOURCE] = route.source_name
+        for feed in route.before:
+            self._write(feed, feed.put, value, context)
+        value = convert(route.chain, value, context)
+        for feed in route.after:
+            self._write(feed, feed.put, value, context)
+        return value
+
+    def _write(self, feed: Feed, put: Callable[[Any, Any], None], value: Any, context: Any) -> None:
+        breaker = feed.breaker
+        if breaker is not None and not breaker.allow():
+            feed.stats.skips += 1
+            return
+        try:
+            put(value, context)
+        except Exception as error:
+            self._tier_failed(feed.sink, feed.stats, breaker, error, "write-back")
+            return
+        feed.stats.puts += 1
+        if breaker is not None:
+            breaker.success()
+
+    def _refresh_later(self, type: Any, query: Mapping[str, Any]) -> None:
+        """Refresh a value in the background, once per key however often it is hit."""
+        try:
+            key = (type, key_for(type, query))
+        except TypeError:
+            return
+        with self._refresh_lock:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="datapipelines-refresh")
+        self._refresher.submit(self._refresh, key, type, dict(query))
+
+    def _refresh(self, key: tuple[Any, str], type: Any, query: Mapping[str, Any]) -> None:
+        try:
+            self.get_result(type, query, refresh=True)
+        except Exception as error:
+            LOGGER.warning("Background refresh of %s %r failed: %r", type_name(type), query, error)
+        finally:
+            with self._refresh_lock:
+                self._refreshing.discard(key)
+
+    # -- observability ------------------------------------------------------------
+    def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Counters and latency per element, as plain dicts.
+
+        ``{"tiers": {name: {...}}, "sources": {name: {...}}}``: tiers are the
+        elements that are both sources and sinks (caches, stores), sources the rest.
+        Each entry has hits, misses, puts, errors, skips, calls, joins, stale,
+        negative, p50_us and p99_us (latency in microseconds, None before any sample),
+        and tiers the state of their circuit breaker.
+        """
+        report: dict[str, dict[str, dict[str, Any]]] = {"tiers": {}, "sources": {}}
+        for element in self._elements:
+            entry = self._stats[id(element)].snapshot()
+            breaker = self._breakers.get(id(element))
+            if breaker is not None:
+                entry["breaker"] = breaker.state
+            group = "tiers" if isinstance(element, DataSource) and isinstance(element, DataSink) else "sources"
+            report[group][self._stats[id(element)].name] = entry
+        return report
+
+    def reset_stats(self) -> None:
+        """Set every counter back to zero and forget latency samples."""
+        for stats in self._stats.values():
+            stats.reset()
 
     def get_many(self, type: type[T] | Any, query: Mapping[str, Any], streaming: bool = False) -> Iterable[T]:
         """The values of ``type`` that ``query`` names, from the first source that has them.
@@ -196,10 +498,9 @@ class DataPipeline:
             return items
         raise NotFoundError(type=type, query=query, tried=[r.name for r in routes])
 
-    @staticmethod
-    def _stream(route: Route, result: Iterable[Any], context: PipelineContext) -> Iterator[Any]:
+    def _stream(self, route: Route, result: Iterable[Any], context: PipelineContext) -> Iterator[Any]:
         for item in result:
-            yield route.deliver(item, context)
+            yield self._deliver(route, item, context)
 
     def get_batch(
         self, type: type[T] | Any, queries: Sequence[Mapping[str, Any]], *, default: Any = MISSING

@@ -12,14 +12,12 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .context import TYPE_WILDCARD, PipelineContext
+from .context import TYPE_WILDCARD
 from .errors import element_name, type_name
 from .sink import DataSink
 from .source import DataSource
 from .store import Store
 from .transformer import CompositeDataTransformer, DataTransformer
-
-_SOURCE = PipelineContext.Keys.SOURCE
 
 Chain = tuple[tuple[DataTransformer, Any], ...]
 
@@ -97,13 +95,18 @@ def _flatten(transformers: Iterable[DataTransformer]) -> list[DataTransformer]:
 class Feed:
     """A sink together with the type it stores and the conversion that gets it there."""
 
-    __slots__ = ("sink", "store_type", "chain", "keyed")
+    __slots__ = ("sink", "store_type", "chain", "keyed", "stats", "breaker")
 
     def __init__(self, sink: DataSink, store_type: Any, chain: Chain) -> None:
         self.sink = sink
         self.store_type = store_type
         self.chain = chain
         self.keyed = isinstance(sink, Store)
+        self.stats: Any = None
+        self.breaker: Any = None
+
+    def attach(self, stats: Any, breaker: Any) -> None:
+        self.stats, self.breaker = stats, breaker
 
     def put(self, value: Any, context: Any) -> None:
         self.sink.put(self.store_type, convert(self.chain, value, context), context)
@@ -116,7 +119,8 @@ class Route:
     """One way to answer a type: ask ``source`` for ``source_type``, convert along ``chain``."""
 
     __slots__ = (
-        "source", "source_type", "chain", "before", "after", "keyed", "cached", "plain", "name", "source_name"
+        "source", "source_type", "chain", "before", "after", "keyed", "cached", "plain", "name",
+        "source_name", "stats", "breaker", "lookup", "lookup_fresh", "max_age",
     )
 
     def __init__(
@@ -134,16 +138,18 @@ class Route:
         self.plain = not chain and not before and not after
         self.source_name = element_name(source)
         self.name = f"{self.source_name} as {type_name(source_type)}"
+        self.stats: Any = None
+        self.breaker: Any = None
+        # Bound once, so the hit path does no attribute search on the store.
+        self.lookup = getattr(source, "lookup", None)
+        self.lookup_fresh = getattr(source, "lookup_fresh", None)
+        self.max_age: float | None = None
 
-    def deliver(self, value: Any, context: Any) -> Any:
-        """Write ``value`` back, convert it to the requested type, and return it."""
-        context[_SOURCE] = self.source_name
-        for feed in self.before:
-            feed.put(value, context)
-        value = convert(self.chain, value, context)
-        for feed in self.after:
-            feed.put(value, context)
-        return value
+    def attach(self, stats: Any, breaker: Any, policy: Any) -> None:
+        """Wire the pipeline's counters, breaker and the type's policy into this route."""
+        self.stats, self.breaker = stats, breaker
+        limit = policy.soft_limit if policy is not None else float("inf")
+        self.max_age = None if limit == float("inf") else limit
 
 
 def feeds_for(graph: TypeGraph, sinks: Iterable[DataSink], before: Any, after: Any) -> tuple[list, list]:

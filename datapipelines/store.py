@@ -38,6 +38,15 @@ _QUERY = PipelineContext.Keys.QUERY
 _QUERIES = PipelineContext.Keys.QUERIES
 _MANY = PipelineContext.Keys.MANY
 _PIPELINE = PipelineContext.Keys.PIPELINE
+_EXPIRY = PipelineContext.Keys.EXPIRY
+
+
+def _policy_seconds(type_: Any, context: PipelineContext | None) -> Any:
+    """The lifetime a Policy set for ``type_`` on this call, or MISSING."""
+    overrides = context.get(_EXPIRY) if context is not None else None
+    if overrides and type_ in overrides:
+        return overrides[type_]
+    return MISSING
 
 
 class Store(DataSource, DataSink):
@@ -73,6 +82,15 @@ class Store(DataSource, DataSink):
         """The live value under ``key`` or MISSING."""
         raise NotImplementedError
 
+    def _load_entry(self, key: str, type_: Any) -> Any:
+        """``(value, age in seconds or None if unknown)`` under ``key``, or MISSING.
+
+        Stores that know when a value was written override this so policies can
+        tell fresh from stale; an unknown age counts as fresh.
+        """
+        value = self._load(key, type_)
+        return MISSING if value is MISSING else (value, None)
+
     def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
         """Live values (or MISSING) aligned with ``keys``, in one round trip."""
         return [self._load(key, type_) for key in keys]
@@ -98,15 +116,34 @@ class Store(DataSource, DataSink):
         """The value of ``type_`` stored for ``query``, or MISSING."""
         return self._load(key_for(type_, query), type_)
 
+    def lookup_entry(self, type_: Any, query: Mapping[str, Any]) -> Any:
+        """``(value, age or None)`` of ``type_`` stored for ``query``, or MISSING."""
+        return self._load_entry(key_for(type_, query), type_)
+
+    def lookup_fresh(self, type_: Any, query: Mapping[str, Any], max_age: float) -> Any:
+        """The value if it is younger than ``max_age`` seconds (or of unknown age), else MISSING."""
+        entry = self._load_entry(key_for(type_, query), type_)
+        if entry is MISSING or (entry[1] is not None and entry[1] >= max_age):
+            return MISSING
+        return entry[0]
+
     def lookup_many(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
         """Values (or MISSING) aligned with ``queries``, fetched in one round trip."""
         self._check_type(type_)
         return self._load_many([key_for(type_, q) for q in queries], type_)
 
-    def store_many(self, type_: Any, entries: Sequence[tuple[Mapping[str, Any], Any]]) -> None:
-        """Store (query, value) pairs of ``type_`` with the type's expiry, in one round trip."""
+    def store_many(
+        self, type_: Any, entries: Sequence[tuple[Mapping[str, Any], Any]], *, seconds: Any = MISSING
+    ) -> None:
+        """Store (query, value) pairs of ``type_`` in one round trip.
+
+        They expire after the type's configured expiry, or after ``seconds`` when
+        given (a Policy's lifetime); a type configured with 0 is never stored.
+        """
         self._check_type(type_)
-        seconds = self.expirations.seconds_for(type_)
+        configured = self.expirations.seconds_for(type_)
+        if seconds is MISSING or configured == DONT_STORE:
+            seconds = configured
         if seconds == DONT_STORE or not entries:
             return
         self._save_many([(key_for(type_, q), value) for q, value in entries], seconds, type_)
@@ -132,7 +169,7 @@ class Store(DataSource, DataSink):
     def put(self, type: Any, item: Any, context: PipelineContext | None = None) -> None:
         query = self._query_for(type, item, context)
         if query is not None:
-            self.store_many(type, [(query, item)])
+            self.store_many(type, [(query, item)], seconds=_policy_seconds(type, context))
 
     def put_many(self, type: Any, items: Iterable[Any], context: PipelineContext | None = None) -> None:
         items = list(items)
@@ -143,7 +180,8 @@ class Store(DataSource, DataSink):
             raise ConfigurationError(
                 f"put_many of {type_name(type)} got {len(items)} items but {len(queries)} queries"
             )
-        self.store_many(type, [(q, item) for q, item in zip(queries, items) if q is not None])
+        pairs = [(q, item) for q, item in zip(queries, items) if q is not None]
+        self.store_many(type, pairs, seconds=_policy_seconds(type, context))
 
     def _query_for(self, type_: Any, item: Any, context: PipelineContext | None) -> Mapping[str, Any] | None:
         """The query that keys ``item``: the call's query, else the pipeline's query function.

@@ -39,11 +39,11 @@ class MemoryStore(Store):
             raise ValueError(f"MemoryStore maxsize must be positive, got {maxsize!r}")
         sizer = None
         if getsizeof is not None:
-            # Entries are (value, deadline) pairs; weigh the value only.
-            def sizer(entry: tuple[Any, float]) -> int:
+            # Entries are (value, deadline, written_at); weigh the value only.
+            def sizer(entry: tuple[Any, float, float]) -> int:
                 return getsizeof(entry[0])
 
-        self._cache: LRUCache[str, tuple[Any, float]] = LRUCache(maxsize, getsizeof=sizer)
+        self._cache: LRUCache[str, tuple[Any, float, float]] = LRUCache(maxsize, getsizeof=sizer)
         self._lock = threading.Lock()
         self._clock = clock
         self.maxsize = maxsize
@@ -60,7 +60,7 @@ class MemoryStore(Store):
         lock = self._lock
         lock.acquire()
         try:
-            value, deadline = self._cache[key]
+            value, deadline, _ = self._cache[key]
         except KeyError:
             return MISSING
         finally:
@@ -70,35 +70,45 @@ class MemoryStore(Store):
             return MISSING
         return value
 
-    def _load(self, key: str, type_: Any) -> Any:
+    def lookup_fresh(self, type_: Any, query: Mapping[str, Any], max_age: float) -> Any:
+        # The hit path of a type with a Policy: like lookup, plus the age check.
+        key = key_for(type_, query)
+        lock = self._lock
+        lock.acquire()
+        try:
+            value, deadline, written_at = self._cache[key]
+        except KeyError:
+            return MISSING
+        finally:
+            lock.release()
+        now = self._clock()
+        if now - written_at >= max_age or deadline <= now:
+            return MISSING
+        return value
+
+    def _load_entry(self, key: str, type_: Any) -> Any:
         with self._lock:
             entry = self._cache.get(key)
         if entry is None:
             return MISSING
-        if entry[1] is not _FOREVER and entry[1] <= self._clock():
+        value, deadline, written_at = entry
+        now = self._clock()
+        if deadline <= now:
             self._delete_many([key])
             return MISSING
-        return entry[0]
+        return value, now - written_at
 
-    def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
-        # One lock and one clock reading for the whole batch.
-        found: list[Any] = []
-        with self._lock:
-            cache, now = self._cache, self._clock()
-            for key in keys:
-                entry = cache.get(key)
-                if entry is not None and entry[1] is not _FOREVER and entry[1] <= now:
-                    del cache[key]
-                    entry = None
-                found.append(MISSING if entry is None else entry[0])
-        return found
+    def _load(self, key: str, type_: Any) -> Any:
+        entry = self._load_entry(key, type_)
+        return MISSING if entry is MISSING else entry[0]
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
-        deadline = _FOREVER if seconds is None else self._clock() + seconds
+        now = self._clock()
+        deadline = _FOREVER if seconds is None else now + seconds
         with self._lock:
             for key, value in entries:
                 try:
-                    self._cache[key] = (value, deadline)
+                    self._cache[key] = (value, deadline, now)
                 except ValueError:
                     # Larger than the whole byte budget: it cannot be cached at all.
                     self._cache.pop(key, None)
@@ -110,4 +120,3 @@ class MemoryStore(Store):
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
-

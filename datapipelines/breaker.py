@@ -1,0 +1,56 @@
+"""A circuit breaker per tier: skip a tier that keeps failing, probe it again later."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class CircuitBreaker:
+    """Opens after ``failures`` consecutive errors; after ``cooldown`` seconds one
+    probe is let through (half-open); its success closes the breaker again."""
+
+    def __init__(self, failures: int = 3, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        if failures < 1 or cooldown < 0:
+            raise ValueError(f"CircuitBreaker needs failures >= 1 and cooldown >= 0, got {failures}, {cooldown}")
+        self.failures = failures
+        self.cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._consecutive = 0
+        self._open_until: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        if self._open_until is None:
+            return "closed"
+        return "half-open" if self._clock() >= self._open_until else "open"
+
+    def allow(self) -> bool:
+        """May a call go to the tier now?"""
+        if self._open_until is None:
+            return True
+        with self._lock:
+            if self._open_until is None:
+                return True
+            if self._clock() < self._open_until or self._probing:
+                return False
+            self._probing = True
+            return True
+
+    def success(self) -> None:
+        if self._open_until is None and not self._consecutive:
+            return
+        with self._lock:
+            self._consecutive = 0
+            self._open_until = None
+            self._probing = False
+
+    def failure(self) -> None:
+        with self._lock:
+            self._consecutive += 1
+            if self._probing or self._consecutive >= self.failures:
+                self._open_until = self._clock() + self.cooldown
+            self._probing = False

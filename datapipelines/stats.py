@@ -1,0 +1,70 @@
+"""Counters and latency samples per tier and per source, for ``pipeline.stats()``.
+
+Counting stays off the formatting path: a hit adds one integer. Latency is
+sampled (every call on the slow path, one in 64 hits on the fast path) into a
+bounded window, so the percentiles cost nothing until they are read.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+SAMPLE_EVERY = 64
+_WINDOW = 2048
+
+
+def _percentile(ordered: list[float], fraction: float) -> float | None:
+    if not ordered:
+        return None
+    index = min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class ElementStats:
+    """What one pipeline element did.
+
+    For a tier: ``lookups`` (hits are lookups - misses - errors - skips, so the
+    fast path adds one integer), ``misses``, ``puts``, ``errors``, ``skips``
+    (calls skipped while its breaker was open). For a source: ``calls``,
+    ``errors``, ``joins`` (callers that shared another's single-flight call),
+    ``stale`` (stale values served because it failed), ``negative`` (misses
+    answered from the negative cache).
+    """
+
+    __slots__ = ("name", "lookups", "misses", "puts", "errors", "skips", "calls", "joins", "stale",
+                 "negative", "_latencies")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.reset()
+
+    def reset(self) -> None:
+        self.lookups = self.misses = self.puts = self.errors = self.skips = 0
+        self.calls = self.joins = self.stale = self.negative = 0
+        self._latencies: deque[float] = deque(maxlen=_WINDOW)
+
+    def record_latency(self, seconds: float) -> None:
+        self._latencies.append(seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        ordered = sorted(self._latencies)
+        hits = max(0, self.lookups - self.misses - self.errors - self.skips)
+
+        def micro(fraction: float) -> float | None:
+            value = _percentile(ordered, fraction)
+            return None if value is None else round(value * 1e6, 2)
+
+        return {
+            "hits": hits,
+            "misses": self.misses,
+            "puts": self.puts,
+            "errors": self.errors,
+            "skips": self.skips,
+            "calls": self.calls,
+            "joins": self.joins,
+            "stale": self.stale,
+            "negative": self.negative,
+            "p50_us": micro(0.5),
+            "p99_us": micro(0.99),
+        }
