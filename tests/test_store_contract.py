@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import multiprocessing
 from collections.abc import Callable
 from typing import Any
 
@@ -220,3 +221,44 @@ def test_a_pipeline_reads_through_writes_back_and_invalidates(make_store: MakeSt
     assert store.lookup(Item, {"id": 7}) is MISSING
     assert pipeline.get_batch(Item, [{"id": 8}, {"id": 9}]) == [Item(8, "direct"), Item(9, "item 9")]
     assert store.lookup(Item, {"id": 9}) == Item(9, "item 9")
+
+
+# -- sharing between processes (used by the disk and Redis test files) ------------------------------
+
+
+def _share_worker(kind: str, location: str, namespace: str, worker: int, barrier: Any, results: Any) -> None:
+    store = DiskStore(location) if kind == "disk" else RedisStore(location, namespace=namespace)
+    mine = [({"id": worker * 1000 + i}, Item(worker * 1000 + i, f"from {worker}")) for i in range(100)]
+    barrier.wait()
+    for start in range(0, 100, 10):
+        store.store_many(Item, mine[start : start + 10])
+    for i in range(30):  # both processes overwrite one key at the same time
+        store.store_many(Item, [({"id": -1}, Item(-1, f"race {worker} {i}"))])
+    barrier.wait()
+    other = 1 - worker
+    found = store.lookup_many(Item, [{"id": other * 1000 + i} for i in range(100)])
+    seen = sum(value == Item(other * 1000 + i, f"from {other}") for i, value in enumerate(found))
+    results.put((worker, seen, store.lookup(Item, {"id": -1})))
+
+
+def share_between_two_processes(kind: str, location: str, namespace: str = "") -> list[tuple[int, int, Any]]:
+    """Two real processes write into one store at once and read each other's values back."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2, timeout=60), context.Queue()
+    processes = [
+        context.Process(target=_share_worker, args=(kind, location, namespace, n, barrier, results))
+        for n in range(2)
+    ]
+    for process in processes:
+        process.start()
+    outcome = sorted(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    return outcome
+
+
+def assert_shared_cleanly(outcome: list[tuple[int, int, Any]]) -> None:
+    (_, seen0, race0), (_, seen1, race1) = outcome
+    assert (seen0, seen1) == (100, 100)
+    assert race0 == race1 and race0.id == -1 and race0.name.startswith("race ")
