@@ -102,6 +102,19 @@ class MemoryStore(Store):
         entry = self._load_entry(key, type_)
         return MISSING if entry is MISSING else entry[0]
 
+    def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
+        # One lock and one clock reading for the whole batch.
+        found: list[Any] = []
+        with self._lock:
+            cache, now = self._cache, self._clock()
+            for key in keys:
+                entry = cache.get(key)
+                if entry is not None and entry[1] <= now:
+                    del cache[key]
+                    entry = None
+                found.append(MISSING if entry is None else entry[0])
+        return found
+
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
         now = self._clock()
         deadline = _FOREVER if seconds is None else now + seconds
