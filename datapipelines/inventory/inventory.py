@@ -426,7 +426,7 @@ class Inventory:
         if plan.id_max is not None:
             window.append(t.c.id_start <= plan.id_max)
         taken = connection.execute(sa.select(t.c.id_start, t.c.id_end).where(*window).order_by(t.c.id_start))
-        for low, high in _gaps(list(taken.tuples()), plan.id_min, plan.id_max):
+        for low, high in _gaps(taken.all(), plan.id_min, plan.id_max):
             pick = plan.source.pick(connection, first=low, last=high, **budget)
             if pick is not None:
                 return pick
