@@ -14,7 +14,14 @@ from typing import Any, NamedTuple, TypeVar
 
 from .breaker import CircuitBreaker
 from .context import PipelineContext
-from .errors import ConfigurationError, NoConversionError, NotFoundError, element_name, type_name
+from .errors import (
+    ConfigurationError,
+    NoConversionError,
+    NotFoundError,
+    UnsupportedError,
+    element_name,
+    type_name,
+)
 from .flight import RedisLock, SingleFlight
 from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
@@ -40,6 +47,8 @@ _MANY = PipelineContext.Keys.MANY
 _EXPIRY = PipelineContext.Keys.EXPIRY
 _SOURCE = PipelineContext.Keys.SOURCE
 _SAMPLE_MASK = SAMPLE_EVERY - 1
+# Mistakes in how a tier is used, not failures of the tier: never swallowed.
+_CALLER_ERRORS = (ConfigurationError, UnsupportedError, TypeError)
 
 _current_session: contextvars.ContextVar[Any] = contextvars.ContextVar("datapipelines_session", default=None)
 
@@ -73,6 +82,9 @@ class DataPipeline:
       None disables breakers.
     - ``process_lock``: a :class:`RedisLock` so processes sharing a Redis call a
       source once per missing key.
+    - ``invalidation``: an object with ``attach(pipeline)`` and ``publish(keys)``
+      (see :mod:`datapipelines.invalidation`) that tells other processes' memory
+      tiers about invalidations and puts.
 
     A pipeline is safe to share between threads.
     """
@@ -87,6 +99,7 @@ class DataPipeline:
         strict: bool = False,
         breaker: Callable[[], CircuitBreaker] | None = CircuitBreaker,
         process_lock: RedisLock | None = None,
+        invalidation: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not elements:
@@ -128,6 +141,9 @@ class DataPipeline:
         self._refreshing: set[tuple[Any, str]] = set()
         self._refresh_lock = threading.Lock()
         self._refresher: ThreadPoolExecutor | None = None
+        self._invalidation = invalidation
+        if invalidation is not None:
+            invalidation.attach(self)
         self._policies: dict[Any, Policy] = {}
         for policy_type, policy in (policies or {}).items():
             self.set_policy(policy_type, policy)
@@ -176,6 +192,8 @@ class DataPipeline:
         feeds = self._put_feeds.get(type)
         if feeds is None:
             _, feeds = feeds_for(self._graph, self._ordered_sinks, type, type)
+            for feed in feeds:
+                feed.attach(self._stats[id(feed.sink)], self._breakers.get(id(feed.sink)))
             self._put_feeds[type] = feeds
         return feeds
 
@@ -273,6 +291,8 @@ class DataPipeline:
                 found = (route.source.get(route.source_type, dict(query), self._context(query)), None)
         except NotFoundError:
             found = MISSING
+        except _CALLER_ERRORS:
+            raise
         except Exception as error:
             self._tier_failed(route.source, stats, breaker, error, "lookup")
             return MISSING
@@ -372,7 +392,7 @@ class DataPipeline:
         stale: Result | None,
         key: str | None,
     ) -> Result:
-        tried = []
+        tried = [r.name for r in routes[:index] if r.cached]
         for route in routes[index:]:
             if route.cached:
                 continue
@@ -418,6 +438,8 @@ class DataPipeline:
             return
         try:
             put(value, context)
+        except _CALLER_ERRORS:
+            raise
         except Exception as error:
             self._tier_failed(feed.sink, feed.stats, breaker, error, "write-back")
             return
@@ -592,9 +614,12 @@ class DataPipeline:
         feeds = self._feeds_for_put(type)
         if not feeds:
             return
-        context = self._context(query if query is not None else self.query_for(type, item))
+        query = query if query is not None else self.query_for(type, item)
+        context = self._context(query)
         for feed in feeds:
-            feed.put(item, context)
+            self._write(feed, feed.put, item, context)
+        if query is not None:
+            self._announce(type, [query])
 
     def put_many(
         self, type: Any, items: Iterable[Any], *, queries: Sequence[Mapping[str, Any]] | None = None
@@ -609,14 +634,12 @@ class DataPipeline:
         context = self._context(None)
         context[_QUERIES] = list(queries) if queries is not None else None
         for feed in feeds:
-            feed.put_many(items, context)
+            self._write(feed, feed.put_many, items, context)
+        derived = queries if queries is not None else [self.query_for(type, item) for item in items]
+        self._announce(type, [q for q in derived if q is not None])
 
-    def invalidate(self, type: Any, query: Mapping[str, Any]) -> int:
-        """Remove the value for ``query`` from every store; return how many entries went.
-
-        Besides ``type`` itself, the types a store is fed on the way to ``type``
-        (a raw payload kept before conversion, say) are removed too.
-        """
+    def _stores_of(self, type: Any) -> set[tuple[Store, Any]]:
+        """Every (store, stored type) that may hold a value on the way to ``type``."""
         targets: set[tuple[Store, Any]] = set()
         for element in self._elements:
             if isinstance(element, Store) and type in element.accepts:
@@ -626,7 +649,43 @@ class DataPipeline:
                 for feed in route.before + route.after:
                     if feed.keyed:
                         targets.add((feed.sink, feed.store_type))  # type: ignore[arg-type]
-        return sum(bool(store.delete(store_type, query)) for store, store_type in targets)
+        return targets
+
+    def invalidate(self, type: Any, query: Mapping[str, Any]) -> int:
+        """Remove the value for ``query`` from every store; return how many entries went.
+
+        Besides ``type`` itself, the types a store is fed on the way to ``type``
+        (a raw payload kept before conversion, say) are removed too, and so is a
+        remembered NotFoundError. With ``invalidation=`` set, other processes'
+        memory tiers drop the key as well.
+        """
+        removed = 0
+        for store, store_type in self._stores_of(type):
+            breaker = self._breakers.get(id(store))
+            try:
+                removed += bool(store.delete(store_type, query))
+            except Exception as error:
+                self._tier_failed(store, self._stats[id(store)], breaker, error, "invalidate")
+        with contextlib.suppress(TypeError):
+            self._negative.pop((type, key_for(type, query)), None)
+        self._announce(type, [query])
+        return removed
+
+    def _announce(self, type: Any, queries: Sequence[Mapping[str, Any]]) -> None:
+        """Tell other processes' memory tiers to drop these queries' keys."""
+        if self._invalidation is None or not queries:
+            return
+        keys = set()
+        for _, store_type in self._stores_of(type):
+            for query in queries:
+                with contextlib.suppress(TypeError):
+                    keys.add(key_for(store_type, query))
+        if keys:
+            self._invalidation.publish(sorted(keys))
+
+    def local_stores(self) -> list[Store]:
+        """The stores that live in this process (what cross-process invalidation must clear)."""
+        return [e for e in self._elements if isinstance(e, Store) and getattr(e, "in_process", False)]
 
     # -- sessions -------------------------------------------------------------------
     @contextlib.contextmanager

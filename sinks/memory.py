@@ -48,6 +48,9 @@ class MemoryStore(Store):
         self._clock = clock
         self.maxsize = maxsize
 
+    # Lives in this process: other processes' invalidations must reach it.
+    in_process = True
+
     def __repr__(self) -> str:
         return f"MemoryStore(maxsize={self.maxsize})"
 
