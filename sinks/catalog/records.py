@@ -6,7 +6,8 @@ consumer's own ``local`` fields, which win over a remote field of the same name.
 A field that was never set reads as None, and ``name=False`` matches it too, so
 ``find(imported=False)`` finds what nobody has marked yet. ``<name>_after`` is
 inclusive and ``<name>_before`` exclusive; ``retrieved_after`` compares
-``retrieved_at``.
+``retrieved_at``. ``query={"id": 3}`` matches records whose query has those
+values, and ``fields={"type": "x"}`` reaches fields named like a column.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from functools import partial
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Engine, Table, and_, false, func, not_, or_, select, update
+from sqlalchemy import ColumnElement, Engine, Table, and_, false, func, not_, or_, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB
 
 from datapipelines.keys import type_name_of
 
@@ -60,6 +62,11 @@ class Record(MutableMapping[str, Any]):
     @property
     def key(self) -> str:
         return str(self._core["key"])
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """Every field, local over remote, including those named like a column."""
+        return {**self._fields, **(self._local or {})}
 
     @property
     def deleted(self) -> bool:
@@ -170,22 +177,24 @@ class _SQLite:
 
 
 class _PostgreSQL:
+    # The columns are JSONB on PostgreSQL; coercing gives the JSONB operators.
     @staticmethod
     def present(column: Any, name: str) -> ColumnElement[bool]:
-        return column.has_key(name)  # type: ignore[no-any-return]
+        return type_coerce(column, JSONB).has_key(name)
 
     @staticmethod
     def absent(column: Any, name: str) -> ColumnElement[bool]:
-        return or_(not_(column.has_key(name)), func.jsonb_typeof(column[name]) == "null")
+        document = type_coerce(column, JSONB)
+        return or_(not_(document.has_key(name)), func.jsonb_typeof(document[name]) == "null")
 
     @staticmethod
     def equals(column: Any, name: str, value: Any) -> ColumnElement[bool]:
         # Containment compares JSON values with their types: true is not 1, "1" is not 1.
-        return column.contains({name: value})  # type: ignore[no-any-return]
+        return type_coerce(column, JSONB).contains({name: value})
 
     @staticmethod
     def text(column: Any, name: str) -> Any:
-        return column[name].astext
+        return type_coerce(column, JSONB)[name].astext
 
 
 def where(table: Table, filters: Mapping[str, Any], dialect: str) -> list[ColumnElement[bool]]:
@@ -202,35 +211,51 @@ def where(table: Table, filters: Mapping[str, Any], dialect: str) -> list[Column
             and_(not_(json.present(local, name)), predicate(table.c.fields, name)),
         )
 
-    conditions = []
-    for name, value in filters.items():
-        if name in table.c and name in _RESERVED:
-            conditions.append(_column_condition(table, name, value))
-            continue
+    def condition(name: str, value: Any, columns: bool) -> ColumnElement[bool]:
+        if columns and name in table.c and name in _RESERVED:
+            return _column_condition(table, name, value)
         comparison = _comparison(name)
         if comparison is not None:
             stem, after = comparison
-            column = _date_column(table, stem)
+            column = _date_column(table, stem) if columns else None
             if column is not None:
                 bound = to_db(value)
-                conditions.append(column >= bound if after else column < bound)
-            else:
-                text = value.isoformat() if isinstance(value, (datetime.date, datetime.datetime)) else value
-                conditions.append(field(stem, partial(_text_bound, json, text, after)))
-            continue
-        if not isinstance(value, _SCALARS):
-            raise CatalogError(
-                f"find() compares fields with single values; got a {type(value).__name__} for {name!r}"
-            )
-        if isinstance(value, (datetime.date, datetime.datetime)):
-            value = value.isoformat()
+                return column >= bound if after else column < bound  # type: ignore[no-any-return]
+            text = value.isoformat() if isinstance(value, (datetime.date, datetime.datetime)) else value
+            return field(stem, partial(_text_bound, json, text, after))
+        value = _scalar(name, value)
         if value is None:
-            conditions.append(field(name, json.absent))
-        elif value is False:
-            conditions.append(or_(field(name, partial(_equals, json, False)), field(name, json.absent)))
+            return field(name, json.absent)
+        if value is False:
+            return or_(field(name, partial(_equals, json, False)), field(name, json.absent))
+        return field(name, partial(_equals, json, value))
+
+    conditions = []
+    for name, value in filters.items():
+        if name in ("fields", "query"):
+            if not isinstance(value, Mapping):
+                raise CatalogError(f"find({name}=...) takes a mapping of names to values, got {value!r}")
+            if name == "fields":
+                # Fields named like a column (id, type, source...) are reached this way.
+                conditions.extend(condition(key, item, False) for key, item in value.items())
+            else:
+                for key, item in value.items():
+                    item = _scalar(key, item)
+                    column = table.c.query
+                    conditions.append(
+                        json.absent(column, key) if item is None else json.equals(column, key, item)
+                    )
         else:
-            conditions.append(field(name, partial(_equals, json, value)))
+            conditions.append(condition(name, value, True))
     return conditions
+
+
+def _scalar(name: str, value: Any) -> Any:
+    if not isinstance(value, _SCALARS):
+        raise CatalogError(f"find() compares single values; got a {type(value).__name__} for {name!r}")
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    return value
 
 
 def _equals(json: Any, value: Any, column: Any, name: str) -> ColumnElement[bool]:
@@ -260,8 +285,6 @@ def _column_condition(table: Table, name: str, value: Any) -> ColumnElement[bool
     column = table.c[name]
     if value is None:
         return column.is_(None)
-    if name == "query":
-        raise CatalogError("find() cannot compare whole queries; use key=key_for(type, query)")
     if name in DATE_COLUMNS:
         return column == to_db(value)  # type: ignore[no-any-return]
     if name == "type" and not isinstance(value, str):
@@ -286,8 +309,8 @@ def find_records(
 
 
 def count_records(engine: Engine, table: Table, filters: Mapping[str, Any], *, include_deleted: bool) -> int:
-    statement = select(func.count()).select_from(table).where(
-        *_conditions(engine, table, filters, include_deleted)
+    statement = (
+        select(func.count()).select_from(table).where(*_conditions(engine, table, filters, include_deleted))
     )
     with engine.connect() as connection:
         return int(connection.execute(statement).scalar_one())
