@@ -1,0 +1,61 @@
+"""The wheel: sinks and transformers ship inside datapipelines, never as top-level packages."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# What a source distribution of the project holds; the build runs on a copy of it,
+# so it never writes build/ or egg-info into the working tree.
+SOURCES = ("pyproject.toml", "setup.cfg", "README.md", "LICENSE", "datapipelines", "sinks", "transformers")
+
+
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    tree = tmp_path_factory.mktemp("tree")
+    for name in SOURCES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif source.exists():
+            shutil.copy2(source, tree / name)
+    out = tmp_path_factory.mktemp("dist")
+    command = [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(tree)]
+    if importlib.util.find_spec("wheel") is not None:
+        # The venv has the whole build backend: no need to download one.
+        command.insert(-1, "--no-isolation")
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, f"wheel build failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    (wheel,) = out.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        return archive.namelist()
+
+
+@pytest.mark.timeout(300)
+def test_wheel_ships_sinks_and_transformers_inside_datapipelines(wheel_names: list[str]) -> None:
+    assert "datapipelines/__init__.py" in wheel_names
+    assert "datapipelines/sinks/__init__.py" in wheel_names
+    assert "datapipelines/sinks/memory.py" in wheel_names
+    assert "datapipelines/transformers/__init__.py" in wheel_names
+    assert "datapipelines/py.typed" in wheel_names
+
+
+@pytest.mark.timeout(300)
+def test_wheel_has_no_top_level_sinks_or_transformers(wheel_names: list[str]) -> None:
+    top_level = {name.split("/", 1)[0] for name in wheel_names}
+    assert "sinks" not in top_level
+    assert "transformers" not in top_level, "it would shadow Hugging Face's transformers"
+    packages = top_level - {n for n in top_level if n.endswith(".dist-info")}
+    assert packages == {"datapipelines"}
