@@ -132,7 +132,9 @@ class LocalServer:
         return answer if isinstance(answer, Reply) else Reply(200, answer)
 
     def start(self) -> LocalServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="LocalServer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="LocalServer", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -100,9 +100,18 @@ def from_json(cls: type, data: Any, path: str | None = None) -> Any:
     return cls(**kwargs)
 
 
+def _plain(value: Any) -> Any:
+    # asdict keeps tuples and sets; a JSON document has only lists.
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(item) for item in value]
+    return value
+
+
 def to_json(value: Any) -> Any:
-    """A dataclass instance as a JSON object (dict), recursively."""
-    return dataclasses.asdict(value)
+    """A dataclass instance as a JSON object: dicts, lists and scalars only."""
+    return _plain(dataclasses.asdict(value))
 
 
 class DataclassTransformer(DataTransformer):
