@@ -1,4 +1,4 @@
-"""HttpSource against a real server on loopback: retries, backoff, Retry-After, timeout, politeness, errors."""
+"""HttpSource against a real loopback server: retries, backoff, Retry-After, timeout, politeness, errors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass
 
 import pytest
+from datapipelines.sinks.memory import MemoryStore
+from datapipelines.transformers import JSON, DataclassTransformer, RawTransformer
 
 from datapipelines import DataPipeline, NotFoundError
 from datapipelines.errors import ConfigurationError
@@ -24,9 +26,7 @@ from datapipelines.remote import (
     response_for,
     unregister_adapter,
 )
-from datapipelines.sinks.memory import MemoryStore
 from datapipelines.testing import LocalServer, Reply
-from datapipelines.transformers import JSON, DataclassTransformer, RawTransformer
 
 WEATHER = {"path": "/weather", "params": {"city": "Oslo"}}
 
