@@ -11,7 +11,7 @@ import diskcache
 
 from datapipelines.store import MISSING, Store
 
-from .serializers import Codec, SerializationError, Serializer, make_serializer, report_bad_entry
+from .serializers import Codec, Serializer, make_serializer
 
 
 class _BytesOnlyDisk(diskcache.Disk):
@@ -49,7 +49,7 @@ class DiskStore(Store):
     ) -> None:
         super().__init__(types=types, expirations=expirations, default_expiry=default_expiry)
         self.directory = os.fspath(directory)
-        self._codec = Codec(make_serializer(serializer, secret))
+        self._codec = Codec(make_serializer(serializer, secret), owner=self, drop=self._drop)
         self._clock = clock
         self._cache = diskcache.Cache(
             self.directory, timeout=timeout, disk=_BytesOnlyDisk, size_limit=size_limit
@@ -62,30 +62,31 @@ class DiskStore(Store):
     def serializer(self) -> Serializer:
         return self._codec.serializer
 
-    def _decode(self, key: str, blob: Any, type_: Any, now: float) -> Any:
-        if blob is None:
-            return MISSING
-        try:
-            return self._codec.decode(blob, type_, now)
-        except SerializationError as error:
-            report_bad_entry(self, key, type_, error)
-            self._cache.delete(key, retry=True)
-            return MISSING
+    def _drop(self, key: str) -> None:
+        self._cache.delete(key, retry=True)
 
     def _load(self, key: str, type_: Any) -> Any:
-        return self._decode(key, self._cache.get(key, retry=True), type_, self._clock())
+        entry = self._codec.read(key, self._cache.get(key, retry=True), type_, self._clock())
+        return MISSING if entry is MISSING else entry[0]
+
+    def _load_entry(self, key: str, type_: Any) -> Any:
+        now = self._clock()
+        entry = self._codec.read(key, self._cache.get(key, retry=True), type_, now)
+        return MISSING if entry is MISSING else (entry[0], max(0.0, now - entry[1]))
 
     def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
         get = self._cache.get
         with self._cache.transact(retry=True):
             blobs = [get(key, retry=True) for key in keys]
         now = self._clock()
-        return [self._decode(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
+        read = self._codec.read
+        entries = [read(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
+        return [MISSING if entry is MISSING else entry[0] for entry in entries]
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
-        deadline = None if seconds is None else self._clock() + seconds
+        now = self._clock()
         # Serialize everything first: a value that cannot be stored fails the call before any write.
-        blobs = [(key, self._codec.encode(value, type_, deadline)) for key, value in entries]
+        blobs = [(key, self._codec.encode(value, type_, now, seconds)) for key, value in entries]
         put = self._cache.set
         with self._cache.transact(retry=True):
             for key, blob in blobs:

@@ -14,7 +14,7 @@ from redis.cluster import RedisCluster
 from datapipelines.errors import ConfigurationError
 from datapipelines.store import MISSING, Store
 
-from .serializers import Codec, SerializationError, Serializer, make_serializer, report_bad_entry
+from .serializers import Codec, Serializer, make_serializer
 
 _CLEAR_BATCH = 500
 _GLOB_SPECIALS = "\\*?[]"
@@ -68,7 +68,7 @@ class RedisStore(Store):
             raise ConfigurationError(f"RedisStore namespace must be a non-empty word, got {namespace!r}")
         self.namespace = namespace
         self._prefix = namespace + ":"
-        self._codec = Codec(make_serializer(serializer, secret))
+        self._codec = Codec(make_serializer(serializer, secret), owner=self, drop=self._drop)
         self._clock = clock
         self._owns_client = client is None
         if client is None:
@@ -100,18 +100,17 @@ class RedisStore(Store):
     def serializer(self) -> Serializer:
         return self._codec.serializer
 
-    def _decode(self, key: str, blob: Any, type_: Any, now: float) -> Any:
-        if blob is None:
-            return MISSING
-        try:
-            return self._codec.decode(blob, type_, now)
-        except SerializationError as error:
-            report_bad_entry(self, key, type_, error)
-            self.client.unlink(self._prefix + key)
-            return MISSING
+    def _drop(self, key: str) -> None:
+        self.client.unlink(self._prefix + key)
 
     def _load(self, key: str, type_: Any) -> Any:
-        return self._decode(key, self.client.get(self._prefix + key), type_, self._clock())
+        entry = self._codec.read(key, self.client.get(self._prefix + key), type_, self._clock())
+        return MISSING if entry is MISSING else entry[0]
+
+    def _load_entry(self, key: str, type_: Any) -> Any:
+        now = self._clock()
+        entry = self._codec.read(key, self.client.get(self._prefix + key), type_, now)
+        return MISSING if entry is MISSING else (entry[0], max(0.0, now - entry[1]))
 
     def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
         if not keys:
@@ -119,15 +118,17 @@ class RedisStore(Store):
         prefix = self._prefix
         blobs = self._mget([prefix + key for key in keys])
         now = self._clock()
-        return [self._decode(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
+        read = self._codec.read
+        entries = [read(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
+        return [MISSING if entry is MISSING else entry[0] for entry in entries]
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
-        deadline = None if seconds is None else self._clock() + seconds
+        now = self._clock()
         # PX takes whole milliseconds; round up so a short expiry never becomes "now".
         px = None if seconds is None else max(1, math.ceil(seconds * 1000))
         prefix, encode = self._prefix, self._codec.encode
         # Serialize everything first: a value that cannot be stored fails the call before any write.
-        blobs = [(prefix + key, encode(value, type_, deadline)) for key, value in entries]
+        blobs = [(prefix + key, encode(value, type_, now, seconds)) for key, value in entries]
         if len(blobs) == 1:
             self.client.set(blobs[0][0], blobs[0][1], px=px)
             return

@@ -306,25 +306,31 @@ def make_serializer(
 # -- the envelope -------------------------------------------------------------------------------------
 
 _MAGIC = b"DPE1"
-_DEADLINE = struct.Struct("!d")
+_STAMPS = struct.Struct("!dd")  # deadline, written at
 _TAG_LENGTH = struct.Struct("!H")
-_HEADER = len(_MAGIC) + _DEADLINE.size
+_HEADER = len(_MAGIC) + _STAMPS.size
 _FOREVER = float("inf")
 
 
 class Codec:
-    """Frames a serializer's bytes: ``DPE1``, deadline (wall-clock seconds), tag, payload.
+    """Frames a serializer's bytes: ``DPE1``, deadline and write time (wall-clock seconds), tag, payload.
 
     The deadline lets every reader reject an expired entry by its own clock,
-    whatever the backend's eviction does; the tag makes an entry from another
-    serializer, type or schema version a miss.
+    whatever the backend's eviction does; the write time gives policies the
+    entry's age; the tag makes an entry from another serializer, type or schema
+    version a miss.
     """
 
-    __slots__ = ("serializer", "_tags")
+    __slots__ = ("serializer", "_tags", "_owner", "_drop")
 
-    def __init__(self, serializer: Serializer) -> None:
+    def __init__(
+        self, serializer: Serializer, owner: Any = None, drop: Callable[[str], Any] | None = None
+    ) -> None:
+        """``owner`` (the store) names the entries in logs; ``read`` hands bad keys to ``drop``."""
         self.serializer = serializer
         self._tags: dict[tuple[Any, int], bytes] = {}
+        self._owner = owner
+        self._drop = drop
 
     def _tag(self, type_: Any) -> bytes:
         # Keyed by version too: set_schema_version() may bump it while the process runs.
@@ -335,13 +341,14 @@ class Codec:
             tag = self._tags[cache_key] = _TAG_LENGTH.pack(len(text)) + text
         return tag
 
-    def encode(self, value: Any, type_: Any, deadline: float | None) -> bytes:
+    def encode(self, value: Any, type_: Any, written_at: float, seconds: float | None) -> bytes:
+        """The entry for ``value``, written at ``written_at`` and alive for ``seconds`` (None: forever)."""
         payload = self.serializer.dumps(value, type_)
-        stamp = _DEADLINE.pack(_FOREVER if deadline is None else deadline)
-        return b"".join((_MAGIC, stamp, self._tag(type_), payload))
+        stamps = _STAMPS.pack(_FOREVER if seconds is None else written_at + seconds, written_at)
+        return b"".join((_MAGIC, stamps, self._tag(type_), payload))
 
     def decode(self, blob: Any, type_: Any, now: float) -> Any:
-        """The value in ``blob``, MISSING once past its deadline; SerializationError if bad."""
+        """``(value, written_at)`` in ``blob``, MISSING once past its deadline; SerializationError if bad."""
         tag = self._tag(type_)
         start = _HEADER + len(tag)
         if blob.__class__ is not bytes or not blob.startswith(_MAGIC) or len(blob) < start:
@@ -351,11 +358,21 @@ class Codec:
             found = blob[found_start : found_start + _TAG_LENGTH.unpack_from(blob, _HEADER)[0]]
             raise SerializationError(f"written as {found.decode('utf-8', 'replace')!r}, "
                                      f"expected {tag[_TAG_LENGTH.size:].decode()!r}")
-        if _DEADLINE.unpack_from(blob, len(_MAGIC))[0] <= now:
+        deadline, written_at = _STAMPS.unpack_from(blob, len(_MAGIC))
+        if deadline <= now:
             return MISSING
-        return self.serializer.loads(blob[start:], type_)
+        return self.serializer.loads(blob[start:], type_), written_at
 
-
-def report_bad_entry(store: Any, key: str, type_: Any, error: Exception) -> None:
-    """Log, lazily, that ``store`` drops the entry under ``key``: it will be deleted and missed."""
-    LOGGER.warning("%r dropped a bad %s entry under %s: %s", store, type_name(type_), key, error)
+    def read(self, key: str, blob: Any, type_: Any, now: float) -> Any:
+        """``decode`` for a store: no blob is MISSING; a bad one is logged, dropped, and MISSING."""
+        if blob is None:
+            return MISSING
+        try:
+            return self.decode(blob, type_, now)
+        except SerializationError as error:
+            LOGGER.warning(
+                "%r dropped a bad %s entry under %s: %s", self._owner, type_name(type_), key, error
+            )
+            if self._drop is not None:
+                self._drop(key)
+            return MISSING

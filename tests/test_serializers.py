@@ -166,10 +166,10 @@ def test_bad_serializer_settings_name_the_problem(monkeypatch: Any) -> None:
 
 def test_the_envelope_carries_the_deadline() -> None:
     codec = Codec(JsonSerializer())
-    blob = codec.encode({"a": 1}, dict, deadline=100.0)
-    assert codec.decode(blob, dict, now=99.9) == {"a": 1}
+    blob = codec.encode({"a": 1}, dict, written_at=40.0, seconds=60.0)
+    assert codec.decode(blob, dict, now=99.9) == ({"a": 1}, 40.0)
     assert codec.decode(blob, dict, now=100.0) is MISSING
-    assert codec.decode(codec.encode({"a": 1}, dict, deadline=None), dict, now=1e18) == {"a": 1}
+    assert codec.decode(codec.encode({"a": 1}, dict, 40.0, None), dict, now=1e18) == ({"a": 1}, 40.0)
 
 
 def test_the_envelope_rejects_other_serializers_types_versions_and_garbage() -> None:
@@ -178,7 +178,7 @@ def test_the_envelope_rejects_other_serializers_types_versions_and_garbage() -> 
         x: int
 
     json, signed = Codec(JsonSerializer()), Codec(SignedPickleSerializer("k"))
-    blob = json.encode(Versioned(1), Versioned, None)
+    blob = json.encode(Versioned(1), Versioned, 0.0, None)
     with pytest.raises(SerializationError, match="written as 'json"):
         signed.decode(blob, Versioned, 0)
     with pytest.raises(SerializationError, match="Versioned:v1"):

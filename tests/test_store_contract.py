@@ -223,6 +223,17 @@ def test_a_pipeline_reads_through_writes_back_and_invalidates(make_store: MakeSt
     assert store.lookup(Item, {"id": 9}) == Item(9, "item 9")
 
 
+def test_an_entry_knows_its_age(make_store: MakeStore, fake_clock: Any) -> None:
+    store = make_store(default_expiry=60)
+    put(store, Item, {"id": 1}, Item(1, "x"))
+    fake_clock.advance(7)
+    value, age = store.lookup_entry(Item, {"id": 1})
+    assert value == Item(1, "x") and age == pytest.approx(7)
+    assert store.lookup_entry(Item, {"id": 2}) is MISSING
+    fake_clock.advance(60)
+    assert store.lookup_entry(Item, {"id": 1}) is MISSING
+
+
 # -- sharing between processes (used by the disk and Redis test files) ------------------------------
 
 
