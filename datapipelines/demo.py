@@ -1,0 +1,177 @@
+"""``python -m datapipelines.demo``: memory -> disk -> Redis -> a slow remote, cold then warm.
+
+Fetches the same items three times through one pipeline and prints how long
+each pass took and which tier answered: cold (everything from the remote),
+warm (everything from memory), and as a freshly started process would (memory
+empty, disk answers). Redis joins when ``REDIS_URL`` (or 127.0.0.1:6379)
+answers; its keys live under a namespace unique to this run and are removed at
+the end. The disk tier is ``demo-cache/`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from datapipelines import MISSING, DataPipeline, DataSource, Store
+from datapipelines.progress import Progress
+from datapipelines.sinks.disk import DiskStore
+from datapipelines.sinks.memory import MemoryStore
+from datapipelines.sinks.redis import RedisStore, redact_url
+
+ITEMS = 2_000
+REMOTE_LATENCY = 0.001  # seconds per remote call
+DEMO_DIRECTORY = "demo-cache"
+
+
+@dataclasses.dataclass(frozen=True)
+class Product:
+    id: int
+    name: str
+    price_cents: int
+
+
+class SlowCatalog(DataSource):
+    """Stands in for a remote API: knows every product, and every call takes a while."""
+
+    def __init__(self, latency: float = REMOTE_LATENCY) -> None:
+        self.latency = latency
+        self.calls = 0
+
+    def __repr__(self) -> str:
+        return "remote"
+
+    @DataSource.dispatch
+    def get(self, type: Any, query: Mapping[str, Any], context: Any = None) -> Any:
+        raise NotImplementedError
+
+    @DataSource.dispatch
+    def get_many(self, type: Any, query: Mapping[str, Any], context: Any = None) -> Any:
+        raise NotImplementedError
+
+    @get.register(Product)
+    def get_product(self, query: Mapping[str, Any], context: Any = None) -> Product:
+        self.calls += 1
+        time.sleep(self.latency)
+        product_id = query["id"]
+        return Product(product_id, f"product {product_id}", 100 + product_id % 900)
+
+
+def connect_redis(namespace: str) -> RedisStore | None:
+    """A RedisStore at REDIS_URL (default 127.0.0.1:6379), or None when nothing answers there."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    store = RedisStore(url, namespace=namespace, socket_timeout=1.0, socket_connect_timeout=0.5)
+    try:
+        store.client.ping()
+    except (redis.RedisError, OSError) as error:
+        store.close()
+        print(f"Redis: skipped, nothing answers at {redact_url(url)} ({error})")
+        return None
+    return store
+
+
+def build_tiers(redis_store: RedisStore | None) -> list[Store]:
+    """Memory, then disk (emptied, so the first pass is really cold), then Redis if there is one."""
+    disk = DiskStore(DEMO_DIRECTORY)
+    disk.clear()
+    tiers: list[Store] = [MemoryStore(maxsize=10_000), disk]
+    return tiers + [redis_store] if redis_store is not None else tiers
+
+
+def count_hits(tiers: Sequence[Store]) -> Counter[str]:
+    """Counts, per tier, the lookups that found a value, by wrapping each store's lookup methods."""
+    hits: Counter[str] = Counter()
+    for store in tiers:
+        for method in _LOOKUPS:
+            # An instance attribute shadows the method; the pipeline binds it when it plans a type.
+            setattr(store, method, _counting(getattr(store, method), type(store).__name__, hits))
+    return hits
+
+
+_LOOKUPS = ("lookup", "lookup_entry", "lookup_fresh", "lookup_many")
+
+
+def _counting(method: Callable[..., Any], name: str, hits: Counter[str]) -> Callable[..., Any]:
+    def counted(*args: Any) -> Any:
+        found = method(*args)
+        many = isinstance(found, list)
+        hits[name] += sum(v is not MISSING for v in found) if many else found is not MISSING
+        return found
+
+    return counted
+
+
+def fetch_all(pipeline: DataPipeline, ids: range, label: str) -> float:
+    """Get every product one by one with a progress bar; return the seconds it took."""
+    start = time.perf_counter()
+    with Progress(label, len(ids)) as bar:
+        for product_id in ids:
+            pipeline.get(Product, {"id": product_id})
+            bar.advance()
+    return time.perf_counter() - start
+
+
+def run_pass(name: str, pipeline: DataPipeline, hits: Counter[str], remote: SlowCatalog) -> dict[str, Any]:
+    """One pass over every item: its time and the hits per tier it produced."""
+    hits.clear()
+    calls_before = remote.calls
+    seconds = fetch_all(pipeline, range(ITEMS), name)
+    return {"pass": name, "seconds": seconds, "hits": dict(hits), "remote": remote.calls - calls_before}
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def print_report(results: list[dict[str, Any]], tiers: Sequence[Store]) -> None:
+    names = [type(store).__name__ for store in tiers]
+    header = f"{'pass':<26}{'total':>10}{'per item':>11}" + "".join(f"{n:>13}" for n in names)
+    header += f"{'remote':>9}"
+    print(header)
+    print("-" * len(header))
+    for result in results:
+        row = f"{result['pass']:<26}{format_seconds(result['seconds']):>10}"
+        row += f"{format_seconds(result['seconds'] / ITEMS):>11}"
+        row += "".join(f"{result['hits'].get(n, 0):>13}" for n in names) + f"{result['remote']:>9}"
+        print(row)
+    cold, warm = results[0]["seconds"], results[1]["seconds"]
+    print(f"\nwarm is {cold / warm:,.0f}x faster than cold: {format_seconds(cold)} -> {format_seconds(warm)}")
+
+
+def main() -> int:
+    namespace = f"datapipelines-demo-{uuid.uuid4().hex[:8]}"
+    redis_store = connect_redis(namespace)
+    tiers = build_tiers(redis_store)
+    remote = SlowCatalog()
+    hits = count_hits(tiers)
+    pipeline = DataPipeline([*tiers, remote])
+    chain = " -> ".join([repr(store) for store in tiers] + [f"remote ({REMOTE_LATENCY * 1e3:g} ms a call)"])
+    print(f"{ITEMS:,} products through {chain}\n")
+    try:
+        results = [run_pass("cold", pipeline, hits, remote), run_pass("warm", pipeline, hits, remote)]
+        tiers[0].clear()  # as a new process would start: memory empty, disk and Redis still warm
+        results.append(run_pass("new process (memory empty)", pipeline, hits, remote))
+        print_report(results, tiers)
+    finally:
+        if redis_store is not None:
+            redis_store.clear()
+            redis_store.close()
+            print(f"Redis: removed the demo keys ({namespace}:*)")
+        tiers[1].close()  # type: ignore[attr-defined]
+    print(f"Disk: values kept in {os.path.abspath(DEMO_DIRECTORY)} (`make clean` removes it)")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
