@@ -86,7 +86,7 @@ class DiskStore(Store):
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
         now = self._clock()
         # Serialize everything first: a value that cannot be stored fails the call before any write.
-        blobs = [(key, self._codec.encode(value, type_, now, seconds)) for key, value in entries]
+        blobs = [(key, self._codec.encode(value, type_, key, now, seconds)) for key, value in entries]
         put = self._cache.set
         with self._cache.transact(retry=True):
             for key, blob in blobs:

@@ -128,7 +128,7 @@ class RedisStore(Store):
         px = None if seconds is None else max(1, math.ceil(seconds * 1000))
         prefix, encode = self._prefix, self._codec.encode
         # Serialize everything first: a value that cannot be stored fails the call before any write.
-        blobs = [(prefix + key, encode(value, type_, now, seconds)) for key, value in entries]
+        blobs = [(prefix + key, encode(value, type_, key, now, seconds)) for key, value in entries]
         if len(blobs) == 1:
             self.client.set(blobs[0][0], blobs[0][1], px=px)
             return

@@ -317,8 +317,9 @@ class Codec:
 
     The deadline lets every reader reject an expired entry by its own clock,
     whatever the backend's eviction does; the write time gives policies the
-    entry's age; the tag makes an entry from another serializer, type or schema
-    version a miss.
+    entry's age; the tag (the serializer's name and the type part of the key,
+    ``module.QualName:v<version>``) makes an entry from another serializer, type
+    or schema version a miss.
     """
 
     __slots__ = ("serializer", "_tags", "_owner", "_drop")
@@ -328,28 +329,28 @@ class Codec:
     ) -> None:
         """``owner`` (the store) names the entries in logs; ``read`` hands bad keys to ``drop``."""
         self.serializer = serializer
-        self._tags: dict[tuple[Any, int], bytes] = {}
+        self._tags: dict[str, bytes] = {}
         self._owner = owner
         self._drop = drop
 
-    def _tag(self, type_: Any) -> bytes:
-        # Keyed by version too: set_schema_version() may bump it while the process runs.
-        cache_key = (type_, schema_version(type_))
-        tag = self._tags.get(cache_key)
+    def _tag(self, key: str) -> bytes:
+        # A key starts with the type's tag (see keys.key_for): "module.QualName:v<version>:<hash>".
+        kind = key[: key.rfind(":")]
+        tag = self._tags.get(kind)
         if tag is None:
-            text = f"{self.serializer.name} {type_tag(type_)}".encode()
-            tag = self._tags[cache_key] = _TAG_LENGTH.pack(len(text)) + text
+            text = f"{self.serializer.name} {kind}".encode()
+            tag = self._tags[kind] = _TAG_LENGTH.pack(len(text)) + text
         return tag
 
-    def encode(self, value: Any, type_: Any, written_at: float, seconds: float | None) -> bytes:
-        """The entry for ``value``, written at ``written_at`` and alive for ``seconds`` (None: forever)."""
+    def encode(self, value: Any, type_: Any, key: str, written_at: float, seconds: float | None) -> bytes:
+        """The entry for ``value`` under ``key``, written at ``written_at``, kept ``seconds`` (None: ever)."""
         payload = self.serializer.dumps(value, type_)
         stamps = _STAMPS.pack(_FOREVER if seconds is None else written_at + seconds, written_at)
-        return b"".join((_MAGIC, stamps, self._tag(type_), payload))
+        return b"".join((_MAGIC, stamps, self._tag(key), payload))
 
-    def decode(self, blob: Any, type_: Any, now: float) -> Any:
+    def decode(self, blob: Any, type_: Any, key: str, now: float) -> Any:
         """``(value, written_at)`` in ``blob``, MISSING once past its deadline; SerializationError if bad."""
-        tag = self._tag(type_)
+        tag = self._tag(key)
         start = _HEADER + len(tag)
         if blob.__class__ is not bytes or not blob.startswith(_MAGIC) or len(blob) < start:
             raise SerializationError(f"not a datapipelines entry ({blob!r:.40})")
@@ -368,7 +369,7 @@ class Codec:
         if blob is None:
             return MISSING
         try:
-            return self.decode(blob, type_, now)
+            return self.decode(blob, type_, key, now)
         except SerializationError as error:
             LOGGER.warning(
                 "%r dropped a bad %s entry under %s: %s", self._owner, type_name(type_), key, error

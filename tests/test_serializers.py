@@ -20,7 +20,7 @@ from datapipelines.sinks.serializers import (
     make_serializer,
 )
 
-from datapipelines import MISSING, ConfigurationError, set_schema_version
+from datapipelines import MISSING, ConfigurationError, key_for, set_schema_version
 
 
 @dataclasses.dataclass
@@ -165,11 +165,12 @@ def test_bad_serializer_settings_name_the_problem(monkeypatch: Any) -> None:
 
 
 def test_the_envelope_carries_the_deadline() -> None:
-    codec = Codec(JsonSerializer())
-    blob = codec.encode({"a": 1}, dict, written_at=40.0, seconds=60.0)
-    assert codec.decode(blob, dict, now=99.9) == ({"a": 1}, 40.0)
-    assert codec.decode(blob, dict, now=100.0) is MISSING
-    assert codec.decode(codec.encode({"a": 1}, dict, 40.0, None), dict, now=1e18) == ({"a": 1}, 40.0)
+    codec, key = Codec(JsonSerializer()), key_for(dict, {"id": 1})
+    blob = codec.encode({"a": 1}, dict, key, written_at=40.0, seconds=60.0)
+    assert codec.decode(blob, dict, key, now=99.9) == ({"a": 1}, 40.0)
+    assert codec.decode(blob, dict, key, now=100.0) is MISSING
+    forever = codec.encode({"a": 1}, dict, key, 40.0, None)
+    assert codec.decode(forever, dict, key, now=1e18) == ({"a": 1}, 40.0)
 
 
 def test_the_envelope_rejects_other_serializers_types_versions_and_garbage() -> None:
@@ -178,15 +179,17 @@ def test_the_envelope_rejects_other_serializers_types_versions_and_garbage() -> 
         x: int
 
     json, signed = Codec(JsonSerializer()), Codec(SignedPickleSerializer("k"))
-    blob = json.encode(Versioned(1), Versioned, 0.0, None)
+    key = key_for(Versioned, {"id": 1})
+    blob = json.encode(Versioned(1), Versioned, key, 0.0, None)
+    assert json.decode(blob, Versioned, key, 0) == (Versioned(1), 0.0)
     with pytest.raises(SerializationError, match="written as 'json"):
-        signed.decode(blob, Versioned, 0)
+        signed.decode(blob, Versioned, key, 0)
     with pytest.raises(SerializationError, match="Versioned:v1"):
-        json.decode(blob, Order, 0)
+        json.decode(blob, Order, key_for(Order, {"id": 1}), 0)
     set_schema_version(Versioned, 2)
     with pytest.raises(SerializationError, match="expected .*Versioned:v2"):
-        json.decode(blob, Versioned, 0)
+        json.decode(blob, Versioned, key_for(Versioned, {"id": 1}), 0)
     for garbage in (b"", b"DPE1", b"hello world", pickle.dumps(Exploit()), "text"):
         with pytest.raises(SerializationError, match="not a datapipelines entry"):
-            json.decode(garbage, Versioned, 0)
+            json.decode(garbage, Versioned, key, 0)
     assert Exploit.ran is False
