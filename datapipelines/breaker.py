@@ -13,7 +13,9 @@ class CircuitBreaker:
 
     def __init__(self, failures: int = 3, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic):
         if failures < 1 or cooldown < 0:
-            raise ValueError(f"CircuitBreaker needs failures >= 1 and cooldown >= 0, got {failures}, {cooldown}")
+            raise ValueError(
+                f"CircuitBreaker needs failures >= 1 and cooldown >= 0, got {failures}, {cooldown}"
+            )
         self.failures = failures
         self.cooldown = cooldown
         self._clock = clock
@@ -21,6 +23,8 @@ class CircuitBreaker:
         self._consecutive = 0
         self._open_until: float | None = None
         self._probing = False
+        # Read without the lock on the hit path: True from the first trip until a success.
+        self.tripped = False
 
     @property
     def state(self) -> str:
@@ -47,10 +51,12 @@ class CircuitBreaker:
             self._consecutive = 0
             self._open_until = None
             self._probing = False
+            self.tripped = False
 
     def failure(self) -> None:
         with self._lock:
             self._consecutive += 1
             if self._probing or self._consecutive >= self.failures:
                 self._open_until = self._clock() + self.cooldown
+                self.tripped = True
             self._probing = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -22,10 +23,15 @@ from typing import Any
 import redis
 
 from datapipelines import MISSING, DataPipeline, DataSource, Store
+from datapipelines.cli.audit import summary_text
+from datapipelines.http import HttpSource
 from datapipelines.progress import Progress
+from datapipelines.sinks.audit import AuditRecorder
 from datapipelines.sinks.disk import DiskStore
 from datapipelines.sinks.memory import MemoryStore
 from datapipelines.sinks.redis import RedisStore, redact_url
+from datapipelines.testing import LocalServer
+from datapipelines.transformers import DataclassTransformer, RawTransformer
 
 ITEMS = 2_000
 REMOTE_LATENCY = 0.001  # seconds per remote call
@@ -109,12 +115,14 @@ def _counting(method: Callable[..., Any], name: str, hits: Counter[str]) -> Call
     return counted
 
 
-def fetch_all(pipeline: DataPipeline, ids: range, label: str) -> float:
+def fetch_all(
+    pipeline: DataPipeline, ids: range, label: str, query: Callable[[int], Any] = lambda i: {"id": i}
+) -> float:
     """Get every product one by one with a progress bar; return the seconds it took."""
     start = time.perf_counter()
     with Progress(label, len(ids)) as bar:
         for product_id in ids:
-            pipeline.get(Product, {"id": product_id})
+            pipeline.get(Product, query(product_id))
             bar.advance()
     return time.perf_counter() - start
 
@@ -150,6 +158,32 @@ def print_report(results: list[dict[str, Any]], tiers: Sequence[Store]) -> None:
     print(f"\nwarm is {cold / warm:,.0f}x faster than cold: {format_seconds(cold)} -> {format_seconds(warm)}")
 
 
+def product_query(product_id: int) -> dict[str, Any]:
+    return {"path": "/products", "params": {"id": product_id}}
+
+
+def http_pass(tiers: Sequence[Store], count: int = 200) -> None:
+    """The same tiers in front of a real HTTP server on 127.0.0.1, recorded in an audit session,
+    then replayed from the recorded bytes with the server gone."""
+    catalog = SlowCatalog(latency=0)
+    route = {"/products": lambda hit: dataclasses.asdict(catalog.get_product({"id": int(hit.params["id"])}))}
+    audit = os.path.join(DEMO_DIRECTORY, "audit")
+    shutil.rmtree(audit, ignore_errors=True)  # like the disk tier: every run starts cold
+    converters = [RawTransformer(), DataclassTransformer(Product)]
+    with LocalServer(route) as server, AuditRecorder(audit) as recorder:
+        pipeline = DataPipeline([*tiers, recorder, HttpSource(server.url)], converters)
+        print(f"\n{count} products over HTTP from {server.url}, recorded in audit session 'demo':")
+        with pipeline.session("demo", meta={"items": count}) as session_id:
+            for label in ("http cold", "http warm"):
+                seconds = fetch_all(pipeline, range(count), label, product_query)
+                print(f"{label:<16} {format_seconds(seconds):>10}  server requests: {len(server.hits)}")
+        server.stop()
+        offline = DataPipeline([MemoryStore(), recorder], converters)
+        seconds = fetch_all(offline, range(count), "replay offline", product_query)
+        print(f"{'replay offline':<16} {format_seconds(seconds):>10}  (server stopped, same objects)")
+        print(summary_text(recorder, session_id))
+
+
 def main() -> int:
     namespace = f"datapipelines-demo-{uuid.uuid4().hex[:8]}"
     redis_store = connect_redis(namespace)
@@ -164,6 +198,7 @@ def main() -> int:
         tiers[0].clear()  # as a new process would start: memory empty, disk and Redis still warm
         results.append(run_pass("new process (memory empty)", pipeline, hits, remote))
         print_report(results, tiers)
+        http_pass(tiers)
     finally:
         if redis_store is not None:
             redis_store.clear()

@@ -32,7 +32,9 @@ def set_schema_version(type_: Any, version: int) -> None:
     keys and are never read back as the new type.
     """
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise ValueError(f"Schema version of {type_name_of(type_)} must be a non-negative int, got {version!r}")
+        raise ValueError(
+            f"Schema version of {type_name_of(type_)} must be a non-negative int, got {version!r}"
+        )
     _schema_versions[type_] = version
     _memo.clear()
 

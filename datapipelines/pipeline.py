@@ -35,9 +35,9 @@ from .transformer import DataTransformer
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Key of the query that ``get_batch`` hands to a source's ``get_many`` handler:
-#: ``{"queries": [q1, q2, ...]}``; the handler returns results aligned with them
-#: (None for a query it cannot answer).
+#: Key of the query that ``get_batch`` hands to the ``get_many`` handler of a
+#: source with ``batch_get_many = True``: ``{"queries": [q1, q2, ...]}``; the
+#: handler returns results aligned with them (None for a query it cannot answer).
 BATCH_KEY = "queries"
 
 _PIPELINE = PipelineContext.Keys.PIPELINE
@@ -64,6 +64,35 @@ class Result(NamedTuple):
     value: Any
     stale: bool
     source: str
+
+
+def _bulk_put(feed: Feed) -> Callable[[Any, Any], None]:
+    """A put function for ``_write`` that stores (query, value) pairs in one round trip."""
+
+    def put(entries: Any, _context: Any) -> None:
+        feed.sink.store_many(feed.store_type, entries)  # type: ignore[attr-defined]
+
+    return put
+
+
+class _Request:
+    """One ``get`` on its way through the routes (the miss path's shared state)."""
+
+    __slots__ = ("type", "query", "routes", "context", "policy", "refresh", "stale")
+
+    def __init__(
+        self,
+        type: Any,
+        query: Mapping[str, Any],
+        routes: list[Route],
+        context: PipelineContext,
+        policy: Policy | None,
+        refresh: bool,
+    ) -> None:
+        self.type, self.query, self.routes, self.context = type, query, routes, context
+        self.policy, self.refresh = policy, refresh
+        # A value past its ttl but within max_stale, served if the sources fail.
+        self.stale: Result | None = None
 
 
 class DataPipeline:
@@ -185,7 +214,7 @@ class DataPipeline:
 
     def _enable_fast_path(self, type: Any) -> None:
         first = self._routes[type][0]
-        if first.keyed and first.plain and first.source_type is type:
+        if first.cached and first.plain and first.source_type is type:
             self._fast[type] = first
 
     def _feeds_for_put(self, type: Any) -> list[Feed]:
@@ -218,62 +247,82 @@ class DataPipeline:
 
     # -- reading ----------------------------------------------------------------
     def get(
-        self, type: type[T] | Any, query: Mapping[str, Any], *, refresh: bool = False, only_cached: bool = False
+        self,
+        type: type[T] | Any,
+        query: Mapping[str, Any],
+        *,
+        refresh: bool = False,
+        only_cached: bool = False,
     ) -> T:
         """The value of ``type`` for ``query``.
 
         ``refresh=True`` skips every cache tier on the way in (the value is still
         written back); ``only_cached=True`` never calls a source that is not a store.
         """
-        if not (refresh or only_cached):
-            route = self._fast.get(type)
-            if route is not None:
-                stats = route.stats
-                stats.lookups += 1
-                # One hit in SAMPLE_EVERY takes the slow path, which measures latency.
-                if stats.lookups & _SAMPLE_MASK:
-                    try:
-                        if route.max_age is None:
-                            value = route.lookup(type, query)
-                        else:
-                            value = route.lookup_fresh(type, query, route.max_age)
-                    except Exception:
-                        value = None  # the slow path asks again and accounts for the error
+        route = self._fast.get(type)
+        if route is not None and not (refresh or only_cached):
+            stats = route.stats
+            stats.lookups += 1
+            # One hit in SAMPLE_EVERY takes the slow path, which measures latency;
+            # so does every call while the tier's breaker is open.
+            if stats.lookups & _SAMPLE_MASK and (route.breaker is None or not route.breaker.tripped):
+                start = 1
+                try:
+                    if not route.keyed:
+                        value = route.source.get(type, dict(query), self._context(query))
+                    elif route.max_age is None:
+                        value = route.lookup(type, query)
                     else:
-                        if value is not MISSING:
-                            return value  # type: ignore[no-any-return]
-                stats.lookups -= 1
-        return self.get_result(type, query, refresh=refresh, only_cached=only_cached).value  # type: ignore[no-any-return]
+                        value = route.lookup_fresh(type, query, route.max_age)
+                        # Missing or due for refresh: the slow path sorts out which.
+                        start = 0
+                except NotFoundError:
+                    value = MISSING
+                except Exception:
+                    value, start = MISSING, 0  # the slow path asks again and accounts for the error
+                if start:
+                    if value is not MISSING:
+                        return value  # type: ignore[no-any-return]
+                    stats.misses += 1
+                    return self._resolve(type, query, False, False, 1).value  # type: ignore[no-any-return]
+            stats.lookups -= 1
+        return self._resolve(type, query, refresh, only_cached, 0).value  # type: ignore[no-any-return]
 
     def get_result(
         self, type: Any, query: Mapping[str, Any], *, refresh: bool = False, only_cached: bool = False
     ) -> Result:
         """Like ``get``, but says whether the value is stale and which element answered."""
-        routes = self.routes(type)
+        return self._resolve(type, query, refresh, only_cached, 0)
+
+    def _resolve(
+        self, type: Any, query: Mapping[str, Any], refresh: bool, only_cached: bool, start: int
+    ) -> Result:
+        """Ask the routes from ``start`` on: cache tiers first-come, then the sources."""
         policy = self._policies.get(type)
-        context = self._context(query)
-        stale: Result | None = None
-        for index, route in enumerate(routes):
+        request = _Request(type, query, self.routes(type), self._context(query), policy, refresh)
+        for index in range(start, len(request.routes)):
+            route = request.routes[index]
             if (refresh and route.cached) or (only_cached and not route.cached):
                 continue
             if not route.cached:
-                return self._fetch(type, query, routes, index, context, policy, stale, only_cached)
+                return self._fetch(request, index)
             found = self._ask_tier(route, type, query)
             if found is MISSING:
                 continue
             value, age = found
             if policy is not None and age is not None:
                 if age >= policy.fresh_limit:
-                    if stale is None and age < policy.stale_limit:
-                        stale = Result(convert(route.chain, value, context), True, route.source_name)
+                    if request.stale is None and age < policy.stale_limit:
+                        stale_value = convert(route.chain, value, request.context)
+                        request.stale = Result(stale_value, True, route.source_name)
                     continue
                 if age >= policy.soft_limit:
                     self._refresh_later(type, query)
-            return Result(self._deliver(route, value, context), False, route.source_name)
-        if stale is not None:
-            return stale
+            return Result(self._deliver(route, value, request.context), False, route.source_name)
+        if request.stale is not None:
+            return request.stale
         raise NotFoundError(
-            type=type, query=query, tried=[r.name for r in self._select(routes, refresh, only_cached)]
+            type=type, query=query, tried=[r.name for r in self._select(request.routes, refresh, only_cached)]
         )
 
     def _ask_tier(self, route: Route, type: Any, query: Mapping[str, Any]) -> Any:
@@ -313,67 +362,45 @@ class DataPipeline:
             raise error
         LOGGER.warning("Cache tier %s failed on %s, skipped: %r", stats.name, action, error)
 
-    def _fetch(
-        self,
-        type: Any,
-        query: Mapping[str, Any],
-        routes: list[Route],
-        index: int,
-        context: PipelineContext,
-        policy: Policy | None,
-        stale: Result | None,
-        only_cached: bool,
-    ) -> Result:
+    def _fetch(self, request: _Request, index: int) -> Result:
         """Ask the sources from ``routes[index]`` on, once per key however many callers wait."""
         try:
-            key = key_for(type, query)
+            key = key_for(request.type, request.query)
         except TypeError:
             # A query the key function cannot encode (1.x allows any object): no coalescing.
-            return self._call_sources(type, query, routes, index, context, policy, stale, None)
+            return self._call_sources(request, index, None)
         result, joined = self._flight.run(
-            (type, key),
-            lambda: self._call_sources(type, query, routes, index, context, policy, stale, key),
+            (request.type, key), lambda: self._call_sources(request, index, key)
         )
         if joined:
-            routes[index].stats.joins += 1
+            request.routes[index].stats.joins += 1
         return result  # type: ignore[no-any-return]
 
-    def _call_sources(
-        self,
-        type: Any,
-        query: Mapping[str, Any],
-        routes: list[Route],
-        index: int,
-        context: PipelineContext,
-        policy: Policy | None,
-        stale: Result | None,
-        key: str | None,
-    ) -> Result:
-        negative_ttl = policy.negative_ttl if policy is not None else None
-        if negative_ttl and key is not None:
-            until = self._negative.get((type, key))
+    def _call_sources(self, request: _Request, index: int, key: str | None) -> Result:
+        policy = request.policy
+        if policy is not None and policy.negative_ttl and key is not None:
+            until = self._negative.get((request.type, key))
             if until is not None and until > self._clock():
-                routes[index].stats.negative += 1
-                raise NotFoundError(type=type, query=query, tried=["negative cache"])
-        token = None
+                request.routes[index].stats.negative += 1
+                raise NotFoundError(type=request.type, query=request.query, tried=["negative cache"])
         lock = self._process_lock
-        if lock is not None and key is not None:
-            token = lock.acquire(f"{type_name(type)}:{key}")
-            if token is None:
-                waited = lock.wait(f"{type_name(type)}:{key}", lambda: self._cached(type, query), MISSING)
-                if waited is not MISSING:
-                    return waited  # type: ignore[no-any-return]
-            else:
-                cached = self._cached(type, query)
-                if cached is not MISSING:
-                    lock.release(f"{type_name(type)}:{key}", token)
-                    return cached  # type: ignore[no-any-return]
+        if lock is None or key is None:
+            return self._ask_sources(request, index, key)
+        lock_key = f"{type_name(request.type)}:{key}"
+        token = lock.acquire(lock_key)
+        if token is None:
+            # Another process is fetching it: wait for its value to reach a shared tier.
+            waited = lock.wait(lock_key, lambda: self._cached(request.type, request.query), MISSING)
+            if waited is not MISSING:
+                return waited  # type: ignore[no-any-return]
+            return self._ask_sources(request, index, key)
         try:
-            return self._ask_sources(type, query, routes, index, context, policy, stale, key)
+            cached = self._cached(request.type, request.query)
+            if cached is not MISSING:
+                return cached  # type: ignore[no-any-return]
+            return self._ask_sources(request, index, key)
         finally:
-            if token is not None:
-                assert lock is not None and key is not None
-                lock.release(f"{type_name(type)}:{key}", token)
+            lock.release(lock_key, token)
 
     def _cached(self, type: Any, query: Mapping[str, Any]) -> Any:
         try:
@@ -381,18 +408,9 @@ class DataPipeline:
         except NotFoundError:
             return MISSING
 
-    def _ask_sources(
-        self,
-        type: Any,
-        query: Mapping[str, Any],
-        routes: list[Route],
-        index: int,
-        context: PipelineContext,
-        policy: Policy | None,
-        stale: Result | None,
-        key: str | None,
-    ) -> Result:
-        tried = [r.name for r in routes[:index] if r.cached]
+    def _ask_sources(self, request: _Request, index: int, key: str | None) -> Result:
+        type, routes, context, policy = request.type, request.routes, request.context, request.policy
+        tried = [] if request.refresh else [r.name for r in routes[:index] if r.cached]
         for route in routes[index:]:
             if route.cached:
                 continue
@@ -401,16 +419,16 @@ class DataPipeline:
             stats.calls += 1
             started = time.perf_counter()
             try:
-                value = route.source.get(route.source_type, dict(query), context)
+                value = route.source.get(route.source_type, dict(request.query), context)
             except NotFoundError:
                 stats.misses += 1
                 continue
             except Exception as error:
                 stats.errors += 1
-                if stale is not None:
+                if request.stale is not None:
                     stats.stale += 1
                     LOGGER.warning("%s failed (%r); serving a stale %s", stats.name, error, type_name(type))
-                    return stale
+                    return request.stale
                 raise
             finally:
                 stats.record_latency(time.perf_counter() - started)
@@ -419,7 +437,7 @@ class DataPipeline:
             return Result(self._deliver(route, value, context), False, route.source_name)
         if policy is not None and policy.negative_ttl and key is not None:
             self._negative[(type, key)] = self._clock() + policy.negative_ttl
-        raise NotFoundError(type=type, query=query, tried=tried)
+        raise NotFoundError(type=type, query=request.query, tried=tried)
 
     def _deliver(self, route: Route, value: Any, context: PipelineContext) -> Any:
         """Write ``value`` back, convert it to the requested type, and return it."""
@@ -458,7 +476,7 @@ class DataPipeline:
                 return
             self._refreshing.add(key)
             if self._refresher is None:
-                self._refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="datapipelines-refresh")
+                self._refresher = ThreadPoolExecutor(2, thread_name_prefix="datapipelines-refresh")
         self._refresher.submit(self._refresh, key, type, dict(query))
 
     def _refresh(self, key: tuple[Any, str], type: Any, query: Mapping[str, Any]) -> None:
@@ -486,7 +504,8 @@ class DataPipeline:
             breaker = self._breakers.get(id(element))
             if breaker is not None:
                 entry["breaker"] = breaker.state
-            group = "tiers" if isinstance(element, DataSource) and isinstance(element, DataSink) else "sources"
+            is_tier = isinstance(element, DataSource) and isinstance(element, DataSink)
+            group = "tiers" if is_tier else "sources"
             report[group][self._stats[id(element)].name] = entry
         return report
 
@@ -529,9 +548,11 @@ class DataPipeline:
     ) -> list[T]:
         """Values aligned with ``queries``; each tier is asked only for what earlier tiers missed.
 
-        Built-in stores answer in one round trip each; a source with a ``get_many``
-        handler gets one call for all remaining misses (``{"queries": [...]}``);
-        other sources one call per query. Write-back is one bulk put per store.
+        Built-in stores answer in one round trip each; a source that sets
+        ``batch_get_many = True`` and has a ``get_many`` handler gets one call for
+        all remaining misses (``{"queries": [...]}``); other sources one call per
+        query (a 1.x ``get_many`` expects its own query format, so it is opt-in).
+        Write-back is one bulk put per store.
         Queries found nowhere raise one NotFoundError naming them, unless
         ``default`` is given.
         """
@@ -545,7 +566,7 @@ class DataPipeline:
                 break
             tried.append(route.name)
             found = self._fetch_batch(route, [queries[i] for i in pending])
-            hits = [(index, value) for index, value in zip(pending, found) if value is not MISSING]
+            hits = [(i, value) for i, value in zip(pending, found, strict=True) if value is not MISSING]
             if not hits:
                 continue
             self._write_back_batch(route.before, [(queries[i], v) for i, v in hits])
@@ -571,19 +592,45 @@ class DataPipeline:
 
     def _fetch_batch(self, route: Route, queries: list[Mapping[str, Any]]) -> list[Any]:
         source = route.source
+        if route.cached:
+            breaker = route.breaker
+            if breaker is not None and not breaker.allow():
+                route.stats.skips += len(queries)
+                return [MISSING] * len(queries)
+            try:
+                found = self._ask_batch(route, queries)
+            except _CALLER_ERRORS:
+                raise
+            except Exception as error:
+                self._tier_failed(source, route.stats, breaker, error, "batch lookup")
+                return [MISSING] * len(queries)
+            if breaker is not None:
+                breaker.success()
+            route.stats.lookups += len(queries)
+            route.stats.misses += sum(value is MISSING for value in found)
+            return found
+        route.stats.calls += 1
+        return self._ask_batch(route, queries)
+
+    def _ask_batch(self, route: Route, queries: list[Mapping[str, Any]]) -> list[Any]:
+        source = route.source
         if route.keyed:
             return source.lookup_many(route.source_type, queries)  # type: ignore[attr-defined]
         many = getattr(type(source), "get_many", None)
-        if route.source_type in getattr(many, "registered_types", ()):
-            context = self._context({BATCH_KEY: queries})
+        if getattr(source, "batch_get_many", False) and route.source_type in getattr(
+            many, "registered_types", ()
+        ):
+            batch = {BATCH_KEY: [dict(q) for q in queries]}
+            context = self._context(batch)
             context[_MANY] = True
             try:
-                answers = list(source.get_many(route.source_type, {BATCH_KEY: list(queries)}, context))
+                answers = list(source.get_many(route.source_type, batch, context))
             except NotFoundError:
                 return [MISSING] * len(queries)
             if len(answers) != len(queries):
                 raise ConfigurationError(
-                    f"{source!r}.get_many returned {len(answers)} results for {len(queries)} batch queries"
+                    f"{element_name(source)}.get_many returned {len(answers)} results "
+                    f"for {len(queries)} batch queries"
                 )
             return [MISSING if answer is None else answer for answer in answers]
         found = []
@@ -597,12 +644,11 @@ class DataPipeline:
     def _write_back_batch(self, feeds: Sequence[Feed], pairs: list[tuple[Mapping[str, Any], Any]]) -> None:
         for feed in feeds:
             if feed.keyed:
-                feed.sink.store_many(  # type: ignore[attr-defined]
-                    feed.store_type, [(q, convert(feed.chain, v, None)) for q, v in pairs]
-                )
+                converted = [(q, convert(feed.chain, v, self._context(q))) for q, v in pairs]
+                self._write(feed, _bulk_put(feed), converted, None)
             else:
                 for query, value in pairs:
-                    feed.put(value, self._context(query))
+                    self._write(feed, feed.put, value, self._context(query))
 
     # -- writing ------------------------------------------------------------------
     def put(self, type: Any, item: Any, *, query: Mapping[str, Any] | None = None) -> None:

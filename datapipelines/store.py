@@ -16,8 +16,8 @@ from .context import TYPE_WILDCARD, PipelineContext
 from .errors import ConfigurationError, NotFoundError, type_name
 from .expiry import DONT_STORE, Expirations
 from .keys import key_for
-from .source import DataSource
 from .sink import DataSink
+from .source import DataSource
 
 LOGGER = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class Store(DataSource, DataSink):
             raise ConfigurationError(
                 f"put_many of {type_name(type)} got {len(items)} items but {len(queries)} queries"
             )
-        pairs = [(q, item) for q, item in zip(queries, items) if q is not None]
+        pairs = [(q, item) for q, item in zip(queries, items, strict=True) if q is not None]
         self.store_many(type, pairs, seconds=_policy_seconds(type, context))
 
     def _query_for(self, type_: Any, item: Any, context: PipelineContext | None) -> Mapping[str, Any] | None:

@@ -112,6 +112,8 @@ class PayloadToWeather(DataTransformer):
 class BatchSource(DataSource):
     """Answers a get_batch in one get_many call: {"queries": [...]} -> aligned results."""
 
+    batch_get_many = True
+
     def __init__(self, cities: set[str]) -> None:
         self.cities = cities
         self.calls: list[Any] = []
@@ -498,3 +500,12 @@ def test_a_hit_logs_nothing_copies_nothing_and_searches_no_graph(
     for _ in range(3):
         assert pipeline.get(Weather, PARIS) is first
     assert debug_records == []
+
+
+def test_get_batch_never_hands_its_batch_to_a_1x_get_many() -> None:
+    # A 1.x get_many has its own query format: without batch_get_many it is asked query by query.
+    source = BatchSource({"oslo", "bergen"})
+    source.batch_get_many = False  # type: ignore[misc]
+    queries = [{"city": "oslo"}, {"city": "bergen"}]
+    assert DataPipeline([source]).get_batch(Weather, queries) == [source.get(Weather, q) for q in queries]
+    assert all(call[0] != "get_many" for call in source.calls)

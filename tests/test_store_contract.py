@@ -40,6 +40,9 @@ class Other:
 class Remote(DataSource):
     """A slow remote stand-in: knows every Item and records each call."""
 
+    # get_batch may hand get_many {"queries": [...]} in one call.
+    batch_get_many = True
+
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 

@@ -341,54 +341,9 @@ class Inventory:
         """Under the job's lock: retake an abandoned or failed range, else record a new one."""
         t = self.table
         now = self.now()
-        mine = self._job_rows(plan)
-        connection.execute(
-            sa.update(t)
-            .where(*mine, t.c.status == RUNNING, t.c.lease_until < now, t.c.attempt >= t.c.max_attempts)
-            .values(
-                status=FAILED,
-                processing_end=now,
-                log=self._append_log(f"lease expired before {now.isoformat()} UTC; no attempts left\n"),
-            )
-        )
-        again = [
-            *mine,
-            t.c.backfill == plan.backfill,
-            sa.or_(
-                sa.and_(t.c.status == FAILED, t.c.attempt < t.c.max_attempts),
-                sa.and_(t.c.status == RUNNING, t.c.lease_until < now),
-            ),
-        ]
-        if plan.id_min is not None:
-            again.append(t.c.id_end >= plan.id_min)
-        if plan.id_max is not None:
-            again.append(t.c.id_start <= plan.id_max)
-        retry = connection.execute(
-            sa.select(t.c.id, t.c.status, t.c.attempt, t.c.job_identifier)
-            .where(*again)
-            .order_by(t.c.id_start)
-            .limit(1)
-        ).one_or_none()
-        if retry is not None:
-            values: dict[str, Any] = {}
-            if retry.status == RUNNING:
-                holder = f"attempt {retry.attempt} ({retry.job_identifier})"
-                values["log"] = self._append_log(f"{holder}: lease expired before {now.isoformat()} UTC\n")
-            connection.execute(
-                sa.update(t)
-                .where(t.c.id == retry.id)
-                .values(
-                    status=RUNNING,
-                    attempt=retry.attempt + 1,
-                    job_identifier=plan.job_identifier,
-                    processing_start=now,
-                    processing_end=None,
-                    lease_until=now + self.lease,
-                    result=None,
-                    **values,
-                )
-            )
-            return self._record(connection, retry.id)
+        retaken = self._retake(connection, plan, now)
+        if retaken is not None:
+            return retaken
         pick = self._pick(connection, plan)
         if pick is None:
             return None
@@ -409,9 +364,57 @@ class Inventory:
                 status=RUNNING,
                 config=plan.config,
             )
-            .returning(t.c.id)
-        ).scalar_one()
-        return self._record(connection, inserted)
+            .returning(*t.c)
+        )
+        return BatchRecord.from_row(inserted.mappings().one())
+
+    def _retake(self, connection: Connection, plan: _Plan, now: datetime) -> BatchRecord | None:
+        """The job's first failed range with attempts left, or abandoned one (running past its
+        lease), of the plan's kind, as a new attempt; an abandoned range without attempts left fails."""
+        t = self.table
+        again = [
+            *self._job_rows(plan),
+            t.c.backfill == plan.backfill,
+            sa.or_(
+                sa.and_(t.c.status == FAILED, t.c.attempt < t.c.max_attempts),
+                sa.and_(t.c.status == RUNNING, t.c.lease_until < now),
+            ),
+        ]
+        if plan.id_min is not None:
+            again.append(t.c.id_end >= plan.id_min)
+        if plan.id_max is not None:
+            again.append(t.c.id_start <= plan.id_max)
+        candidates = sa.select(t.c.id, t.c.status, t.c.attempt, t.c.max_attempts, t.c.job_identifier)
+        while (found := connection.execute(candidates.where(*again).order_by(t.c.id_start).limit(1)).first()):
+            values: dict[str, Any] = {}
+            if found.status == RUNNING:
+                holder = f"attempt {found.attempt} ({found.job_identifier})"
+                if found.attempt >= found.max_attempts:
+                    note = f"{holder}: lease expired before {now.isoformat()} UTC; no attempts left\n"
+                    connection.execute(
+                        sa.update(t)
+                        .where(t.c.id == found.id)
+                        .values(status=FAILED, processing_end=now, log=self._append_log(note))
+                    )
+                    continue
+                values["log"] = self._append_log(f"{holder}: lease expired before {now.isoformat()} UTC\n")
+            retaken = connection.execute(
+                sa.update(t)
+                .where(t.c.id == found.id)
+                .values(
+                    status=RUNNING,
+                    attempt=found.attempt + 1,
+                    job_identifier=plan.job_identifier,
+                    processing_start=now,
+                    processing_end=None,
+                    lease_until=now + self.lease,
+                    result=None,
+                    **values,
+                )
+                .returning(*t.c)
+            )
+            return BatchRecord.from_row(retaken.mappings().one())
+        return None
 
     def _pick(self, connection: Connection, plan: _Plan) -> Any:
         t = self.table
@@ -431,10 +434,6 @@ class Inventory:
             if pick is not None:
                 return pick
         return None
-
-    def _record(self, connection: Connection, row_id: int) -> BatchRecord:
-        row = connection.execute(sa.select(self.table).where(self.table.c.id == row_id)).mappings().one()
-        return BatchRecord.from_row(row)
 
     # -- releasing (called by Batch) -----------------------------------------------
     def _items(

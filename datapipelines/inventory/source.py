@@ -173,22 +173,27 @@ class BoundSource:
         if wanted is not None:
             bounds.append(wanted)
         query = sa.select(*columns).where(*bounds).order_by(self.id)
-        if count is not None:
-            query = query.limit(count)
         ids: list[Any] = []
         total: Any = 0
+        # Pages rather than a server-side cursor: one round trip when a count bounds the range.
+        page = count or 64
         with self.reading(connection) as reader:
-            rows = reader.execute(query, execution_options={"yield_per": 512})
-            try:
+            while True:
+                lower = [] if not ids else [self.id > ids[-1]]
+                rows = reader.execute(query.where(*lower).limit(page)).all()
                 for row in rows:
                     if self.pending is not None and row[2]:
-                        break
+                        return self._result(ids, total)
                     if ids and weight is not None and total + row[1] > weight:
-                        break
+                        return self._result(ids, total)
                     ids.append(row[0])
                     total += row[1]
-            finally:
-                rows.close()
+                if count is not None or len(rows) < page:  # a count-bounded page is all there can be
+                    return self._result(ids, total)
+                page = min(4 * page, 4096)
+
+    @staticmethod
+    def _result(ids: list[Any], total: Any) -> Pick | None:
         if not ids:
             return None
         return Pick(ids[0], ids[-1], len(ids), total)
