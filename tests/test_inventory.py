@@ -60,6 +60,17 @@ def test_weight_and_count_budgets(db: Database) -> None:
     assert inventory.acquire_batch("c") is None
 
 
+def test_long_ranges_are_read_in_pages(db: Database) -> None:
+    db.items(ids=range(1000), weight=lambda i: 1, extra=None)
+    inventory = db.inventory()
+    big = inventory.acquire_batch("j", weight=700)
+    assert (big.id_range, big.count, big.weight) == ((0, 699), 700, 700)
+    rest = inventory.acquire_batch("j")
+    assert (rest.id_range, rest.count) == ((700, 999), 300)
+    batches = inventory.acquire_batches("k", 3, count=400)
+    assert [b.id_range for b in batches] == [(0, 399), (400, 799), (800, 999)]
+
+
 def test_nothing_left_then_new_items(db: Database) -> None:
     table = db.items(ids=[])
     inventory = db.inventory()
