@@ -60,3 +60,22 @@ class CircuitBreaker:
                 self._open_until = self._clock() + self.cooldown
                 self.tripped = True
             self._probing = False
+
+
+class NoBreaker:
+    """Stands in where breakers are disabled: always lets calls through."""
+
+    tripped = False
+    state = "disabled"
+
+    def allow(self) -> bool:
+        return True
+
+    def success(self) -> None:
+        pass
+
+    def failure(self) -> None:
+        pass
+
+
+NO_BREAKER = NoBreaker()

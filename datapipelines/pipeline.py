@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
-from .breaker import CircuitBreaker
+from .breaker import NO_BREAKER, CircuitBreaker, NoBreaker
 from .context import PipelineContext
 from .errors import (
     ConfigurationError,
@@ -157,8 +157,10 @@ class DataPipeline:
         self._strict = strict
         self._clock = clock
         self._stats = {id(e): ElementStats(element_name(e)) for e in self._elements}
-        self._breakers = {
-            id(e): breaker() for e in self._elements if breaker is not None and isinstance(e, DataSink)
+        self._breakers: dict[int, CircuitBreaker | NoBreaker] = {
+            id(e): breaker() if breaker is not None else NO_BREAKER
+            for e in self._elements
+            if isinstance(e, DataSink)
         }
         self._routes: dict[Any, list[Route]] = {}
         self._put_feeds: dict[Any, list[Feed]] = {}
@@ -205,9 +207,9 @@ class DataPipeline:
                 )
             policy = self._policies.get(type)
             for route in routes:
-                route.attach(self._stats[id(route.source)], self._breakers.get(id(route.source)), policy)
+                route.attach(self._stats[id(route.source)], self._breaker(route.source), policy)
                 for feed in route.before + route.after:
-                    feed.attach(self._stats[id(feed.sink)], self._breakers.get(id(feed.sink)))
+                    feed.attach(self._stats[id(feed.sink)], self._breaker(feed.sink))
             self._routes[type] = routes
             self._enable_fast_path(type)
         return routes
@@ -222,7 +224,7 @@ class DataPipeline:
         if feeds is None:
             _, feeds = feeds_for(self._graph, self._ordered_sinks, type, type)
             for feed in feeds:
-                feed.attach(self._stats[id(feed.sink)], self._breakers.get(id(feed.sink)))
+                feed.attach(self._stats[id(feed.sink)], self._breaker(feed.sink))
             self._put_feeds[type] = feeds
         return feeds
 
@@ -231,11 +233,13 @@ class DataPipeline:
         function = self._query_from.get(type)
         return None if function is None else function(item)
 
+    def _breaker(self, element: Any) -> CircuitBreaker | NoBreaker:
+        """The element's breaker; pure sources (not tiers) have none."""
+        return self._breakers.get(id(element), NO_BREAKER)
+
     def _context(self, query: Any) -> PipelineContext:
-        context = PipelineContext()
-        context[_PIPELINE] = self
-        context[_QUERY] = query
-        return context
+        # Keyword form is the fastest way to build it; the names are Keys.PIPELINE and Keys.QUERY.
+        return PipelineContext(pipeline=self, query=query)
 
     @staticmethod
     def _select(routes: list[Route], refresh: bool, only_cached: bool) -> list[Route]:
@@ -265,7 +269,7 @@ class DataPipeline:
             stats.lookups += 1
             # One hit in SAMPLE_EVERY takes the slow path, which measures latency;
             # so does every call while the tier's breaker is open.
-            if stats.lookups & _SAMPLE_MASK and (route.breaker is None or not route.breaker.tripped):
+            if stats.lookups & _SAMPLE_MASK and not route.breaker.tripped:
                 start = 1
                 try:
                     if not route.keyed:
@@ -329,7 +333,7 @@ class DataPipeline:
         """(value, age or None) from a cache tier, or MISSING; a failing tier is skipped."""
         stats, breaker = route.stats, route.breaker
         stats.lookups += 1
-        if breaker is not None and not breaker.allow():
+        if not breaker.allow():
             stats.skips += 1
             return MISSING
         started = time.perf_counter()
@@ -346,18 +350,21 @@ class DataPipeline:
             self._tier_failed(route.source, stats, breaker, error, "lookup")
             return MISSING
         stats.record_latency(time.perf_counter() - started)
-        if breaker is not None:
-            breaker.success()
+        breaker.success()
         if found is MISSING:
             stats.misses += 1
         return found
 
     def _tier_failed(
-        self, element: Any, stats: ElementStats, breaker: CircuitBreaker | None, error: Exception, action: str
+        self,
+        element: Any,
+        stats: ElementStats,
+        breaker: CircuitBreaker | NoBreaker,
+        error: Exception,
+        action: str,
     ) -> None:
         stats.errors += 1
-        if breaker is not None:
-            breaker.failure()
+        breaker.failure()
         if self._strict:
             raise error
         LOGGER.warning("Cache tier %s failed on %s, skipped: %r", stats.name, action, error)
@@ -451,7 +458,7 @@ class DataPipeline:
 
     def _write(self, feed: Feed, put: Callable[[Any, Any], None], value: Any, context: Any) -> None:
         breaker = feed.breaker
-        if breaker is not None and not breaker.allow():
+        if not breaker.allow():
             feed.stats.skips += 1
             return
         try:
@@ -462,8 +469,7 @@ class DataPipeline:
             self._tier_failed(feed.sink, feed.stats, breaker, error, "write-back")
             return
         feed.stats.puts += 1
-        if breaker is not None:
-            breaker.success()
+        breaker.success()
 
     def _refresh_later(self, type: Any, query: Mapping[str, Any]) -> None:
         """Refresh a value in the background, once per key however often it is hit."""
@@ -594,7 +600,7 @@ class DataPipeline:
         source = route.source
         if route.cached:
             breaker = route.breaker
-            if breaker is not None and not breaker.allow():
+            if not breaker.allow():
                 route.stats.skips += len(queries)
                 return [MISSING] * len(queries)
             try:
@@ -604,8 +610,7 @@ class DataPipeline:
             except Exception as error:
                 self._tier_failed(source, route.stats, breaker, error, "batch lookup")
                 return [MISSING] * len(queries)
-            if breaker is not None:
-                breaker.success()
+            breaker.success()
             route.stats.lookups += len(queries)
             route.stats.misses += sum(value is MISSING for value in found)
             return found
@@ -707,7 +712,7 @@ class DataPipeline:
         """
         removed = 0
         for store, store_type in self._stores_of(type):
-            breaker = self._breakers.get(id(store))
+            breaker = self._breaker(store)
             try:
                 removed += bool(store.delete(store_type, query))
             except Exception as error:
