@@ -183,17 +183,17 @@ class HttpAdapter:
                 continue
             elapsed = time.perf_counter() - started
             if answer.status_code in statuses and attempt < self.max_attempts:
-                delay = self._retry_delay(attempt, answer)
-                if delay is not None:
+                wait = self._retry_delay(attempt, answer)
+                if wait is not None:
                     LOGGER.info(
                         "%s %s: %d, retry %d in %.3fs",
                         request.method,
                         url,
                         answer.status_code,
                         attempt,
-                        delay,
+                        wait,
                     )
-                    self._sleep(delay)
+                    self._sleep(wait)
                     continue
             return response_for(
                 request,

@@ -42,7 +42,7 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         if value is None and type(None) in options:
             return None
         for option in options:
-            if dataclasses.is_dataclass(option) and isinstance(value, Mapping):
+            if isinstance(option, type) and dataclasses.is_dataclass(option) and isinstance(value, Mapping):
                 return from_json(option, value, path)
         return value
     origin, args = typing.get_origin(hint), typing.get_args(hint)
