@@ -72,7 +72,7 @@ class Serializer(ABC):
 # -- JSON -------------------------------------------------------------------------------------------
 
 _TAG = "__dp__"
-_PLAIN = (str, int, float, bool, type(None))
+_PLAIN = frozenset((str, int, float, bool, type(None)))
 
 
 def _to_json(value: Any) -> Any:
@@ -120,25 +120,27 @@ _COLLECTIONS: dict[str, Callable[[Any], Any]] = {"tuple": tuple, "set": set, "fr
 
 
 def _from_json(raw: Any, classes: dict[str, type]) -> Any:
+    # Scalars are returned inline rather than through a call each: this is the disk and Redis hit path.
     cls = raw.__class__
     if cls is list:
-        return [_from_json(item, classes) for item in raw]
+        return [item if item.__class__ in _PLAIN else _from_json(item, classes) for item in raw]
     if cls is not dict:
         return raw
     tag = raw.get(_TAG)
     if tag is None:
-        return {key: _from_json(item, classes) for key, item in raw.items()}
+        return {k: v if v.__class__ in _PLAIN else _from_json(v, classes) for k, v in raw.items()}
     if tag == "dataclass":
         target = classes.get(raw["t"])
         if target is None:
             raise SerializationError(
                 f"entry holds a {raw['t']}, which is neither the requested type nor a dataclass it refers to"
             )
-        return target(**{key: _from_json(item, classes) for key, item in raw["v"].items()})
+        fields = raw["v"].items()
+        return target(**{k: v if v.__class__ in _PLAIN else _from_json(v, classes) for k, v in fields})
     if tag == "map":
         return {_from_json(k, classes): _from_json(v, classes) for k, v in raw["v"]}
     if tag in _COLLECTIONS:
-        return _COLLECTIONS[tag](_from_json(item, classes) for item in raw["v"])
+        return _COLLECTIONS[tag]([v if v.__class__ in _PLAIN else _from_json(v, classes) for v in raw["v"]])
     return _SCALAR_DECODERS[tag](raw["v"])
 
 
