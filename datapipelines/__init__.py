@@ -5,6 +5,10 @@ order, converts through the cheapest transformer chain, and writes the value
 back into every faster tier. The 1.x public API is importable from here.
 """
 
+import importlib
+from typing import Any
+
+from .breaker import CircuitBreaker
 from .context import TYPE_WILDCARD, PipelineContext
 from .errors import (
     ConfigurationError,
@@ -13,8 +17,10 @@ from .errors import (
     NotFoundError,
     UnsupportedError,
 )
+from .flight import RedisLock
 from .keys import key_for, set_schema_version
-from .pipeline import BATCH_KEY, DataPipeline, current_session
+from .pipeline import BATCH_KEY, DataPipeline, Result, current_session
+from .policy import Policy
 from .queries import (
     BoundKeyExistenceError,
     MissingKeyError,
@@ -32,11 +38,29 @@ from .transformer import CompositeDataTransformer, DataTransformer
 
 __version__ = "2.0.0.dev0"
 
+# Parts with optional dependencies (SQLAlchemy, httpx) load on first use.
+_LAZY = {
+    "Inventory": ".inventory",
+    "HttpSource": ".http",
+    "RawResponse": ".remote",
+    "RemoteError": ".remote",
+    "register_adapter": ".remote",
+    "RedisInvalidation": ".invalidation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BATCH_KEY",
     "MISSING",
     "TYPE_WILDCARD",
     "BoundKeyExistenceError",
+    "CircuitBreaker",
     "CompositeDataSink",
     "CompositeDataSource",
     "CompositeDataTransformer",
@@ -46,19 +70,28 @@ __all__ = [
     "DataSink",
     "DataSource",
     "DataTransformer",
+    "HttpSource",
+    "Inventory",
     "MissingKeyError",
     "NoConversionError",
     "NotFoundError",
     "PipelineContext",
+    "Policy",
     "Query",
     "QueryValidationError",
     "QueryValidator",
     "QueryValidatorStructureError",
+    "RawResponse",
+    "RedisInvalidation",
+    "RedisLock",
+    "RemoteError",
+    "Result",
     "Store",
     "UnsupportedError",
     "WrongValueTypeError",
     "current_session",
     "key_for",
+    "register_adapter",
     "set_schema_version",
     "validate_query",
 ]

@@ -1,8 +1,41 @@
 """Built-in tiers, installed as ``datapipelines.sinks``.
 
-Each module holds one store; import the ones you use.
+Each module holds one store. The tiers on the core dependencies import
+eagerly; the SQL-backed ones (``AuditRecorder`` needs only the standard
+library, ``Catalog`` and ``LocalState`` need SQLAlchemy) load on first use.
 """
 
-from .memory import MemoryStore
+from __future__ import annotations
 
-__all__ = ["MemoryStore"]
+import importlib
+from typing import Any
+
+from .disk import DiskStore
+from .memory import MemoryStore
+from .redis import RedisStore
+from .serializers import JsonSerializer, PickleSerializer, SerializationError, SignedPickleSerializer
+
+_LAZY = {
+    "AuditRecorder": ".audit",
+    "Catalog": ".catalog",
+    "LocalState": ".catalog",
+}
+
+__all__ = [
+    "AuditRecorder",
+    "Catalog",
+    "DiskStore",
+    "JsonSerializer",
+    "LocalState",
+    "MemoryStore",
+    "PickleSerializer",
+    "RedisStore",
+    "SerializationError",
+    "SignedPickleSerializer",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
