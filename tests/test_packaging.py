@@ -59,3 +59,16 @@ def test_wheel_has_no_top_level_sinks_or_transformers(wheel_names: list[str]) ->
     assert "transformers" not in top_level, "it would shadow Hugging Face's transformers"
     packages = top_level - {n for n in top_level if n.endswith(".dist-info")}
     assert packages == {"datapipelines"}
+
+
+@pytest.mark.timeout(300)
+def test_wheel_ships_every_package_of_the_source_tree(wheel_names: list[str]) -> None:
+    installed_as = {"datapipelines": "datapipelines", "sinks": "datapipelines/sinks",
+                    "transformers": "datapipelines/transformers"}
+    expected = set()
+    for root, prefix in installed_as.items():
+        for init in (ROOT / root).rglob("__init__.py"):
+            folder = init.parent.relative_to(ROOT / root).as_posix()
+            expected.add(f"{prefix}/{folder}/__init__.py".replace("/./", "/"))
+    missing = sorted(expected - set(wheel_names))
+    assert not missing, f"packages missing from the wheel (add them to pyproject.toml): {missing}"
