@@ -159,4 +159,5 @@ def _remember(type_: Any, query: Mapping[str, Any], key: str) -> None:
         return
     if len(_memo) >= _MEMO_LIMIT:
         _memo.clear()
-    _memo[(type_, *query.items())] = (key, _classes(query))
+    memo_key = (type_, *query.items())
+    _memo[memo_key] = (key, _classes(query))

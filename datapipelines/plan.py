@@ -141,8 +141,8 @@ class Route:
         self.stats: Any = None
         self.breaker: Any = None
         # Bound once, so the hit path does no attribute search on the store.
-        self.lookup = getattr(source, "lookup", None)
-        self.lookup_fresh = getattr(source, "lookup_fresh", None)
+        self.lookup: Any = getattr(source, "lookup", None)
+        self.lookup_fresh: Any = getattr(source, "lookup_fresh", None)
         self.max_age: float | None = None
 
     def attach(self, stats: Any, breaker: Any, policy: Any) -> None:
@@ -178,8 +178,9 @@ def plan_routes(
     routes = []
     for source, sinks_before in sources:
         provides = source.provides
+        chain: Chain = ()
         if type_ in provides:
-            source_type, chain = type_, ()
+            source_type = type_
         else:
             best = None
             for provided in provides:
