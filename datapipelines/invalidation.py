@@ -38,8 +38,16 @@ from .store import Store
 
 LOGGER = logging.getLogger(__name__)
 
-_COUNTERS = ("published", "publish_errors", "publish_skips", "received", "ignored", "dropped",
-             "bad_messages", "reconnects")
+_COUNTERS = (
+    "published",
+    "publish_errors",
+    "publish_skips",
+    "received",
+    "ignored",
+    "dropped",
+    "bad_messages",
+    "reconnects",
+)
 
 # Every live instance in this process, so one can update the others' stores directly.
 _INSTANCES: weakref.WeakSet[RedisInvalidation] = weakref.WeakSet()
@@ -84,7 +92,9 @@ class RedisInvalidation:
         self._owns_client = client is None
         if client is None:
             client = redis.Redis.from_url(
-                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
                 health_check_interval=15,
             )
         self.client = client
@@ -154,8 +164,9 @@ class RedisInvalidation:
             # One warning per outage, not one per put.
             level = logging.DEBUG if self._publish_failing else logging.WARNING
             self._publish_failing = True
-            LOGGER.log(level, "Could not publish %d invalidated keys on %s: %r",
-                       len(keys), self.channel, error)
+            LOGGER.log(
+                level, "Could not publish %d invalidated keys on %s: %r", len(keys), self.channel, error
+            )
             return
         self._breaker.success()
         self._publish_failing = False
@@ -192,8 +203,9 @@ class RedisInvalidation:
                     break
                 self._subscribed.clear()
                 self._count("reconnects")
-                LOGGER.warning("Invalidation channel %s lost (%r); reconnecting in %.2fs",
-                               self.channel, error, delay)
+                LOGGER.warning(
+                    "Invalidation channel %s lost (%r); reconnecting in %.2fs", self.channel, error, delay
+                )
                 self._closed.wait(delay)
                 delay = min(delay * 2, self._backoff[1])
             finally:

@@ -30,8 +30,9 @@ class Reading:
 class CountingSource(DataSource):
     """Answers Reading queries ``{"id": n}``; counts calls; can be told to fail, to miss or to wait."""
 
-    def __init__(self, name: str = "origin") -> None:
+    def __init__(self, name: str = "origin", delay: float = 0.0) -> None:
         self.name = name
+        self.delay = delay
         self.calls = 0
         self.version = 1
         self.error: Exception | None = None
@@ -51,6 +52,7 @@ class CountingSource(DataSource):
             self.calls += 1
         if self.release is not None:
             assert self.release.wait(30), "the test never released the source"
+        time.sleep(self.delay)
         if self.error is not None:
             raise self.error
         if query["id"] in self.missing:
@@ -89,8 +91,19 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--daemonize", "no"]
+        command = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_until(self.answers, timeout=10, what=f"redis-server on port {self.port} to answer")
 
