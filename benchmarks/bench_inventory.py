@@ -5,7 +5,7 @@ transactions). Beside it, "raw" is the least a hand-written job would do with
 SQLAlchemy alone: lock, read its last id, read the next 10 ids, insert a row,
 commit, then mark it done. Medians of several runs; the command is printed.
 
-    .venv/bin/python benchmarks/bench_inventory.py [--runs 5] [--acquisitions 400]
+    .venv/bin/python benchmarks/bench_inventory.py [--runs 3] [--acquisitions 160]
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def make_items(url: str, schema: str | None, count: int) -> None:
 
 def inventory_worker(url: str, schema: str | None, table: str) -> Callable[[], Callable[[], bool]]:
     def prepare() -> Callable[[], bool]:
-        inventory = Inventory(url, schema=schema, table=table, source=Source("items", "id", "size", schema=schema))
+        source = Source("items", "id", "size", schema=schema)
+        inventory = Inventory(url, schema=schema, table=table, source=source)
         inventory.acquire_batch("warm-up", count=1).succeeded()  # create the table, reflect the source
 
         def step() -> bool:
@@ -108,9 +109,8 @@ def raw_worker(url: str, schema: str | None, table: str) -> Callable[[], Callabl
                 ).scalars().all()
                 if not ids:
                     return False
-                row = connection.execute(
-                    sa.insert(ranges).values(job="job", first=ids[0], last=ids[-1], done=False).returning(ranges.c.id)
-                ).scalar_one()
+                values = {"job": "job", "first": ids[0], "last": ids[-1], "done": False}
+                row = connection.execute(sa.insert(ranges).values(values).returning(ranges.c.id)).scalar_one()
             with engine.begin() as connection:
                 connection.execute(sa.update(ranges).where(ranges.c.id == row).values(done=True))
             return True
@@ -142,7 +142,8 @@ def run_once(kind: str, mode: str, processes: int, acquisitions: int) -> float |
         context = multiprocessing.get_context("fork")
         ready, start, done = context.Queue(), context.Event(), context.Queue()
         quota = acquisitions // processes
-        workers = [context.Process(target=_process, args=(prepare, quota, ready, start, done)) for _ in range(processes)]
+        arguments = (prepare, quota, ready, start, done)
+        workers = [context.Process(target=_process, args=arguments) for _ in range(processes)]
         for worker in workers:
             worker.start()
         for _ in workers:
@@ -158,13 +159,13 @@ def run_once(kind: str, mode: str, processes: int, acquisitions: int) -> float |
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="runs per cell; the median is printed (5)")
-    parser.add_argument("--acquisitions", type=int, default=400, help="acquisitions per run, all processes (400)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per cell; the median is printed (3)")
+    parser.add_argument("--acquisitions", type=int, default=160, help="acquisitions per run, in all (160)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     args = parser.parse_args(argv)
     print("$", shlex.join([os.path.relpath(sys.executable), *sys.argv]))
-    print(f"acquisitions/s (acquire {BATCH} items + release), median of {args.runs} runs, {os.cpu_count()} CPUs")
+    print(f"acquisitions/s (take {BATCH} items, release), median of {args.runs} runs, {os.cpu_count()} CPUs")
     header = f"{'database':<11} {'processes':>9} {'inventory':>10} {'raw':>10} {'raw/inventory':>14}"
     print(header)
     print("-" * len(header))
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{kind:<11} {processes:>9}   skipped: no database answers")
                 continue
             ratio = medians["raw"] / medians["inventory"]
-            print(f"{kind:<11} {processes:>9} {medians['inventory']:>10.0f} {medians['raw']:>10.0f} {ratio:>13.2f}x")
+            rates = f"{medians['inventory']:>10.0f} {medians['raw']:>10.0f}"
+            print(f"{kind:<11} {processes:>9} {rates} {ratio:>13.2f}x")
     return 0
 
 
