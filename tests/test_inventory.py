@@ -420,3 +420,23 @@ def test_plain_postgresql_url_works(postgres_db: Database) -> None:
     with Inventory(plain, schema=postgres_db.schema, source=postgres_db.source()) as inventory:
         assert inventory.url.drivername == "postgresql+psycopg"
         assert inventory.acquire_batch("j", weight=12).id_range == (0, 3)
+
+
+def test_over_the_catalogue_weighted_by_size(tmp_path) -> None:
+    from datapipelines.sinks.catalog import Catalog
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
+    catalog = Catalog(url)
+    for n in range(1, 7):
+        catalog.record(bytes, b"x" * (100 * n), query={"n": n})
+    catalog.record(str, "y" * 50, query={"n": 0})
+    catalog.engine.dispose()
+    with Inventory(url, source=Source("catalog_records", weight_column="size")) as inventory:
+        batch = inventory.acquire_batch("copy", weight=600)
+        assert [item["size"] for item in batch.items] == [100, 200, 300]
+        assert [item["type"] for item in batch.items] == ["builtins.bytes"] * 3
+        assert batch.weight == 600
+        rest = inventory.acquire_batch("copy", weight=10_000, where={"type": "builtins.bytes"})
+        assert [item["size"] for item in rest.items] == [400, 500, 600]
+        assert inventory.acquire_batch("copy", where={"type": "builtins.bytes"}) is None
+        assert inventory.acquire_batch("copy").count == 1  # the str row, past the filtered range
