@@ -230,7 +230,7 @@ def where(table: Table, filters: Mapping[str, Any], dialect: str) -> list[Column
             return or_(field(name, partial(_equals, json, False)), field(name, json.absent))
         return field(name, partial(_equals, json, value))
 
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     for name, value in filters.items():
         if name in ("fields", "query"):
             if not isinstance(value, Mapping):

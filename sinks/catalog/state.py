@@ -81,7 +81,7 @@ class LocalState:
             for rows in pages(self.catalog.engine, select(remote), remote.c.id):
                 added, changed = [], []
                 for row in rows:
-                    values = {name: getattr(row, name) for name in REMOTE_COLUMNS}
+                    values = {name: row._mapping[name] for name in REMOTE_COLUMNS}
                     seen.add(row.key)
                     old = known.get(row.key)
                     if old is None:
