@@ -47,6 +47,10 @@ _MANY = PipelineContext.Keys.MANY
 _EXPIRY = PipelineContext.Keys.EXPIRY
 _SOURCE = PipelineContext.Keys.SOURCE
 _SAMPLE_MASK = SAMPLE_EVERY - 1
+_WRITE_BACK = "write-back"
+_INVALIDATE = "invalidate"
+# Failed writes are counted apart from failed lookups, so hits stay exact.
+_WRITES = (_WRITE_BACK, _INVALIDATE)
 # Mistakes in how a tier is used, not failures of the tier: never swallowed.
 _CALLER_ERRORS = (ConfigurationError, UnsupportedError, TypeError)
 
@@ -78,7 +82,7 @@ def _bulk_put(feed: Feed) -> Callable[[Any, Any], None]:
 class _Request:
     """One ``get`` on its way through the routes (the miss path's shared state)."""
 
-    __slots__ = ("type", "query", "routes", "context", "policy", "refresh", "stale")
+    __slots__ = ("type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses")
 
     def __init__(
         self,
@@ -93,6 +97,8 @@ class _Request:
         self.policy, self.refresh = policy, refresh
         # A value past its ttl but within max_stale, served if the sources fail.
         self.stale: Result | None = None
+        # Tiers that answered "not here" (not skipped, not failed): safe to ask again.
+        self.clean_misses: list[Route] = []
 
 
 class DataPipeline:
@@ -304,6 +310,8 @@ class DataPipeline:
         """Ask the routes from ``start`` on: cache tiers first-come, then the sources."""
         policy = self._policies.get(type)
         request = _Request(type, query, self.routes(type), self._context(query), policy, refresh)
+        # The fast path only hands over (start=1) after a clean miss in the first tier.
+        request.clean_misses = request.routes[:start]
         for index in range(start, len(request.routes)):
             route = request.routes[index]
             if (refresh and route.cached) or (only_cached and not route.cached):
@@ -312,6 +320,9 @@ class DataPipeline:
                 return self._fetch(request, index)
             found = self._ask_tier(route, type, query)
             if found is MISSING:
+                request.clean_misses.append(route)
+                continue
+            if found is None:
                 continue
             value, age = found
             if policy is not None and age is not None:
@@ -330,12 +341,13 @@ class DataPipeline:
         )
 
     def _ask_tier(self, route: Route, type: Any, query: Mapping[str, Any]) -> Any:
-        """(value, age or None) from a cache tier, or MISSING; a failing tier is skipped."""
+        """(value, age or None) from a cache tier, MISSING if it has none, None if it
+        was skipped or failed (a failing tier never fails the call)."""
         stats, breaker = route.stats, route.breaker
         stats.lookups += 1
         if not breaker.allow():
-            stats.skips += 1
-            return MISSING
+            stats.lookup_skips += 1
+            return None
         started = time.perf_counter()
         try:
             if route.keyed:
@@ -348,7 +360,7 @@ class DataPipeline:
             raise
         except Exception as error:
             self._tier_failed(route.source, stats, breaker, error, "lookup")
-            return MISSING
+            return None
         stats.record_latency(time.perf_counter() - started)
         breaker.success()
         if found is MISSING:
@@ -363,7 +375,10 @@ class DataPipeline:
         error: Exception,
         action: str,
     ) -> None:
-        stats.errors += 1
+        if action in _WRITES:
+            stats.put_errors += 1
+        else:
+            stats.lookup_errors += 1
         breaker.failure()
         if self._strict:
             raise error
@@ -384,6 +399,10 @@ class DataPipeline:
         return result  # type: ignore[no-any-return]
 
     def _call_sources(self, request: _Request, index: int, key: str | None) -> Result:
+        # A caller that missed just before another flight wrote back must not call again.
+        found = self._recheck_local(request)
+        if found is not None:
+            return found
         policy = request.policy
         if policy is not None and policy.negative_ttl and key is not None:
             until = self._negative.get((request.type, key))
@@ -409,6 +428,22 @@ class DataPipeline:
         finally:
             lock.release(lock_key, token)
 
+    def _recheck_local(self, request: _Request) -> Result | None:
+        """A fresh value in an in-process tier that missed earlier, if one arrived meanwhile."""
+        if request.refresh:
+            return None
+        policy = request.policy
+        for route in request.clean_misses:
+            if not (route.keyed and getattr(route.source, "in_process", False)):
+                continue
+            entry = route.source.lookup_entry(route.source_type, request.query)  # type: ignore[attr-defined]
+            if entry is MISSING:
+                continue
+            value, age = entry
+            if policy is None or age is None or age < policy.fresh_limit:
+                return Result(self._deliver(route, value, request.context), False, route.source_name)
+        return None
+
     def _cached(self, type: Any, query: Mapping[str, Any]) -> Any:
         try:
             return self.get_result(type, query, only_cached=True)
@@ -431,7 +466,7 @@ class DataPipeline:
                 stats.misses += 1
                 continue
             except Exception as error:
-                stats.errors += 1
+                stats.lookup_errors += 1
                 if request.stale is not None:
                     stats.stale += 1
                     LOGGER.warning("%s failed (%r); serving a stale %s", stats.name, error, type_name(type))
@@ -459,14 +494,14 @@ class DataPipeline:
     def _write(self, feed: Feed, put: Callable[[Any, Any], None], value: Any, context: Any) -> None:
         breaker = feed.breaker
         if not breaker.allow():
-            feed.stats.skips += 1
+            feed.stats.put_skips += 1
             return
         try:
             put(value, context)
         except _CALLER_ERRORS:
             raise
         except Exception as error:
-            self._tier_failed(feed.sink, feed.stats, breaker, error, "write-back")
+            self._tier_failed(feed.sink, feed.stats, breaker, error, _WRITE_BACK)
             return
         feed.stats.puts += 1
         breaker.success()
@@ -601,7 +636,7 @@ class DataPipeline:
         if route.cached:
             breaker = route.breaker
             if not breaker.allow():
-                route.stats.skips += len(queries)
+                route.stats.lookup_skips += len(queries)
                 return [MISSING] * len(queries)
             try:
                 found = self._ask_batch(route, queries)
@@ -716,7 +751,7 @@ class DataPipeline:
             try:
                 removed += bool(store.delete(store_type, query))
             except Exception as error:
-                self._tier_failed(store, self._stats[id(store)], breaker, error, "invalidate")
+                self._tier_failed(store, self._stats[id(store)], breaker, error, _INVALIDATE)
         with contextlib.suppress(TypeError):
             self._negative.pop((type, key_for(type, query)), None)
         self._announce(type, [query])

@@ -24,23 +24,24 @@ def _percentile(ordered: list[float], fraction: float) -> float | None:
 class ElementStats:
     """What one pipeline element did.
 
-    For a tier: ``lookups`` (hits are lookups - misses - errors - skips, so the
-    fast path adds one integer), ``misses``, ``puts``, ``errors``, ``skips``
-    (calls skipped while its breaker was open). For a source: ``calls``,
-    ``errors``, ``joins`` (callers that shared another's single-flight call),
-    ``stale`` (stale values served because it failed), ``negative`` (misses
-    answered from the negative cache).
+    For a tier: ``lookups`` (hits are lookups - misses - lookup errors - lookup
+    skips, so the fast path adds one integer), ``misses``, ``puts``, and errors
+    and skips (calls skipped while its breaker was open), each kept apart for
+    lookups and writes. For a source: ``calls``, errors, ``joins`` (callers that
+    shared another's single-flight call), ``stale`` (stale values served because
+    it failed), ``negative`` (misses answered from the negative cache).
     """
 
-    __slots__ = ("name", "lookups", "misses", "puts", "errors", "skips", "calls", "joins", "stale",
-                 "negative", "_latencies")
+    __slots__ = ("name", "lookups", "misses", "puts", "lookup_errors", "put_errors", "lookup_skips",
+                 "put_skips", "calls", "joins", "stale", "negative", "_latencies")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.reset()
 
     def reset(self) -> None:
-        self.lookups = self.misses = self.puts = self.errors = self.skips = 0
+        self.lookups = self.misses = self.puts = 0
+        self.lookup_errors = self.put_errors = self.lookup_skips = self.put_skips = 0
         self.calls = self.joins = self.stale = self.negative = 0
         self._latencies: deque[float] = deque(maxlen=_WINDOW)
 
@@ -49,7 +50,7 @@ class ElementStats:
 
     def snapshot(self) -> dict[str, Any]:
         ordered = sorted(self._latencies)
-        hits = max(0, self.lookups - self.misses - self.errors - self.skips)
+        hits = max(0, self.lookups - self.misses - self.lookup_errors - self.lookup_skips)
 
         def micro(fraction: float) -> float | None:
             value = _percentile(ordered, fraction)
@@ -59,8 +60,8 @@ class ElementStats:
             "hits": hits,
             "misses": self.misses,
             "puts": self.puts,
-            "errors": self.errors,
-            "skips": self.skips,
+            "errors": self.lookup_errors + self.put_errors,
+            "skips": self.lookup_skips + self.put_skips,
             "calls": self.calls,
             "joins": self.joins,
             "stale": self.stale,
