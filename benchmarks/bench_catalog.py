@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy
-from datapipelines.sinks.catalog import Catalog
 from sqlalchemy import Column, Integer, MetaData, Table, Text, create_engine, insert, text
 
 from datapipelines import DataPipeline, DataSource
+from datapipelines.sinks.catalog import Catalog
 
 POSTGRES_URL = os.environ.get(
     "DATAPIPELINES_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -29,12 +29,12 @@ from typing import Any
 import cachetools
 import diskcache
 import redis
+
+from datapipelines import DataPipeline, key_for
 from datapipelines.sinks.disk import DiskStore
 from datapipelines.sinks.memory import MemoryStore
 from datapipelines.sinks.redis import RedisStore
 from datapipelines.sinks.serializers import JsonSerializer
-
-from datapipelines import DataPipeline, key_for
 
 CHART = Path(__file__).with_name("bench_tiers.png")
 BATCH = 100

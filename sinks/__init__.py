@@ -13,10 +13,18 @@ from typing import Any
 from .disk import DiskStore
 from .memory import MemoryStore
 from .redis import RedisStore
-from .serializers import JsonSerializer, PickleSerializer, SerializationError, SignedPickleSerializer
+from .serializers import (
+    JsonSerializer,
+    PickleSerializer,
+    SerializationError,
+    Serializer,
+    SignedPickleSerializer,
+    make_serializer,
+)
 
 _LAZY = {
     "AuditRecorder": ".audit",
+    "DamagedBlobError": ".audit",
     "Catalog": ".catalog",
     "LocalState": ".catalog",
 }
@@ -24,6 +32,7 @@ _LAZY = {
 __all__ = [
     "AuditRecorder",
     "Catalog",
+    "DamagedBlobError",
     "DiskStore",
     "JsonSerializer",
     "LocalState",
@@ -31,7 +40,9 @@ __all__ = [
     "PickleSerializer",
     "RedisStore",
     "SerializationError",
+    "Serializer",
     "SignedPickleSerializer",
+    "make_serializer",
 ]
 
 

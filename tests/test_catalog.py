@@ -18,6 +18,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy
+from sqlalchemy import create_engine, text
+
+from datapipelines import ConfigurationError, DataPipeline, DataSource, NotFoundError, UnsupportedError
+from datapipelines.keys import key_for
 from datapipelines.sinks.catalog import (
     Catalog,
     CatalogError,
@@ -27,10 +31,6 @@ from datapipelines.sinks.catalog import (
     content_bytes,
 )
 from datapipelines.sinks.catalog._db import display_url, engine_for
-from sqlalchemy import create_engine, text
-
-from datapipelines import ConfigurationError, DataPipeline, DataSource, NotFoundError, UnsupportedError
-from datapipelines.keys import key_for
 
 POSTGRES_URL = os.environ.get(
     "DATAPIPELINES_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from datapipelines.sinks.catalog import LocalState
 
 from datapipelines.cli import main
 from datapipelines.cli.catalog import parse_filters
 from datapipelines.progress import Progress
+from datapipelines.sinks.catalog import LocalState
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from typing import Any
 
 import diskcache
 import pytest
-from datapipelines.sinks.disk import DiskStore
 from test_serializers import Exploit
 from test_store_contract import Item, assert_shared_cleanly, share_between_two_processes
 
 from datapipelines import MISSING, key_for
+from datapipelines.sinks.disk import DiskStore
 
 
 @pytest.fixture

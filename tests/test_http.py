@@ -7,8 +7,6 @@ import socket
 from dataclasses import dataclass
 
 import pytest
-from datapipelines.sinks.memory import MemoryStore
-from datapipelines.transformers import JSON, DataclassTransformer, RawTransformer
 
 from datapipelines import DataPipeline, NotFoundError
 from datapipelines.errors import ConfigurationError
@@ -26,7 +24,9 @@ from datapipelines.remote import (
     response_for,
     unregister_adapter,
 )
+from datapipelines.sinks.memory import MemoryStore
 from datapipelines.testing import LocalServer, Reply
+from datapipelines.transformers import JSON, DataclassTransformer, RawTransformer
 
 WEATHER = {"path": "/weather", "params": {"city": "Oslo"}}
 

@@ -6,10 +6,10 @@ import threading
 from typing import Any
 
 import pytest
-from datapipelines.sinks.memory import MemoryStore
 from test_store_contract import Item
 
 from datapipelines import MISSING
+from datapipelines.sinks.memory import MemoryStore
 
 
 def test_values_are_kept_as_the_same_objects() -> None:

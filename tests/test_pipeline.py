@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from datapipelines.sinks import MemoryStore
 
 import datapipelines.pipeline as pipeline_module
 from datapipelines import (
@@ -22,6 +21,7 @@ from datapipelines import (
     current_session,
 )
 from datapipelines.plan import TypeGraph
+from datapipelines.sinks import MemoryStore
 
 
 class Weather:

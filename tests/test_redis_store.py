@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import redis
-from datapipelines.sinks.redis import RedisStore
-from datapipelines.sinks.serializers import SECRET_ENV, SignedPickleSerializer
 from redis.connection import AbstractConnection
 from test_serializers import Exploit
 from test_store_contract import Item, assert_shared_cleanly, share_between_two_processes
 
 from datapipelines import MISSING, ConfigurationError, key_for
+from datapipelines.sinks.redis import RedisStore
+from datapipelines.sinks.serializers import SECRET_ENV, SignedPickleSerializer
 
 
 @pytest.fixture(params=["real", "fakeredis"])

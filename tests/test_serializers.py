@@ -10,6 +10,8 @@ import uuid
 from typing import Any, Optional
 
 import pytest
+
+from datapipelines import MISSING, ConfigurationError, key_for, set_schema_version
 from datapipelines.sinks.serializers import (
     SECRET_ENV,
     Codec,
@@ -19,8 +21,6 @@ from datapipelines.sinks.serializers import (
     SignedPickleSerializer,
     make_serializer,
 )
-
-from datapipelines import MISSING, ConfigurationError, key_for, set_schema_version
 
 
 @dataclasses.dataclass

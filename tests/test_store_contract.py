@@ -9,9 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from datapipelines.sinks.disk import DiskStore
-from datapipelines.sinks.memory import MemoryStore
-from datapipelines.sinks.redis import RedisStore
 
 from datapipelines import (
     MISSING,
@@ -22,6 +19,9 @@ from datapipelines import (
     key_for,
     set_schema_version,
 )
+from datapipelines.sinks.disk import DiskStore
+from datapipelines.sinks.memory import MemoryStore
+from datapipelines.sinks.redis import RedisStore
 from datapipelines.store import Store
 
 

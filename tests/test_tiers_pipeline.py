@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from datapipelines.sinks.disk import DiskStore
-from datapipelines.sinks.memory import MemoryStore
-from datapipelines.sinks.redis import RedisStore
 from test_disk_store import count_transactions
 from test_redis_store import RoundTrips
 from test_store_contract import Item, Remote
 
 from datapipelines import MISSING, DataPipeline, set_schema_version
+from datapipelines.sinks.disk import DiskStore
+from datapipelines.sinks.memory import MemoryStore
+from datapipelines.sinks.redis import RedisStore
 
 
 @dataclasses.dataclass

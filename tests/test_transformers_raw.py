@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import pytest
+
+from datapipelines import CompositeDataTransformer, NotFoundError
+from datapipelines.errors import ConfigurationError, UnsupportedError
+from datapipelines.remote import RawResponse, RemoteError
 from datapipelines.transformers import (
     JSON,
     DataclassConversionError,
@@ -16,10 +20,6 @@ from datapipelines.transformers import (
     from_json,
     to_json,
 )
-
-from datapipelines import CompositeDataTransformer, NotFoundError
-from datapipelines.errors import ConfigurationError, UnsupportedError
-from datapipelines.remote import RawResponse, RemoteError
 
 
 @dataclass
