@@ -135,7 +135,7 @@ class Inventory:
         self.table = inventory_table(table, schema)
         self.max_attempts = max_attempts
         self.lease = timedelta(seconds=_seconds(lease, "lease"))
-        self.job_identifier = job_identifier or f"{socket.gethostname()}:{os.getpid()}"
+        self.job_identifier = job_identifier
         self._clock = clock
         self._engine = create_engine(self.url, immediate=True)
         check_backend(self._engine)
@@ -289,8 +289,9 @@ class Inventory:
             "lease_seconds": self.lease.total_seconds(),
         }
         return _Plan(
-            job, bound, clause, weight, count, id_min, id_max, job_identifier or self.job_identifier, config
-        )
+            job, bound, clause, weight, count, id_min, id_max,
+            job_identifier or self.job_identifier or f"{socket.gethostname()}:{os.getpid()}", config,
+        )  # fmt: skip
 
     def _bind(self, source: Source) -> BoundSource:
         self._ensure()
