@@ -572,11 +572,12 @@ class DataPipeline:
             if streaming:
                 return self._stream(route, result, context)
             items = list(result)
+            context[_SOURCE] = route.source_name
             for feed in route.before:
-                feed.put_many(items, context)
+                self._write(feed, feed.put_many, items, context)
             items = [convert(route.chain, item, context) for item in items]
             for feed in route.after:
-                feed.put_many(items, context)
+                self._write(feed, feed.put_many, items, context)
             return items
         raise NotFoundError(type=type, query=query, tried=[r.name for r in routes])
 
@@ -610,9 +611,9 @@ class DataPipeline:
             hits = [(i, value) for i, value in zip(pending, found, strict=True) if value is not MISSING]
             if not hits:
                 continue
-            self._write_back_batch(route.before, [(queries[i], v) for i, v in hits])
+            self._write_back_batch(route, route.before, [(queries[i], v) for i, v in hits])
             converted = [(i, convert(route.chain, v, self._context(queries[i]))) for i, v in hits]
-            self._write_back_batch(route.after, [(queries[i], v) for i, v in converted])
+            self._write_back_batch(route, route.after, [(queries[i], v) for i, v in converted])
             for index, value in converted:
                 results[index] = value
             hit_indexes = {index for index, _ in hits}
@@ -681,14 +682,23 @@ class DataPipeline:
                 found.append(MISSING)
         return found
 
-    def _write_back_batch(self, feeds: Sequence[Feed], pairs: list[tuple[Mapping[str, Any], Any]]) -> None:
+    def _write_back_batch(
+        self, route: Route, feeds: Sequence[Feed], pairs: list[tuple[Mapping[str, Any], Any]]
+    ) -> None:
+        """Write what ``route`` answered back: one bulk put per store, per item elsewhere."""
+
+        def context_for(query: Mapping[str, Any]) -> PipelineContext:
+            context = self._context(query)
+            context[_SOURCE] = route.source_name
+            return context
+
         for feed in feeds:
             if feed.keyed:
-                converted = [(q, convert(feed.chain, v, self._context(q))) for q, v in pairs]
+                converted = [(q, convert(feed.chain, v, context_for(q))) for q, v in pairs]
                 self._write(feed, _bulk_put(feed), converted, None)
             else:
                 for query, value in pairs:
-                    self._write(feed, feed.put, value, self._context(query))
+                    self._write(feed, feed.put, value, context_for(query))
 
     # -- writing ------------------------------------------------------------------
     def put(self, type: Any, item: Any, *, query: Mapping[str, Any] | None = None) -> None:

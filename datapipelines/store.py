@@ -167,7 +167,7 @@ class Store(DataSource, DataSink):
         raise NotFoundError(type=type, query=query, tried=[repr(self)])
 
     def put(self, type: Any, item: Any, context: PipelineContext | None = None) -> None:
-        query = self._query_for(type, item, context)
+        query = query_of_item(self, type, item, context)
         if query is not None:
             self.store_many(type, [(query, item)], seconds=_policy_seconds(type, context))
 
@@ -175,7 +175,7 @@ class Store(DataSource, DataSink):
         items = list(items)
         queries = context.get(_QUERIES) if context is not None else None
         if queries is None:
-            queries = [self._query_for(type, item, context) for item in items]
+            queries = [query_of_item(self, type, item, context) for item in items]
         elif len(queries) != len(items):
             raise ConfigurationError(
                 f"put_many of {type_name(type)} got {len(items)} items but {len(queries)} queries"
@@ -183,26 +183,29 @@ class Store(DataSource, DataSink):
         pairs = [(q, item) for q, item in zip(queries, items, strict=True) if q is not None]
         self.store_many(type, pairs, seconds=_policy_seconds(type, context))
 
-    def _query_for(self, type_: Any, item: Any, context: PipelineContext | None) -> Mapping[str, Any] | None:
-        """The query that keys ``item``: the call's query, else the pipeline's query function.
 
-        During get_many write-back an item without a query function is skipped (a
-        cache may miss); a direct put without any query is an error, never a silent loss.
-        """
-        if context is not None:
-            if not context.get(_MANY):
-                query = context.get(_QUERY)
-                if query is not None:
-                    return query
-            pipeline = context.get(_PIPELINE)
-            if pipeline is not None:
-                query = pipeline.query_for(type_, item)
-                if query is not None:
-                    return query
-            if context.get(_MANY) and context.get(_QUERIES) is None:
-                LOGGER.debug("%r skips a %s: no query function keys it", self, type_name(type_))
-                return None
-        raise ConfigurationError(
-            f"{self!r} cannot store a {type_name(type_)} without a query: pass query= to put, "
-            f"or give the pipeline query_from={{{type_name(type_)}: lambda item: {{...}}}}"
-        )
+def query_of_item(
+    sink: Any, type_: Any, item: Any, context: PipelineContext | None
+) -> Mapping[str, Any] | None:
+    """The query that keys ``item`` in ``sink``: the call's query, else the pipeline's query function.
+
+    During get_many write-back an item without a query function is skipped (a
+    cache may miss); a direct put without any query is an error, never a silent loss.
+    """
+    if context is not None:
+        if not context.get(_MANY):
+            query = context.get(_QUERY)
+            if query is not None:
+                return query  # type: ignore[no-any-return]
+        pipeline = context.get(_PIPELINE)
+        if pipeline is not None:
+            query = pipeline.query_for(type_, item)
+            if query is not None:
+                return query  # type: ignore[no-any-return]
+        if context.get(_MANY) and context.get(_QUERIES) is None:
+            LOGGER.debug("%r skips a %s: no query function keys it", sink, type_name(type_))
+            return None
+    raise ConfigurationError(
+        f"{sink!r} cannot store a {type_name(type_)} without a query: pass query= to put, "
+        f"or give the pipeline query_from={{{type_name(type_)}: lambda item: {{...}}}}"
+    )

@@ -16,7 +16,7 @@ from datapipelines.context import TYPE_WILDCARD, PipelineContext
 from datapipelines.errors import ConfigurationError, type_name
 from datapipelines.keys import key_for, type_name_of
 from datapipelines.sink import DataSink
-from datapipelines.store import Store
+from datapipelines.store import query_of_item
 
 from ._db import (
     CatalogError,
@@ -102,7 +102,7 @@ class Catalog(DataSink):
         queries = context.get(_QUERIES) if context is not None else None
         if queries is None:
             # The same rule as the stores: the call's query, else the pipeline's query_from.
-            queries = [Store._query_for(self, type, item, context) for item in items]  # type: ignore[arg-type]
+            queries = [query_of_item(self, type, item, context) for item in items]
         elif len(queries) != len(items):
             raise ConfigurationError(
                 f"put_many of {type_name(type)} got {len(items)} items but {len(queries)} queries"
