@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import redis
-from datapipelines.sinks import MemoryStore
 from test_resilience_support import CountingSource, Reading, RedisServer, free_port, private_redis, wait_until
 
 from datapipelines import MISSING, DataPipeline, key_for
 from datapipelines.breaker import CircuitBreaker
 from datapipelines.invalidation import RedisInvalidation
+from datapipelines.sinks import MemoryStore
 
 __all__ = ["private_redis"]  # a fixture, used by name
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 import redis
-from datapipelines.sinks import MemoryStore
-from datapipelines.sinks.redis import RedisStore
 from test_resilience_support import CountingSource, Reading, RedisServer, free_port, private_redis
 
 from datapipelines import DataPipeline
 from datapipelines.breaker import CircuitBreaker
 from datapipelines.flight import RedisLock
+from datapipelines.sinks import MemoryStore
+from datapipelines.sinks.redis import RedisStore
 
 __all__ = ["private_redis"]  # a fixture, used by name
 

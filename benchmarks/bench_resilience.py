@@ -1,0 +1,168 @@
+"""What resilience costs and what it saves.
+
+1. The memory hit path of a type with a Policy (ttl, soft_ttl) against the same
+   type without one, beside a raw cachetools lookup of a precomputed key;
+   interleaved repeats, medians. Goal: policies on at most 1.1x policies off.
+2. A stampede: 1,000 threads released at once over 10 cold keys, through the
+   pipeline (single-flight) and through a bare cachetools cache in front of the
+   same source (no coalescing): source calls and wall time, medians of runs.
+
+Run: ``.venv/bin/python benchmarks/bench_resilience.py [--repeats N] [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from _timing import median_ns
+from cachetools import LRUCache
+
+from datapipelines import DataPipeline, DataSource, key_for
+from datapipelines.policy import Policy
+from datapipelines.sinks import MemoryStore
+
+SOURCE_DELAY = 0.02  # seconds per source call: a fast remote API
+
+
+@dataclass(frozen=True)
+class Reading:
+    id: int
+    value: str
+
+
+class SlowSource(DataSource):
+    """A remote stand-in: each call takes SOURCE_DELAY and is counted."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    @property
+    def provides(self) -> Any:
+        return {Reading}
+
+    def get(self, type: Any, query: Any, context: Any = None) -> Any:
+        with self._lock:
+            self.calls += 1
+        time.sleep(SOURCE_DELAY)
+        return Reading(query["id"], "fresh")
+
+    def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
+        raise NotImplementedError
+
+
+def hit_path(repeats: int) -> list[tuple[str, float]]:
+    queries = [{"id": n} for n in range(100)]
+    plain = DataPipeline([MemoryStore(), SlowSource()])
+    guarded = DataPipeline([MemoryStore(), SlowSource()], policies={Reading: Policy(ttl=3600, soft_ttl=600)})
+    raw: LRUCache[str, Reading] = LRUCache(10_000)
+    keys = [key_for(Reading, q) for q in queries]
+    for query, key in zip(queries, keys):
+        plain.get(Reading, query)
+        guarded.get(Reading, query)
+        raw[key] = Reading(query["id"], "fresh")
+
+    def loop(get: Any, items: list[Any]) -> Any:
+        def run() -> None:
+            for item in items:
+                get(Reading, item)
+
+        return run
+
+    def raw_loop() -> None:
+        for key in keys:
+            raw[key]
+
+    per_loop = median_ns(
+        {
+            "policies off": loop(plain.get, queries),
+            "policies on": loop(guarded.get, queries),
+            "raw": raw_loop,
+        },
+        number=200,
+        repeats=repeats,
+    )
+    return [(name, ns / len(queries)) for name, ns in per_loop.items()]
+
+
+def stampede(get: Any, source: SlowSource, requests: int = 1000, keys: int = 10) -> tuple[int, float]:
+    """``requests`` threads released at once over ``keys`` cold keys: (source calls, wall seconds)."""
+    gate = threading.Barrier(requests + 1)
+
+    def ask(n: int) -> None:
+        gate.wait()
+        get(Reading, {"id": n % keys})
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(requests)]
+    for thread in threads:
+        thread.start()
+    gate.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return source.calls, time.perf_counter() - started
+
+
+def single_flight() -> tuple[Any, SlowSource]:
+    source = SlowSource()
+    return DataPipeline([MemoryStore(), source]).get, source
+
+
+def bare_cache() -> tuple[Any, SlowSource]:
+    """cachetools in front of the source, the usual hand-written way: no coalescing."""
+    source, cache, lock = SlowSource(), LRUCache(10_000), threading.Lock()
+
+    def get(type: Any, query: Any) -> Any:
+        key = key_for(type, query)
+        with lock:
+            value = cache.get(key)
+        if value is None:
+            value = source.get(type, query)
+            with lock:
+                cache[key] = value
+        return value
+
+    return get, source
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats of the hit path")
+    parser.add_argument("--runs", type=int, default=5, help="stampede runs per contender")
+    options = parser.parse_args()
+
+    print(f"$ {sys.executable} {' '.join(sys.argv)}")
+    rows = hit_path(options.repeats)
+    off = dict(rows)["policies off"]
+    print(f"\nmemory hit path, 100 warm keys, median of {options.repeats} interleaved repeats")
+    print(f"{'case':<16}{'ns/get':>10}{'x off':>8}")
+    for name, ns in rows:
+        print(f"{name:<16}{ns:>10.0f}{ns / off:>8.2f}")
+    ratio = dict(rows)["policies on"] / off
+    print(f"goal: policies on <= 1.10x off -> {ratio:.2f}x {'met' if ratio <= 1.10 else 'NOT met'}")
+
+    print(
+        f"\nstampede: 1000 threads at once over 10 cold keys, source {SOURCE_DELAY * 1000:.0f} ms/call, "
+        f"median of {options.runs} runs"
+    )
+    print(f"{'contender':<30}{'source calls':>14}{'wall ms':>10}")
+    contenders = {
+        "pipeline (single-flight)": single_flight,
+        "cachetools, no coalescing": bare_cache,
+    }
+    for name, make in contenders.items():
+        outcomes = [stampede(*make()) for _ in range(options.runs)]
+        calls = statistics.median(calls for calls, _ in outcomes)
+        wall = statistics.median(seconds for _, seconds in outcomes)
+        print(f"{name:<30}{calls:>14.0f}{wall * 1000:>10.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
