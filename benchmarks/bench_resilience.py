@@ -63,7 +63,7 @@ def hit_path(repeats: int) -> list[tuple[str, float]]:
     guarded = DataPipeline([MemoryStore(), SlowSource()], policies={Reading: Policy(ttl=3600, soft_ttl=600)})
     raw: LRUCache[str, Reading] = LRUCache(10_000)
     keys = [key_for(Reading, q) for q in queries]
-    for query, key in zip(queries, keys):
+    for query, key in zip(queries, keys, strict=True):
         plain.get(Reading, query)
         guarded.get(Reading, query)
         raw[key] = Reading(query["id"], "fresh")
