@@ -75,7 +75,7 @@ def _encode(value: Any, path: str, out: list[str]) -> None:
         items = []
         for key, item in value.items():
             encoded_key: list[str] = []
-            _encode(key, f"{path}.{key}", encoded_key)
+            _encode_key(key, f"{path}.{key}", encoded_key)
             encoded_item: list[str] = []
             _encode(item, f"{path}.{key}", encoded_item)
             items.append("".join(encoded_key) + "=" + "".join(encoded_item))
@@ -110,6 +110,12 @@ def _encode(value: Any, path: str, out: list[str]) -> None:
         )
 
 
+def _encode_key(key: Any, path: str, out: list[str]) -> None:
+    # Keys are names: a str-valued enum member or str subclass names the same field
+    # as the plain str it equals. Values keep their types; keys of other types too.
+    _encode(str.__str__(key) if isinstance(key, str) else key, path, out)
+
+
 def canonical_query(query: Mapping[str, Any]) -> str:
     """The canonical text of a query: equal for equal queries, whatever their dict order."""
     if not isinstance(query, Mapping):
@@ -117,7 +123,7 @@ def canonical_query(query: Mapping[str, Any]) -> str:
     parts = []
     for key, value in query.items():
         encoded: list[str] = []
-        _encode(key, "<key>", encoded)
+        _encode_key(key, "<key>", encoded)
         encoded.append("=")
         _encode(value, str(key), encoded)
         parts.append("".join(encoded))
@@ -134,30 +140,26 @@ def key_for(type_: Any, query: Mapping[str, Any]) -> str:
 
     The memo is indexed by the query's items, where ``1``, ``1.0`` and ``True``
     are equal, and so are a str and a str subclass or str-valued enum member; so
-    every entry keeps the classes of its keys and values, and a hit is only taken
-    when they match.
+    every entry keeps the classes of its values, and a hit is only taken when
+    they match. Keys need no such check: only entries whose keys are all str are
+    kept, and str-like keys encode as the plain str they equal.
     """
     try:
         entry = _memo.get((type_, *query.items()))
     except (TypeError, AttributeError):
         return compute_key(type_, query)
-    if entry is not None:
-        key, classes = entry
-        if classes == _classes(query):
-            return key
+    if entry is not None and entry[1] == tuple(map(type, query.values())):
+        return entry[0]
     key = compute_key(type_, query)
     _remember(type_, query, key)
     return key
 
 
-def _classes(query: Mapping[str, Any]) -> tuple[type, ...]:
-    return (*map(type, query), *map(type, query.values()))
-
-
 def _remember(type_: Any, query: Mapping[str, Any], key: str) -> None:
-    if not _SCALARS.issuperset(map(type, query.values())) or not all(k.__class__ is str for k in query):
+    classes = tuple(map(type, query.values()))
+    if not _SCALARS.issuperset(classes) or not all(isinstance(k, str) for k in query):
         return
     if len(_memo) >= _MEMO_LIMIT:
         _memo.clear()
     memo_key = (type_, *query.items())
-    _memo[memo_key] = (key, _classes(query))
+    _memo[memo_key] = (key, classes)

@@ -219,3 +219,11 @@ def test_keys_are_the_same_in_another_process_with_another_hash_seed() -> None:
     assert len(set(here)) == len(here)
     assert _keys_in_subprocess("1") == here
     assert _keys_in_subprocess("4242") == here
+
+
+def test_str_like_query_keys_name_the_same_field_as_the_plain_str() -> None:
+    # Keys are field names; values keep their types.
+    Thing = fresh_type()
+    assert compute_key(Thing, {Region.EUW: 1}) == compute_key(Thing, {"EUW": 1})
+    assert compute_key(Thing, {Name("EUW"): 1}) == compute_key(Thing, {"EUW": 1})
+    assert compute_key(Thing, {"r": Region.EUW}) != compute_key(Thing, {"r": "EUW"})
