@@ -17,10 +17,15 @@ recorded for the query's request id. Error answers are recorded (they explain a
 run) but never replayed. A blob whose bytes no longer match its sha256 is never
 served: it is moved aside to ``<sha256>.damaged`` and the request is not found,
 so a live pipeline fetches it again and an offline one raises NotFoundError.
+
+By default a record is committed before ``put`` returns. ``write_behind=True``
+hands blobs and rows to one background thread per recorder and process, which
+commits them in batches shortly after (see :class:`AuditRecorder`).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -32,12 +37,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from datapipelines.context import PipelineContext
-from datapipelines.errors import ConfigurationError, NotFoundError, type_name
+from datapipelines.errors import ConfigurationError, DataPipelinesError, NotFoundError, type_name
 from datapipelines.pipeline import current_session
 from datapipelines.remote import RawResponse, RemoteQueryError, mask_secrets, request_for
 from datapipelines.sink import DataSink
@@ -48,6 +55,10 @@ LOGGER = logging.getLogger(__name__)
 DATABASE = "audit.sqlite"
 BLOBS = "blobs"
 SCHEMA_VERSION = 1
+# A blob whose mtime is younger than this needs no refresh to survive ``gc`` (min_age 60 by default).
+FRESH_BLOB_SECONDS = 1.0
+# Most writes one background transaction commits.
+BATCH_LIMIT = 500
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -102,12 +113,35 @@ _RESPONSE_COLUMNS = (
 )
 
 
+_INSERT_SESSION = (
+    "INSERT OR IGNORE INTO sessions (id, name, meta, started_at, pid, host, implicit) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_END_SESSION = "UPDATE sessions SET ended_at = ? WHERE id = ?"
+# Newest 2xx answer first; without one, the newest answer (whose status explains the miss).
+_REPLAY = (
+    f"SELECT {_RESPONSE_COLUMNS} FROM responses r JOIN requests q ON q.id = r.request_id "
+    "WHERE r.request_id = ? ORDER BY r.status BETWEEN 200 AND 299 DESC, r.id DESC LIMIT 1"
+)
+_HOST = socket.gethostname()
+
+
 class DamagedBlobError(NotFoundError):
     """A recorded payload no longer matches its sha256; it was moved aside, never served."""
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+class AuditWriteError(DataPipelinesError):
+    """A write-behind recorder could not commit records in the background (they are kept and retried)."""
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
+
+def _session_row(
+    session_id: str, name: str, meta: Mapping[str, Any], implicit: bool
+) -> tuple[str, tuple[Any, ...]]:
+    row = (session_id, name, _dumps(dict(meta)), time.time(), os.getpid(), _HOST, int(implicit))
+    return _INSERT_SESSION, row
 
 
 class BlobStore:
@@ -115,6 +149,9 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root = os.fspath(root)
+        # Sub-folders seen to exist: a new blob then costs no stat or mkdir of its folder.
+        self._folders: set[str] = set()
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
@@ -122,18 +159,37 @@ class BlobStore:
     def write(self, data: bytes) -> str:
         """Store ``data`` (if not already there) and return its sha256."""
         sha256 = hashlib.sha256(data).hexdigest()
-        path = self.path(sha256)
-        try:
-            if path.stat().st_size == len(data):
-                # Refresh the mtime: gc leaves recently used blobs alone while rows commit.
-                os.utime(path)
-                return sha256
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        self.store(sha256, data)
         return sha256
+
+    def store(self, sha256: str, data: bytes) -> None:
+        """Store ``data`` under its ``sha256`` (computed by the caller) unless it is already there."""
+        folder = os.path.join(self._root, sha256[:2])
+        path = os.path.join(folder, sha256)
+        try:
+            found = os.stat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if found.st_size == len(data):
+                # Refresh an old mtime: gc leaves recently used blobs alone while rows commit.
+                if time.time() - found.st_mtime > FRESH_BLOB_SECONDS:
+                    os.utime(path)
+                return
+        temporary = os.path.join(folder, f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp")
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        try:
+            file = open(temporary, "wb")  # noqa: SIM115 - closed below, after a retry
+        except FileNotFoundError:
+            # The folder went away since it was seen (blobs removed by hand): make it again.
+            self._folders.discard(folder)
+            os.makedirs(folder, exist_ok=True)
+            file = open(temporary, "wb")  # noqa: SIM115
+        with file:
+            file.write(data)
+        os.replace(temporary, path)
 
     def read(self, sha256: str) -> bytes:
         """The bytes stored under ``sha256``; DamagedBlobError if they do not match it."""
@@ -165,24 +221,235 @@ class BlobStore:
                     yield from sorted(folder.iterdir())
 
 
+class _Write(NamedTuple):
+    """One unit of recording: blobs (sha256, bytes) stored first, then statements committed together."""
+
+    blobs: tuple[tuple[str, bytes], ...]
+    statements: tuple[tuple[str, tuple[Any, ...]], ...]
+    request_ids: tuple[str, ...] = ()
+    # Sessions whose row the statements insert: known to be in the database once committed.
+    sessions: tuple[str, ...] = ()
+
+
+class _Writer:
+    """The write-behind thread of one recorder in one process.
+
+    Writes wait in a FIFO queue; the thread takes them when the oldest has waited
+    ``flush_interval``, when ``max_pending`` records wait, or when someone flushes,
+    and commits up to BATCH_LIMIT of them in one transaction. A failed batch goes
+    back to the front of the queue and the thread pauses until a caller has been
+    told (``flush`` or ``submit`` raise AuditWriteError), then retries it.
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        connect: Callable[[], sqlite3.Connection],
+        commit: Callable[[Sequence[_Write], sqlite3.Connection], None],
+        max_pending: int,
+        flush_interval: float,
+    ) -> None:
+        self.pid = os.getpid()
+        self._owner, self._connect, self._commit = owner, connect, commit
+        self._max_pending, self._interval = max_pending, flush_interval
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[float, int, _Write]] = deque()  # (queued at, records, write)
+        self.pending = 0  # records queued or being written
+        # Request ids with a record not yet committed: replay of those waits for a flush.
+        self.pending_requests: dict[str, int] = {}
+        self._submitted = self._committed = self._flush_to = 0  # counts of writes
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._alive = True
+        self._thread = threading.Thread(target=self._run, name=f"{owner} writer", daemon=True)
+        self._thread.start()
+
+    # -- callers -------------------------------------------------------------------
+    def submit(self, write: _Write) -> None:
+        """Queue ``write``; blocks while ``max_pending`` records wait (never drops one)."""
+        records = max(1, len(write.request_ids))
+        with self._cond:
+            # A write larger than max_pending enters an empty queue, or it would wait forever.
+            while self.pending and self.pending + records > self._max_pending:
+                self._raise_error()
+                self._cond.wait()
+            self._raise_error()
+            self._queue.append((time.monotonic(), records, write))
+            self.pending += records
+            for request_id in write.request_ids:
+                self.pending_requests[request_id] = self.pending_requests.get(request_id, 0) + 1
+            self._submitted += 1
+            if len(self._queue) == 1 or self.pending >= self._max_pending:
+                self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every write submitted so far is committed; AuditWriteError if one failed."""
+        if self._committed >= self._submitted:
+            return
+        with self._cond:
+            target = self._submitted
+            self._flush_to = max(self._flush_to, target)
+            self._cond.notify_all()
+            while self._committed < target:
+                self._raise_error()
+                self._cond.wait()
+
+    def stop(self) -> None:
+        """Commit what is queued (unless a failure is pending) and end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _raise_error(self) -> None:
+        # Called with the condition held. Telling a caller lets the thread retry.
+        if self._error is None and self._alive:
+            return
+        error, self._error = self._error, None
+        self._cond.notify_all()
+        state = "kept and retried" if self._alive else "not written: the writer thread has stopped"
+        raise AuditWriteError(
+            f"{self._owner} could not commit records in the background ({self.pending} waiting, "
+            f"{state}): {error!r}"
+        ) from error
+
+    # -- the thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        db: sqlite3.Connection | None = None
+        try:
+            while (batch := self._next_batch()) is not None:
+                writes = [write for _, _, write in batch]
+                try:
+                    db = db or self._connect()
+                    self._commit(writes, db)
+                except Exception as error:
+                    LOGGER.error(
+                        "%s: background commit of %d writes failed", self._owner, len(writes), exc_info=True
+                    )
+                    with self._cond:
+                        self._queue.extendleft(reversed(batch))
+                        self._error = error
+                        self._cond.notify_all()
+                    continue
+                self._done(batch)
+        finally:
+            with self._cond:
+                self._alive = False
+                if self.pending:
+                    LOGGER.error("%s: writer stopped with %d records not written", self._owner, self.pending)
+                self._cond.notify_all()
+            if db is not None:
+                db.close()
+
+    def _next_batch(self) -> list[tuple[float, int, _Write]] | None:
+        """The next writes to commit, once due; None when stopping (or stopped by a failure)."""
+        with self._cond:
+            while True:
+                if self._stopping and (self._error is not None or not self._queue):
+                    return None
+                if self._error is None and self._queue:
+                    wait = self._queue[0][0] + self._interval - time.monotonic()
+                    due = self._stopping or self._flush_to > self._committed
+                    if due or wait <= 0 or self.pending >= self._max_pending:
+                        count = min(len(self._queue), BATCH_LIMIT)
+                        return [self._queue.popleft() for _ in range(count)]
+                    self._cond.wait(wait)
+                else:
+                    self._cond.wait()
+
+    def _done(self, batch: list[tuple[float, int, _Write]]) -> None:
+        with self._cond:
+            for _, records, write in batch:
+                self.pending -= records
+                for request_id in write.request_ids:
+                    left = self.pending_requests[request_id] - 1
+                    if left:
+                        self.pending_requests[request_id] = left
+                    else:
+                        del self.pending_requests[request_id]
+            self._committed += len(batch)
+            self._cond.notify_all()
+
+
+# Every recorder, for the fork and exit hooks below.
+_RECORDERS: weakref.WeakSet[AuditRecorder] = weakref.WeakSet()
+_exit_hook_pid = 0
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread of the parent would never be released in the child.
+    for recorder in list(_RECORDERS):
+        recorder._lock = threading.RLock()
+
+
+def _flush_at_exit() -> None:
+    """Commit what write-behind recorders still hold when the process ends normally."""
+    for recorder in list(_RECORDERS):
+        for attempt in (1, 2):  # the first error is reported, which lets the writer retry once
+            try:
+                recorder.flush()
+                break
+            except AuditWriteError:
+                LOGGER.exception("%r: flush at exit failed (attempt %d of 2)", recorder, attempt)
+
+
+def _hook_process_exit() -> None:
+    """Flush at exit in this process: atexit, and multiprocessing's finalizers (its children skip atexit)."""
+    global _exit_hook_pid
+    if _exit_hook_pid == os.getpid():
+        return
+    _exit_hook_pid = os.getpid()
+    atexit.register(_flush_at_exit)
+    multiprocessing_util = sys.modules.get("multiprocessing.util")
+    if multiprocessing_util is not None:
+        multiprocessing_util.Finalize(None, _flush_at_exit, exitpriority=100)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class AuditRecorder(DataSource, DataSink):
     """Records RawResponses (a sink) and replays them (a source); see the module docstring.
 
     ``replay=False`` makes it record only, never answer. Safe to share between
     threads, and between processes that open the same directory.
+
+    ``write_behind=True``: ``put``/``record`` compute the request id and sha256,
+    queue the blobs and rows and return; one daemon thread per recorder (and
+    process) commits them, many per transaction, at most ``flush_interval``
+    seconds after they were queued. At most ``max_pending`` records wait: more
+    block the caller until the thread catches up. ``flush()`` waits for
+    everything queued; ``close_session``, ``close``, every read and a normal
+    process exit flush first. A failed background commit is logged and raised by
+    the next ``flush``/``put`` (AuditWriteError); its records are kept and retried.
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, replay: bool = True, busy_timeout: float = 30.0
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        replay: bool = True,
+        busy_timeout: float = 30.0,
+        write_behind: bool = False,
+        max_pending: int = 10_000,
+        flush_interval: float = 0.05,
     ) -> None:
+        if max_pending < 1 or flush_interval < 0:
+            raise ConfigurationError(
+                f"AuditRecorder needs max_pending >= 1 and flush_interval >= 0, "
+                f"got max_pending={max_pending!r}, flush_interval={flush_interval!r}"
+            )
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(self.directory / BLOBS)
         self.replay = replay
+        self.write_behind = write_behind
+        self._max_pending, self._flush_interval = max_pending, flush_interval
         self._busy_timeout = busy_timeout
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
+        self._writer: _Writer | None = None
         self._known_sessions: set[str] = set()
         self._implicit: dict[int, str] = {}
         with self._transaction() as db:
@@ -190,6 +457,7 @@ class AuditRecorder(DataSource, DataSink):
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        _RECORDERS.add(self)
 
     def __repr__(self) -> str:
         return f"AuditRecorder({str(self.directory)!r})"
@@ -199,17 +467,20 @@ class AuditRecorder(DataSource, DataSink):
     def path(self) -> Path:
         return self.directory / DATABASE
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives the process being killed (not power loss).
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
     def _connection(self) -> sqlite3.Connection:
         # One connection per process: SQLite connections must not cross a fork.
         if self._db is None or self._db_pid != os.getpid():
-            db = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a commit survives the process being killed (not power loss).
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            self._db, self._db_pid = db, os.getpid()
+            self._db, self._db_pid = self._connect(), os.getpid()
             self._known_sessions.clear()
         return self._db
 
@@ -220,24 +491,36 @@ class AuditRecorder(DataSource, DataSink):
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
-    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    def _select(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._connection().execute(sql, tuple(args)).fetchall()
 
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query, once everything this process recorded is committed."""
+        self.flush()
+        return self._select(sql, args)
+
     def close(self) -> None:
-        """End this process's implicit session and close the database."""
-        with self._lock:
-            session = self._implicit.pop(os.getpid(), None)
-            if self._db is not None and self._db_pid == os.getpid():
-                if session is not None:
-                    self._db.execute("UPDATE sessions SET ended_at = ? WHERE id = ?", (time.time(), session))
-                self._db.close()
-            self._db = None
+        """Commit what is queued, end this process's implicit session and close the database."""
+        try:
+            self.flush()
+        finally:
+            writer, self._writer = self._writer_here(), None
+            if writer is not None:
+                writer.stop()
+            with self._lock:
+                session = self._implicit.pop(os.getpid(), None)
+                if self._db is not None and self._db_pid == os.getpid():
+                    if session is not None:
+                        self._db.execute(_END_SESSION, (time.time(), session))
+                    self._db.close()
+                self._db = None
 
     def __enter__(self) -> AuditRecorder:
         return self
@@ -245,46 +528,90 @@ class AuditRecorder(DataSource, DataSink):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- writing -------------------------------------------------------------------
+    def _writer_here(self) -> _Writer | None:
+        """This process's writer thread, if started (a writer inherited through fork is not)."""
+        writer = self._writer
+        return writer if writer is not None and writer.pid == os.getpid() else None
+
+    def _submit(self, write: _Write) -> None:
+        """Commit ``write`` now, or queue it for the writer thread in write-behind mode."""
+        if not self.write_behind:
+            with self._lock:
+                self._commit((write,), self._connection())
+            return
+        writer = self._writer_here()
+        if writer is None:
+            with self._lock:
+                writer = self._writer_here()
+                if writer is None:
+                    _hook_process_exit()
+                    writer = self._writer = _Writer(
+                        repr(self), self._connect, self._commit, self._max_pending, self._flush_interval
+                    )
+        writer.submit(write)
+
+    def _commit(self, writes: Sequence[_Write], db: sqlite3.Connection) -> None:
+        # Blobs first: a committed row always finds its bytes; a crash leaves at most an orphan blob.
+        stored = set()
+        for write in writes:
+            for sha256, data in write.blobs:
+                if sha256 not in stored:
+                    self.blobs.store(sha256, data)
+                    stored.add(sha256)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for write in writes:
+                for statement, args in write.statements:
+                    db.execute(statement, args)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        for write in writes:
+            self._known_sessions.update(write.sessions)
+
+    def flush(self) -> None:
+        """Wait until every record queued by this process is committed (nothing to do unless write-behind).
+
+        Raises AuditWriteError if a background commit failed since the last call.
+        """
+        writer = self._writer_here()
+        if writer is not None:
+            writer.flush()
+
+    @property
+    def pending(self) -> int:
+        """Records queued in this process and not yet committed (0 unless write-behind)."""
+        writer = self._writer_here()
+        return 0 if writer is None else writer.pending
+
     # -- sessions -----------------------------------------------------------------
     def open_session(self, session_id: str, name: str, meta: Mapping[str, Any]) -> None:
-        with self._transaction() as db:
-            self._insert_session(db, session_id, name, meta, implicit=False)
+        row = _session_row(session_id, name, meta, implicit=False)
+        self._submit(_Write((), (row,), sessions=(session_id,)))
 
     def close_session(self, session_id: str) -> None:
-        with self._transaction() as db:
-            db.execute("UPDATE sessions SET ended_at = ? WHERE id = ?", (time.time(), session_id))
+        self._submit(_Write((), ((_END_SESSION, (time.time(), session_id)),)))
+        self.flush()
 
-    def _insert_session(
-        self, db: sqlite3.Connection, session_id: str, name: str, meta: Mapping[str, Any], implicit: bool
-    ) -> None:
-        db.execute(
-            "INSERT OR IGNORE INTO sessions (id, name, meta, started_at, pid, host, implicit) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                session_id,
-                name,
-                _dumps(dict(meta)),
-                time.time(),
-                os.getpid(),
-                socket.gethostname(),
-                int(implicit),
-            ),
-        )
-        self._known_sessions.add(session_id)
-
-    def _session_for_write(self, db: sqlite3.Connection) -> str:
+    def _session_for_write(self) -> tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]]:
+        """The current session id, and the statement inserting its row while it is not known committed."""
         session_id = current_session()
         if session_id is None:
-            session_id = self._implicit.get(os.getpid())
-            if session_id is None:
-                session_id = self._implicit[os.getpid()] = uuid.uuid4().hex
-                meta = {"argv": sys.argv}
-                name = f"process {os.getpid()}@{socket.gethostname()}"
-                self._insert_session(db, session_id, name, meta, implicit=True)
-        elif session_id not in self._known_sessions:
-            # Opened by a pipeline this recorder is not part of: record it, nameless.
-            self._insert_session(db, session_id, "(unnamed)", {}, implicit=False)
-        return str(session_id)
+            pid = os.getpid()
+            session_id = self._implicit.get(pid) or self._implicit.setdefault(pid, uuid.uuid4().hex)
+            if session_id in self._known_sessions:
+                return session_id, ()
+            name = f"process {pid}@{_HOST}"
+            return session_id, (_session_row(session_id, name, {"argv": sys.argv}, implicit=True),)
+        session_id = str(session_id)
+        if session_id in self._known_sessions:
+            return session_id, ()
+        # Opened by a pipeline this recorder is not part of: record it, nameless. (If its named
+        # row is still queued ahead, INSERT OR IGNORE keeps that one.)
+        return session_id, (_session_row(session_id, "(unnamed)", {}, implicit=False),)
 
     # -- recording -----------------------------------------------------------------
     def record(self, response: RawResponse, context: PipelineContext | None = None) -> str:
@@ -295,15 +622,23 @@ class AuditRecorder(DataSource, DataSink):
         self, responses: Iterable[RawResponse], context: PipelineContext | None = None
     ) -> list[str]:
         """Record several responses in one transaction; return their request ids."""
-        rows = [self._rows_for(response, context) for response in responses]
-        with self._transaction() as db:
-            session_id = self._session_for_write(db)
-            for request_row, response_row in rows:
-                db.execute(_INSERT_REQUEST, request_row)
-                db.execute(_INSERT_RESPONSE, (response_row[0], session_id, *response_row[1:]))
-        return [request_row[0] for request_row, _ in rows]
+        session_id, statements = self._session_for_write()
+        blobs: list[tuple[str, bytes]] = []
+        statement_list = list(statements)
+        request_ids = []
+        for response in responses:
+            response_blobs, request_row, response_row = self._rows_for(response, context, session_id)
+            blobs += response_blobs
+            statement_list += ((_INSERT_REQUEST, request_row), (_INSERT_RESPONSE, response_row))
+            request_ids.append(request_row[0])
+        sessions = (session_id,) if statements else ()
+        self._submit(_Write(tuple(blobs), tuple(statement_list), tuple(request_ids), sessions))
+        return request_ids
 
-    def _rows_for(self, response: RawResponse, context: PipelineContext | None) -> tuple[tuple, tuple]:
+    def _rows_for(
+        self, response: RawResponse, context: PipelineContext | None, session_id: str
+    ) -> tuple[list[tuple[str, bytes]], tuple[Any, ...], tuple[Any, ...]]:
+        """The blobs and the request and response rows of one response (no I/O)."""
         if not isinstance(response, RawResponse):
             raise ConfigurationError(f"{self!r} records RawResponse, not {type_name(type(response))}")
         request_id, source, method, target = (
@@ -324,9 +659,12 @@ class AuditRecorder(DataSource, DataSink):
             request = request_for(query)
             request_id, source, method, target = request.id, request.source, request.method, request.target
             params, headers, body = request.params, dict(request.headers), request.body
-        # Blobs first: a committed row always finds its bytes; a crash leaves at most an orphan blob.
-        sha256 = self.blobs.write(response.payload)
-        body_sha256 = self.blobs.write(body) if body is not None else None
+        sha256 = hashlib.sha256(response.payload).hexdigest()
+        blobs = [(sha256, response.payload)]
+        body_sha256 = None
+        if body is not None:
+            body_sha256 = hashlib.sha256(body).hexdigest()
+            blobs.append((body_sha256, body))
         now = time.time()
         request_row = (
             request_id,
@@ -340,6 +678,7 @@ class AuditRecorder(DataSource, DataSink):
         )
         response_row = (
             request_id,
+            session_id,
             response.status_code,
             response.content_type,
             _dumps(mask_secrets(dict(response.headers))),
@@ -351,7 +690,7 @@ class AuditRecorder(DataSource, DataSink):
             sha256,
             len(response.payload),
         )
-        return request_row, response_row
+        return blobs, request_row, response_row
 
     @DataSink.dispatch
     def put(self, type: Any, item: Any, context: PipelineContext | None = None) -> None:
@@ -398,16 +737,12 @@ class AuditRecorder(DataSource, DataSink):
 
     def replayed(self, request_id: str, query: Any = None) -> RawResponse:
         """The newest 2xx response recorded for ``request_id``, as a RawResponse."""
-        rows = self._read(
-            f"SELECT {_RESPONSE_COLUMNS} FROM responses r JOIN requests q ON q.id = r.request_id "
-            "WHERE r.request_id = ? AND r.status BETWEEN 200 AND 299 ORDER BY r.id DESC LIMIT 1",
-            (request_id,),
-        )
-        if not rows:
-            last = self._read(
-                "SELECT status FROM responses WHERE request_id = ? ORDER BY id DESC LIMIT 1", (request_id,)
-            )
-            why = f"only error answers (last: {last[0][0]})" if last else "never"
+        writer = self._writer_here()
+        if writer is not None and request_id in writer.pending_requests:
+            writer.flush()
+        rows = self._select(_REPLAY, (request_id,))
+        if not rows or not 200 <= rows[0][3] <= 299:
+            why = f"only error answers (last: {rows[0][3]})" if rows else "never"
             raise NotFoundError(
                 f"Request {request_id[:12]} ({query!r}) was {why} recorded in {self.directory}"
             )
@@ -582,6 +917,7 @@ class AuditRecorder(DataSource, DataSink):
         before committing the row that uses it, so a blob being recorded is never
         taken: ``min_age`` covers the moment between the two.
         """
+        self.flush()
         removed = []
         with self._transaction() as db:
             rows = db.execute(
