@@ -1,0 +1,26 @@
+"""The README's ``python`` code blocks run, in order, as one program (``py`` blocks are fragments)."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def test_readme_has_runnable_examples() -> None:
+    assert len(BLOCK.findall(README.read_text(encoding="utf-8"))) >= 3
+
+
+def test_readme_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # A real module, so dataclasses and pickling find the classes the examples define.
+    module = types.ModuleType("readme_examples")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    for number, block in enumerate(BLOCK.findall(README.read_text(encoding="utf-8")), start=1):
+        exec(compile(block, f"README.md python block {number}", "exec"), module.__dict__)
