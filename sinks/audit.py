@@ -238,7 +238,8 @@ class _Writer:
     ``flush_interval``, when ``max_pending`` records wait, or when someone flushes,
     and commits up to BATCH_LIMIT of them in one transaction. A failed batch goes
     back to the front of the queue and the thread pauses until a caller has been
-    told (``flush`` or ``submit`` raise AuditWriteError), then retries it.
+    told (``flush`` or ``submit`` raise AuditWriteError); it retries once a flush
+    waits or the interval has passed (a full queue alone no longer hurries it).
     """
 
     def __init__(
@@ -259,6 +260,7 @@ class _Writer:
         self.pending_requests: dict[str, int] = {}
         self._submitted = self._committed = self._flush_to = 0  # counts of writes
         self._error: BaseException | None = None
+        self._retrying = False  # the head of the queue failed to commit last time
         self._stopping = False
         self._alive = True
         self._thread = threading.Thread(target=self._run, name=f"{owner} writer", daemon=True)
@@ -292,6 +294,8 @@ class _Writer:
             self._cond.notify_all()
             while self._committed < target:
                 self._raise_error()
+                # Again on every wake-up: a failed batch is retried only while someone waits for it.
+                self._flush_to = max(self._flush_to, target)
                 self._cond.wait()
 
     def stop(self) -> None:
@@ -310,7 +314,7 @@ class _Writer:
         state = "kept and retried" if self._alive else "not written: the writer thread has stopped"
         raise AuditWriteError(
             f"{self._owner} could not commit records in the background ({self.pending} waiting, "
-            f"{state}): {error!r}"
+            f"{state}): {type(error).__name__}: {error}"
         ) from error
 
     # -- the thread ------------------------------------------------------------------
@@ -329,6 +333,8 @@ class _Writer:
                     with self._cond:
                         self._queue.extendleft(reversed(batch))
                         self._error = error
+                        self._flush_to = self._committed
+                        self._retrying = True
                         self._cond.notify_all()
                     continue
                 self._done(batch)
@@ -349,8 +355,8 @@ class _Writer:
                     return None
                 if self._error is None and self._queue:
                     wait = self._queue[0][0] + self._interval - time.monotonic()
-                    due = self._stopping or self._flush_to > self._committed
-                    if due or wait <= 0 or self.pending >= self._max_pending:
+                    full = self.pending >= self._max_pending and not self._retrying
+                    if self._stopping or self._flush_to > self._committed or wait <= 0 or full:
                         count = min(len(self._queue), BATCH_LIMIT)
                         return [self._queue.popleft() for _ in range(count)]
                     self._cond.wait(wait)
@@ -368,6 +374,7 @@ class _Writer:
                     else:
                         del self.pending_requests[request_id]
             self._committed += len(batch)
+            self._retrying = False
             self._cond.notify_all()
 
 
