@@ -173,13 +173,7 @@ class Store(DataSource, DataSink):
 
     def put_many(self, type: Any, items: Iterable[Any], context: PipelineContext | None = None) -> None:
         items = list(items)
-        queries = context.get(_QUERIES) if context is not None else None
-        if queries is None:
-            queries = [query_of_item(self, type, item, context) for item in items]
-        elif len(queries) != len(items):
-            raise ConfigurationError(
-                f"put_many of {type_name(type)} got {len(items)} items but {len(queries)} queries"
-            )
+        queries = queries_of_items(self, type, items, context)
         pairs = [(q, item) for q, item in zip(queries, items, strict=True) if q is not None]
         self.store_many(type, pairs, seconds=_policy_seconds(type, context))
 
@@ -209,3 +203,17 @@ def query_of_item(
         f"{sink!r} cannot store a {type_name(type_)} without a query: pass query= to put, "
         f"or give the pipeline query_from={{{type_name(type_)}: lambda item: {{...}}}}"
     )
+
+
+def queries_of_items(
+    sink: Any, type_: Any, items: Sequence[Any], context: PipelineContext | None
+) -> list[Mapping[str, Any] | None]:
+    """The query of each item of a ``put_many``: the call's ``queries=``, else :func:`query_of_item`."""
+    queries = context.get(_QUERIES) if context is not None else None
+    if queries is None:
+        return [query_of_item(sink, type_, item, context) for item in items]
+    if len(queries) != len(items):
+        raise ConfigurationError(
+            f"put_many of {type_name(type_)} got {len(items)} items but {len(queries)} queries"
+        )
+    return list(queries)

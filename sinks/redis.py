@@ -117,10 +117,7 @@ class RedisStore(Store):
             return []
         prefix = self._prefix
         blobs = self._mget([prefix + key for key in keys])
-        now = self._clock()
-        read = self._codec.read
-        entries = [read(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
-        return [MISSING if entry is MISSING else entry[0] for entry in entries]
+        return self._codec.read_values(keys, blobs, type_, self._clock())
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
         now = self._clock()

@@ -30,7 +30,7 @@ import struct
 import typing
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from datapipelines.errors import ConfigurationError, DataPipelinesError, type_name
@@ -365,6 +365,11 @@ class Codec:
         if deadline <= now:
             return MISSING
         return self.serializer.loads(blob[start:], type_), written_at
+
+    def read_values(self, keys: Sequence[str], blobs: Sequence[Any], type_: Any, now: float) -> list[Any]:
+        """The values (or MISSING) of a batch read, aligned with ``keys``."""
+        entries = [self.read(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
+        return [MISSING if entry is MISSING else entry[0] for entry in entries]
 
     def read(self, key: str, blob: Any, type_: Any, now: float) -> Any:
         """``decode`` for a store: no blob is MISSING; a bad one is logged, dropped, and MISSING."""

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import MetaData, delete, func, select
 
 from datapipelines.context import TYPE_WILDCARD, PipelineContext
-from datapipelines.errors import ConfigurationError, type_name
+from datapipelines.errors import type_name
 from datapipelines.keys import key_for, type_name_of
 from datapipelines.sink import DataSink
-from datapipelines.store import query_of_item
+from datapipelines.store import queries_of_items
 
 from ._db import (
     CatalogError,
@@ -35,7 +35,6 @@ from .kv import KeyValueStore
 from .records import Record, count_records, find_records, save_fields
 
 LOGGER = logging.getLogger(__name__)
-_QUERIES = PipelineContext.Keys.QUERIES
 _SOURCE = PipelineContext.Keys.SOURCE
 
 
@@ -99,14 +98,8 @@ class Catalog(DataSink):
 
     def put_many(self, type: Any, items: Iterable[Any], context: PipelineContext | None = None) -> None:
         items = list(items)
-        queries = context.get(_QUERIES) if context is not None else None
-        if queries is None:
-            # The same rule as the stores: the call's query, else the pipeline's query_from.
-            queries = [query_of_item(self, type, item, context) for item in items]
-        elif len(queries) != len(items):
-            raise ConfigurationError(
-                f"put_many of {type_name(type)} got {len(items)} items but {len(queries)} queries"
-            )
+        # The same rule as the stores: the call's queries, else each item's query.
+        queries = queries_of_items(self, type, items, context)
         source = context.get(_SOURCE) if context is not None else None
         entries = [(q, item) for q, item in zip(queries, items, strict=True) if q is not None]
         self.record_many(type, entries, source=source)
