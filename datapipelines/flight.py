@@ -8,11 +8,18 @@ appear in the cache, and nobody waits forever.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+import redis
+
+LOGGER = logging.getLogger(__name__)
+# A lock server that cannot be reached must not fail the get: the caller fetches unlocked.
+_UNREACHABLE = (redis.RedisError, OSError)
 
 
 class _Call:
@@ -82,8 +89,6 @@ class RedisLock:
         poll: float = 0.02,
     ) -> None:
         if client is None:
-            import redis
-
             client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self.client = client
         self.namespace = namespace
@@ -93,17 +98,32 @@ class RedisLock:
         self._release = client.register_script(_RELEASE)
 
     def acquire(self, key: str) -> str | None:
-        """A token if this process now holds the lock for ``key``, else None."""
+        """A token if this process now holds the lock for ``key``, None if another does.
+
+        An empty token means Redis did not answer: go ahead without the lock.
+        """
         token = uuid.uuid4().hex
-        if self.client.set(f"{self.namespace}:{key}", token, nx=True, px=int(self.ttl * 1000)):
-            return token
-        return None
+        try:
+            taken = self.client.set(f"{self.namespace}:{key}", token, nx=True, px=int(self.ttl * 1000))
+        except _UNREACHABLE as error:
+            LOGGER.warning("RedisLock could not reach Redis (%r); fetching %s without the lock", error, key)
+            return ""
+        return token if taken else None
 
     def release(self, key: str, token: str) -> None:
-        self._release(keys=[f"{self.namespace}:{key}"], args=[token])
+        if not token:
+            return
+        try:
+            self._release(keys=[f"{self.namespace}:{key}"], args=[token])
+        except _UNREACHABLE as error:
+            # The lock expires by itself after ttl.
+            LOGGER.warning("RedisLock could not release %s (%r)", key, error)
 
     def held(self, key: str) -> bool:
-        return bool(self.client.exists(f"{self.namespace}:{key}"))
+        try:
+            return bool(self.client.exists(f"{self.namespace}:{key}"))
+        except _UNREACHABLE:
+            return False
 
     def wait(self, key: str, found: Callable[[], Any], missing: Any) -> Any:
         """Poll ``found()`` until it returns a value, the lock is gone, or time is up.

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
+from cachetools import LRUCache
+
 from .breaker import NO_BREAKER, CircuitBreaker, NoBreaker
 from .context import PipelineContext
 from .errors import (
@@ -70,11 +72,12 @@ class Result(NamedTuple):
     source: str
 
 
-def _bulk_put(feed: Feed) -> Callable[[Any, Any], None]:
+def _bulk_put(feed: Feed, expiry: Mapping[Any, float | None]) -> Callable[[Any, Any], None]:
     """A put function for ``_write`` that stores (query, value) pairs in one round trip."""
+    seconds = expiry.get(feed.store_type, MISSING)
 
     def put(entries: Any, _context: Any) -> None:
-        feed.sink.store_many(feed.store_type, entries)  # type: ignore[attr-defined]
+        feed.sink.store_many(feed.store_type, entries, seconds=seconds)  # type: ignore[attr-defined]
 
     return put
 
@@ -117,6 +120,8 @@ class DataPipeline:
       None disables breakers.
     - ``process_lock``: a :class:`RedisLock` so processes sharing a Redis call a
       source once per missing key.
+    - ``negative_cache_size``: how many NotFoundErrors a ``negative_ttl`` policy
+      remembers at most.
     - ``invalidation``: an object with ``attach(pipeline)`` and ``publish(keys)``
       (see :mod:`datapipelines.invalidation`) that tells other processes' memory
       tiers about invalidations and puts.
@@ -135,6 +140,7 @@ class DataPipeline:
         breaker: Callable[[], CircuitBreaker] | None = CircuitBreaker,
         process_lock: RedisLock | None = None,
         invalidation: Any = None,
+        negative_cache_size: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not elements:
@@ -174,7 +180,9 @@ class DataPipeline:
         self._fast: dict[Any, Route] = {}
         self._flight = SingleFlight()
         self._process_lock = process_lock
-        self._negative: dict[tuple[Any, str], float] = {}
+        # Remembered NotFoundErrors: (type, key) -> until when; bounded, least recent out first.
+        self._negative: LRUCache[tuple[Any, str], float] = LRUCache(negative_cache_size)
+        self._negative_lock = threading.Lock()
         self._refreshing: set[tuple[Any, str]] = set()
         self._refresh_lock = threading.Lock()
         self._refresher: ThreadPoolExecutor | None = None
@@ -284,8 +292,9 @@ class DataPipeline:
                         value = route.lookup(type, query)
                     else:
                         value = route.lookup_fresh(type, query, route.max_age)
-                        # Missing or due for refresh: the slow path sorts out which.
-                        start = 0
+                        if value is MISSING:
+                            # Missing or due for refresh: the slow path sorts out which.
+                            start = 0
                 except NotFoundError:
                     value = MISSING
                 except Exception:
@@ -405,7 +414,8 @@ class DataPipeline:
             return found
         policy = request.policy
         if policy is not None and policy.negative_ttl and key is not None:
-            until = self._negative.get((request.type, key))
+            with self._negative_lock:
+                until = self._negative.get((request.type, key))
             if until is not None and until > self._clock():
                 request.routes[index].stats.negative += 1
                 raise NotFoundError(type=request.type, query=request.query, tried=["negative cache"])
@@ -478,7 +488,8 @@ class DataPipeline:
                 context[_EXPIRY] = {type: policy.lifetime()}
             return Result(self._deliver(route, value, context), False, route.source_name)
         if policy is not None and policy.negative_ttl and key is not None:
-            self._negative[(type, key)] = self._clock() + policy.negative_ttl
+            with self._negative_lock:
+                self._negative[(type, key)] = self._clock() + policy.negative_ttl
         raise NotFoundError(type=type, query=request.query, tried=tried)
 
     def _deliver(self, route: Route, value: Any, context: PipelineContext) -> Any:
@@ -599,6 +610,8 @@ class DataPipeline:
         ``default`` is given.
         """
         routes = self.routes(type)
+        policy = self._policies.get(type)
+        expiry = {type: policy.lifetime()} if policy is not None and policy.ttl is not None else {}
         queries = list(queries)
         results: list[Any] = [MISSING] * len(queries)
         pending = list(range(len(queries)))
@@ -607,13 +620,13 @@ class DataPipeline:
             if not pending:
                 break
             tried.append(route.name)
-            found = self._fetch_batch(route, [queries[i] for i in pending])
+            found = self._fetch_batch(route, [queries[i] for i in pending], policy)
             hits = [(i, value) for i, value in zip(pending, found, strict=True) if value is not MISSING]
             if not hits:
                 continue
-            self._write_back_batch(route, route.before, [(queries[i], v) for i, v in hits])
+            self._write_back_batch(route, route.before, [(queries[i], v) for i, v in hits], expiry)
             converted = [(i, convert(route.chain, v, self._context(queries[i]))) for i, v in hits]
-            self._write_back_batch(route, route.after, [(queries[i], v) for i, v in converted])
+            self._write_back_batch(route, route.after, [(queries[i], v) for i, v in converted], expiry)
             for index, value in converted:
                 results[index] = value
             hit_indexes = {index for index, _ in hits}
@@ -632,7 +645,9 @@ class DataPipeline:
                 results[index] = default
         return results
 
-    def _fetch_batch(self, route: Route, queries: list[Mapping[str, Any]]) -> list[Any]:
+    def _fetch_batch(
+        self, route: Route, queries: list[Mapping[str, Any]], policy: Policy | None
+    ) -> list[Any]:
         source = route.source
         if route.cached:
             breaker = route.breaker
@@ -640,7 +655,7 @@ class DataPipeline:
                 route.stats.lookup_skips += len(queries)
                 return [MISSING] * len(queries)
             try:
-                found = self._ask_batch(route, queries)
+                found = self._ask_batch(route, queries, policy)
             except _CALLER_ERRORS:
                 raise
             except Exception as error:
@@ -651,12 +666,19 @@ class DataPipeline:
             route.stats.misses += sum(value is MISSING for value in found)
             return found
         route.stats.calls += 1
-        return self._ask_batch(route, queries)
+        return self._ask_batch(route, queries, policy)
 
-    def _ask_batch(self, route: Route, queries: list[Mapping[str, Any]]) -> list[Any]:
+    def _ask_batch(
+        self, route: Route, queries: list[Mapping[str, Any]], policy: Policy | None
+    ) -> list[Any]:
         source = route.source
         if route.keyed:
-            return source.lookup_many(route.source_type, queries)  # type: ignore[attr-defined]
+            # A batch serves fresh values only: past its ttl a value is fetched again.
+            limit = policy.fresh_limit if policy is not None else float("inf")
+            entries = source.lookup_many_entries(route.source_type, queries)  # type: ignore[attr-defined]
+            return [
+                MISSING if e is MISSING or (e[1] is not None and e[1] >= limit) else e[0] for e in entries
+            ]
         many = getattr(type(source), "get_many", None)
         if getattr(source, "batch_get_many", False) and route.source_type in getattr(
             many, "registered_types", ()
@@ -683,19 +705,25 @@ class DataPipeline:
         return found
 
     def _write_back_batch(
-        self, route: Route, feeds: Sequence[Feed], pairs: list[tuple[Mapping[str, Any], Any]]
+        self,
+        route: Route,
+        feeds: Sequence[Feed],
+        pairs: list[tuple[Mapping[str, Any], Any]],
+        expiry: Mapping[Any, float | None],
     ) -> None:
         """Write what ``route`` answered back: one bulk put per store, per item elsewhere."""
 
         def context_for(query: Mapping[str, Any]) -> PipelineContext:
             context = self._context(query)
             context[_SOURCE] = route.source_name
+            if expiry:
+                context[_EXPIRY] = expiry
             return context
 
         for feed in feeds:
             if feed.keyed:
                 converted = [(q, convert(feed.chain, v, context_for(q))) for q, v in pairs]
-                self._write(feed, _bulk_put(feed), converted, None)
+                self._write(feed, _bulk_put(feed, expiry), converted, None)
             else:
                 for query, value in pairs:
                     self._write(feed, feed.put, value, context_for(query))
@@ -763,7 +791,9 @@ class DataPipeline:
             except Exception as error:
                 self._tier_failed(store, self._stats[id(store)], breaker, error, _INVALIDATE)
         with contextlib.suppress(TypeError):
-            self._negative.pop((type, key_for(type, query)), None)
+            negative = (type, key_for(type, query))
+            with self._negative_lock:
+                self._negative.pop(negative, None)
         self._announce(type, [query])
         return removed
 
@@ -777,7 +807,7 @@ class DataPipeline:
                 with contextlib.suppress(TypeError):
                     keys.add(key_for(store_type, query))
         if keys:
-            self._invalidation.publish(sorted(keys))
+            self._invalidation.publish(sorted(keys), pipeline=self)
 
     def local_stores(self) -> list[Store]:
         """The stores that live in this process (what cross-process invalidation must clear)."""

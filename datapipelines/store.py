@@ -52,7 +52,7 @@ def _policy_seconds(type_: Any, context: PipelineContext | None) -> Any:
 class Store(DataSource, DataSink):
     """A keyed, expiring store of any type (or of ``types`` only).
 
-    Subclasses implement ``_load``, ``_load_many``, ``_save_many``, ``_delete_many``
+    Subclasses implement ``_load``, ``_load_many_entries``, ``_save_many``, ``_delete_many``
     and ``clear``; values come in and out as Python objects.
     """
 
@@ -91,9 +91,9 @@ class Store(DataSource, DataSink):
         value = self._load(key, type_)
         return MISSING if value is MISSING else (value, None)
 
-    def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
-        """Live values (or MISSING) aligned with ``keys``, in one round trip."""
-        return [self._load(key, type_) for key in keys]
+    def _load_many_entries(self, keys: Sequence[str], type_: Any) -> list[Any]:
+        """``(value, age or None)`` (or MISSING) aligned with ``keys``, in one round trip."""
+        return [self._load_entry(key, type_) for key in keys]
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
         """Store every (key, value) for ``seconds`` (None: no expiry), in one round trip."""
@@ -129,8 +129,12 @@ class Store(DataSource, DataSink):
 
     def lookup_many(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
         """Values (or MISSING) aligned with ``queries``, fetched in one round trip."""
+        return [MISSING if e is MISSING else e[0] for e in self.lookup_many_entries(type_, queries)]
+
+    def lookup_many_entries(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """``(value, age or None)`` (or MISSING) aligned with ``queries``, in one round trip."""
         self._check_type(type_)
-        return self._load_many([key_for(type_, q) for q in queries], type_)
+        return self._load_many_entries([key_for(type_, q) for q in queries], type_)
 
     def store_many(
         self, type_: Any, entries: Sequence[tuple[Mapping[str, Any], Any]], *, seconds: Any = MISSING

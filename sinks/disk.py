@@ -74,11 +74,11 @@ class DiskStore(Store):
         entry = self._codec.read(key, self._cache.get(key, retry=True), type_, now)
         return MISSING if entry is MISSING else (entry[0], max(0.0, now - entry[1]))
 
-    def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
+    def _load_many_entries(self, keys: Sequence[str], type_: Any) -> list[Any]:
         get = self._cache.get
         with self._cache.transact(retry=True):
             blobs = [get(key, retry=True) for key in keys]
-        return self._codec.read_values(keys, blobs, type_, self._clock())
+        return self._codec.read_entries(keys, blobs, type_, self._clock())
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
         now = self._clock()

@@ -105,7 +105,7 @@ class MemoryStore(Store):
         entry = self._load_entry(key, type_)
         return MISSING if entry is MISSING else entry[0]
 
-    def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
+    def _load_many_entries(self, keys: Sequence[str], type_: Any) -> list[Any]:
         # One lock and one clock reading for the whole batch.
         found: list[Any] = []
         with self._lock:
@@ -115,7 +115,7 @@ class MemoryStore(Store):
                 if entry is not None and entry[1] <= now:
                     del cache[key]
                     entry = None
-                found.append(MISSING if entry is None else entry[0])
+                found.append(MISSING if entry is None else (entry[0], now - entry[2]))
         return found
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:

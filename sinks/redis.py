@@ -112,12 +112,12 @@ class RedisStore(Store):
         entry = self._codec.read(key, self.client.get(self._prefix + key), type_, now)
         return MISSING if entry is MISSING else (entry[0], max(0.0, now - entry[1]))
 
-    def _load_many(self, keys: Sequence[str], type_: Any) -> list[Any]:
+    def _load_many_entries(self, keys: Sequence[str], type_: Any) -> list[Any]:
         if not keys:
             return []
         prefix = self._prefix
         blobs = self._mget([prefix + key for key in keys])
-        return self._codec.read_values(keys, blobs, type_, self._clock())
+        return self._codec.read_entries(keys, blobs, type_, self._clock())
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
         now = self._clock()

@@ -366,10 +366,10 @@ class Codec:
             return MISSING
         return self.serializer.loads(blob[start:], type_), written_at
 
-    def read_values(self, keys: Sequence[str], blobs: Sequence[Any], type_: Any, now: float) -> list[Any]:
-        """The values (or MISSING) of a batch read, aligned with ``keys``."""
+    def read_entries(self, keys: Sequence[str], blobs: Sequence[Any], type_: Any, now: float) -> list[Any]:
+        """``(value, age)`` (or MISSING) of a batch read, aligned with ``keys``."""
         entries = [self.read(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
-        return [MISSING if entry is MISSING else entry[0] for entry in entries]
+        return [MISSING if e is MISSING else (e[0], max(0.0, now - e[1])) for e in entries]
 
     def read(self, key: str, blob: Any, type_: Any, now: float) -> Any:
         """``decode`` for a store: no blob is MISSING; a bad one is logged, dropped, and MISSING."""

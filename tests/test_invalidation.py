@@ -109,7 +109,6 @@ def test_publish_that_names_its_pipeline_spares_only_that_pipelines_stores(
     assert held(second_memory) is MISSING
 
 
-@pytest.mark.xfail(strict=True, reason="core: _announce must pass pipeline=self to publish()")
 def test_a_put_through_one_pipeline_drops_the_key_from_another_pipeline_on_the_same_bus(
     redis_client: Any, channel: str, buses: list[RedisInvalidation]
 ) -> None:

@@ -120,7 +120,6 @@ class CountingMemory(MemoryStore):
         return super()._load_entry(key, type_)
 
 
-@pytest.mark.xfail(strict=True, reason="core: get()'s fast path never returns a hit of a type with a Policy")
 def test_a_fresh_hit_of_a_type_with_a_policy_asks_the_memory_tier_once() -> None:
     memory = CountingMemory()
     pipeline = DataPipeline([memory, CountingSource()], policies={Reading: Policy(ttl=3600, soft_ttl=600)})
@@ -386,3 +385,49 @@ def test_stats_count_what_happened_and_reset_stats_zeroes_them() -> None:
         assert entry["p50_us"] is None and entry["p99_us"] is None
     pipeline.get(Reading, Q)
     assert pipeline.stats()["tiers"]["MemoryStore(maxsize=10000)"]["hits"] == 1
+
+
+# -- batches under a policy ----------------------------------------------------------------
+def test_get_batch_fetches_values_past_their_ttl_and_writes_with_the_policy_lifetime(
+    fake_clock: FakeClock,
+) -> None:
+    source, memory = CountingSource(), MemoryStore(clock=fake_clock)
+    pipeline = DataPipeline(
+        [memory, source], policies={Reading: Policy(ttl=10, max_stale=50)}, clock=fake_clock
+    )
+    queries = [{"id": 1}, {"id": 2}]
+    assert pipeline.get_batch(Reading, queries) == [Reading(1, "v1"), Reading(2, "v1")]
+    assert source.calls == 2
+    fake_clock.advance(5)
+    assert pipeline.get_batch(Reading, queries) == [Reading(1, "v1"), Reading(2, "v1")]
+    assert source.calls == 2  # fresh: served from memory
+    source.version = 2
+    fake_clock.advance(10)  # past ttl, within max_stale: a batch serves fresh values only
+    assert pipeline.get_batch(Reading, queries) == [Reading(1, "v2"), Reading(2, "v2")]
+    assert source.calls == 4
+    fake_clock.advance(59)  # the memory tier kept them ttl + max_stale after the last write
+    assert memory.lookup(Reading, {"id": 1}) is not MISSING
+    fake_clock.advance(2)
+    assert memory.lookup(Reading, {"id": 1}) is MISSING
+
+
+def test_the_negative_cache_is_bounded(fake_clock: FakeClock) -> None:
+    source = CountingSource()
+    source.missing = set(range(10))
+    pipeline = DataPipeline(
+        [MemoryStore(clock=fake_clock), source],
+        policies={Reading: Policy(negative_ttl=60)},
+        negative_cache_size=3,
+        clock=fake_clock,
+    )
+    for n in range(10):
+        with pytest.raises(NotFoundError):
+            pipeline.get(Reading, {"id": n})
+    assert source.calls == 10
+    for n in (7, 8, 9):  # the three most recent misses are remembered
+        with pytest.raises(NotFoundError, match="negative cache"):
+            pipeline.get(Reading, {"id": n})
+    assert source.calls == 10
+    with pytest.raises(NotFoundError):
+        pipeline.get(Reading, {"id": 0})  # forgotten: asked again
+    assert source.calls == 11

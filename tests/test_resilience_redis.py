@@ -6,7 +6,6 @@ import multiprocessing
 import time
 from typing import Any
 
-import pytest
 import redis
 from test_resilience_support import CountingSource, Reading, RedisServer, free_port, private_redis
 
@@ -101,7 +100,6 @@ def test_nobody_waits_forever_for_a_stuck_or_dead_holder(redis_url: str, redis_n
     client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="core: RedisLock errors reach the caller when Redis is down")
 def test_a_dead_redis_behind_the_process_lock_does_not_fail_gets() -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     source = CountingSource()
