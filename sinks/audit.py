@@ -221,12 +221,57 @@ class BlobStore:
                     yield from sorted(folder.iterdir())
 
 
-class _Write(NamedTuple):
-    """One unit of recording: blobs (sha256, bytes) stored first, then statements committed together."""
+class _Recorded(NamedTuple):
+    """One response to record, identified and hashed; its rows are built when it is committed."""
 
-    blobs: tuple[tuple[str, bytes], ...]
+    response: RawResponse
+    request_id: str
+    source: str
+    method: str
+    target: str
+    params: Any
+    headers: Mapping[str, str]
+    body: bytes | None
+    body_sha256: str | None
+    sha256: str
+    session_id: str
+    recorded_at: float
+
+    def rows(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """The request row and the response row."""
+        response, now = self.response, self.recorded_at
+        request_row = (
+            self.request_id,
+            self.source,
+            self.method,
+            self.target,
+            _dumps([list(p) for p in self.params]),
+            _dumps(mask_secrets(self.headers)),
+            self.body_sha256,
+            now,
+        )
+        response_row = (
+            self.request_id,
+            self.session_id,
+            response.status_code,
+            response.content_type,
+            _dumps(mask_secrets(dict(response.headers))),
+            response.url,
+            response.elapsed,
+            response.attempts,
+            response.fetched_at or now,
+            now,
+            self.sha256,
+            len(response.payload),
+        )
+        return request_row, response_row
+
+
+class _Write(NamedTuple):
+    """One unit of recording: statements, then responses, committed together (their blobs first)."""
+
     statements: tuple[tuple[str, tuple[Any, ...]], ...]
-    request_ids: tuple[str, ...] = ()
+    records: tuple[_Recorded, ...] = ()
     # Sessions whose row the statements insert: known to be in the database once committed.
     sessions: tuple[str, ...] = ()
 
@@ -253,11 +298,13 @@ class _Writer:
         self.pid = os.getpid()
         self._owner, self._connect, self._commit = owner, connect, commit
         self._max_pending, self._interval = max_pending, flush_interval
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._queue: deque[tuple[float, int, _Write]] = deque()  # (queued at, records, write)
         self.pending = 0  # records queued or being written
         # Request ids with a record not yet committed: replay of those waits for a flush.
         self.pending_requests: dict[str, int] = {}
+        # Sessions whose row is queued: written before any later record (the queue is FIFO).
+        self.sessions: set[str] = set()
         self._submitted = self._committed = self._flush_to = 0  # counts of writes
         self._error: BaseException | None = None
         self._retrying = False  # the head of the queue failed to commit last time
@@ -269,7 +316,7 @@ class _Writer:
     # -- callers -------------------------------------------------------------------
     def submit(self, write: _Write) -> None:
         """Queue ``write``; blocks while ``max_pending`` records wait (never drops one)."""
-        records = max(1, len(write.request_ids))
+        records = max(1, len(write.records))
         with self._cond:
             # A write larger than max_pending enters an empty queue, or it would wait forever.
             while self.pending and self.pending + records > self._max_pending:
@@ -278,9 +325,10 @@ class _Writer:
             self._raise_error()
             self._queue.append((time.monotonic(), records, write))
             self.pending += records
-            for request_id in write.request_ids:
-                self.pending_requests[request_id] = self.pending_requests.get(request_id, 0) + 1
+            for record in write.records:
+                self.pending_requests[record.request_id] = self.pending_requests.get(record.request_id, 0) + 1
             self._submitted += 1
+            self.sessions.update(write.sessions)
             if len(self._queue) == 1 or self.pending >= self._max_pending:
                 self._cond.notify_all()
 
@@ -367,12 +415,12 @@ class _Writer:
         with self._cond:
             for _, records, write in batch:
                 self.pending -= records
-                for request_id in write.request_ids:
-                    left = self.pending_requests[request_id] - 1
+                for record in write.records:
+                    left = self.pending_requests[record.request_id] - 1
                     if left:
-                        self.pending_requests[request_id] = left
+                        self.pending_requests[record.request_id] = left
                     else:
-                        del self.pending_requests[request_id]
+                        del self.pending_requests[record.request_id]
             self._committed += len(batch)
             self._retrying = False
             self._cond.notify_all()
@@ -562,15 +610,23 @@ class AuditRecorder(DataSource, DataSink):
         # Blobs first: a committed row always finds its bytes; a crash leaves at most an orphan blob.
         stored = set()
         for write in writes:
-            for sha256, data in write.blobs:
-                if sha256 not in stored:
-                    self.blobs.store(sha256, data)
-                    stored.add(sha256)
+            for record in write.records:
+                for sha256, data in (
+                    (record.sha256, record.response.payload),
+                    (record.body_sha256, record.body),
+                ):
+                    if sha256 is not None and data is not None and sha256 not in stored:
+                        self.blobs.store(sha256, data)
+                        stored.add(sha256)
         db.execute("BEGIN IMMEDIATE")
         try:
             for write in writes:
                 for statement, args in write.statements:
                     db.execute(statement, args)
+                for record in write.records:
+                    request_row, response_row = record.rows()
+                    db.execute(_INSERT_REQUEST, request_row)
+                    db.execute(_INSERT_RESPONSE, response_row)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -597,27 +653,33 @@ class AuditRecorder(DataSource, DataSink):
     # -- sessions -----------------------------------------------------------------
     def open_session(self, session_id: str, name: str, meta: Mapping[str, Any]) -> None:
         row = _session_row(session_id, name, meta, implicit=False)
-        self._submit(_Write((), (row,), sessions=(session_id,)))
+        self._submit(_Write((row,), sessions=(session_id,)))
 
     def close_session(self, session_id: str) -> None:
-        self._submit(_Write((), ((_END_SESSION, (time.time(), session_id)),)))
+        self._submit(_Write(((_END_SESSION, (time.time(), session_id)),)))
         self.flush()
 
+    def _session_known(self, session_id: str) -> bool:
+        """Whether the session's row is committed, or queued ahead of any record made now."""
+        if session_id in self._known_sessions:
+            return True
+        writer = self._writer_here()
+        return writer is not None and session_id in writer.sessions
+
     def _session_for_write(self) -> tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]]:
-        """The current session id, and the statement inserting its row while it is not known committed."""
+        """The current session id, and the statement inserting its row while it is not known."""
         session_id = current_session()
         if session_id is None:
             pid = os.getpid()
             session_id = self._implicit.get(pid) or self._implicit.setdefault(pid, uuid.uuid4().hex)
-            if session_id in self._known_sessions:
+            if self._session_known(session_id):
                 return session_id, ()
             name = f"process {pid}@{_HOST}"
             return session_id, (_session_row(session_id, name, {"argv": sys.argv}, implicit=True),)
         session_id = str(session_id)
-        if session_id in self._known_sessions:
+        if self._session_known(session_id):
             return session_id, ()
-        # Opened by a pipeline this recorder is not part of: record it, nameless. (If its named
-        # row is still queued ahead, INSERT OR IGNORE keeps that one.)
+        # Opened by a pipeline this recorder is not part of: record it, nameless.
         return session_id, (_session_row(session_id, "(unnamed)", {}, implicit=False),)
 
     # -- recording -----------------------------------------------------------------
@@ -630,22 +692,13 @@ class AuditRecorder(DataSource, DataSink):
     ) -> list[str]:
         """Record several responses in one transaction; return their request ids."""
         session_id, statements = self._session_for_write()
-        blobs: list[tuple[str, bytes]] = []
-        statement_list = list(statements)
-        request_ids = []
-        for response in responses:
-            response_blobs, request_row, response_row = self._rows_for(response, context, session_id)
-            blobs += response_blobs
-            statement_list += ((_INSERT_REQUEST, request_row), (_INSERT_RESPONSE, response_row))
-            request_ids.append(request_row[0])
+        records = tuple(self._identify(response, context, session_id) for response in responses)
         sessions = (session_id,) if statements else ()
-        self._submit(_Write(tuple(blobs), tuple(statement_list), tuple(request_ids), sessions))
-        return request_ids
+        self._submit(_Write(statements, records, sessions))
+        return [record.request_id for record in records]
 
-    def _rows_for(
-        self, response: RawResponse, context: PipelineContext | None, session_id: str
-    ) -> tuple[list[tuple[str, bytes]], tuple[Any, ...], tuple[Any, ...]]:
-        """The blobs and the request and response rows of one response (no I/O)."""
+    def _identify(self, response: RawResponse, context: PipelineContext | None, session_id: str) -> _Recorded:
+        """The request a response answers and the sha256 of its bytes: all a caller waits for."""
         if not isinstance(response, RawResponse):
             raise ConfigurationError(f"{self!r} records RawResponse, not {type_name(type(response))}")
         request_id, source, method, target = (
@@ -667,37 +720,21 @@ class AuditRecorder(DataSource, DataSink):
             request_id, source, method, target = request.id, request.source, request.method, request.target
             params, headers, body = request.params, dict(request.headers), request.body
         sha256 = hashlib.sha256(response.payload).hexdigest()
-        blobs = [(sha256, response.payload)]
-        body_sha256 = None
-        if body is not None:
-            body_sha256 = hashlib.sha256(body).hexdigest()
-            blobs.append((body_sha256, body))
-        now = time.time()
-        request_row = (
+        body_sha256 = hashlib.sha256(body).hexdigest() if body is not None else None
+        return _Recorded(
+            response,
             request_id,
             source,
             method,
             target,
-            _dumps([list(p) for p in params]),
-            _dumps(mask_secrets(headers)),
+            params,
+            headers,
+            body,
             body_sha256,
-            now,
-        )
-        response_row = (
-            request_id,
-            session_id,
-            response.status_code,
-            response.content_type,
-            _dumps(mask_secrets(dict(response.headers))),
-            response.url,
-            response.elapsed,
-            response.attempts,
-            response.fetched_at or now,
-            now,
             sha256,
-            len(response.payload),
+            session_id,
+            time.time(),
         )
-        return blobs, request_row, response_row
 
     @DataSink.dispatch
     def put(self, type: Any, item: Any, context: PipelineContext | None = None) -> None:
