@@ -16,8 +16,9 @@ import datetime
 import json
 import os
 import sys
-from collections.abc import Sequence
 from typing import Any
+
+from .output import print_json, table
 
 DEFAULT_DIR = os.environ.get("DATAPIPELINES_AUDIT_DIR", "audit")
 
@@ -70,29 +71,14 @@ def when(timestamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Rows aligned under headers; numbers right-aligned."""
-    cells = [[str(c) for c in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [
-        all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(headers))
-    ]
-    lines = []
-    for row in cells:
-        parts = [c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric, strict=False)]
-        lines.append("  ".join(parts).rstrip())
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 def _sessions(args: argparse.Namespace) -> int:
     sessions = _recorder(args).sessions()
     if args.json:
-        _print_json(sessions)
+        print_json(sessions)
         return 0
     rows = [
         (
@@ -119,7 +105,7 @@ def _show(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(recorder.blobs.read(history["responses"][-1]["sha256"]))
         return 0
     if args.json:
-        _print_json(history)
+        print_json(history)
         return 0
     params = "&".join(f"{k}={v}" for k, v in history["params"])
     print(f"request  {history['id']}")
@@ -150,7 +136,7 @@ def _show(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     result = _recorder(args).export(args.session, args.directory)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(
             f"exported session {result['session'][:12]} ({result['name']}): {result['requests']} requests, "
@@ -163,7 +149,7 @@ def _verify(args: argparse.Namespace) -> int:
     report = _recorder(args).verify()
     bad = report["missing"] + report["damaged"]
     if args.json:
-        _print_json({"ok": len(report["ok"]), "missing": report["missing"], "damaged": report["damaged"]})
+        print_json({"ok": len(report["ok"]), "missing": report["missing"], "damaged": report["damaged"]})
     else:
         ok, missing, damaged = (len(report[k]) for k in ("ok", "missing", "damaged"))
         print(f"{ok} blobs ok, {missing} missing, {damaged} damaged")
@@ -178,7 +164,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     removed = _recorder(args).gc(min_age=args.min_age)
     if args.json:
-        _print_json({"removed": removed})
+        print_json({"removed": removed})
     else:
         print(f"removed {len(removed)} unreferenced blob file(s)")
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..progress import Progress
+from .output import print_json, table
 
 _CELL = 40
 _DEFAULT_COLUMNS = ("id", "type", "query", "retrieved_at")
@@ -132,7 +133,7 @@ def _inspect(args: argparse.Namespace) -> int:
     state = _state(args, required=False)
     summary = {"catalog": catalog.summary(), "state": None if state is None else state.summary()}
     if args.json:
-        _print_json(summary)
+        print_json(summary)
         return 0
     report = summary["catalog"]
     print(f"catalogue {report['url']}: {report['records']} records")
@@ -163,7 +164,7 @@ def _find(args: argparse.Namespace) -> int:
         return 0
     records = [dict(record) for record in target.find(limit=args.limit, **filters)]
     if args.json:
-        _print_json(records)
+        print_json(records)
         return 0
     if args.columns:
         columns = [name.strip() for name in args.columns.split(",") if name.strip()]
@@ -215,27 +216,12 @@ def cell(value: Any) -> str:
     return text if len(text) <= _CELL else text[: _CELL - 1] + "…"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Rows aligned under headers; numeric columns right-aligned."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [
-        bool(rows) and all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))
-    ]
-    lines = [
-        "  ".join(
-            c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric, strict=True)
-        ).rstrip()
-        for row in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _print_counts(args: argparse.Namespace, counts: Any, names: Sequence[str]) -> None:
     values = counts.as_dict()
     if args.json:
-        _print_json(values)
+        print_json(values)
     else:
         print(table(names, [[values[name] for name in names]]))
 
@@ -247,11 +233,4 @@ def _print_store(store: Mapping[str, Any]) -> None:
         )
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=_json_value, ensure_ascii=False))
 
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, (datetime.datetime, datetime.date)):
-        return value.isoformat()
-    return str(value)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from datetime import datetime
 from typing import Any
 
-from .audit import table
+from .output import print_json, table
 
 
 def register(subparsers: Any) -> None:
@@ -64,8 +63,6 @@ def _number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -75,7 +72,7 @@ def _status(args: argparse.Namespace) -> int:
     finally:
         inventory.close()
     if args.json:
-        _print_json([dataclasses.asdict(job) for job in jobs])
+        print_json([dataclasses.asdict(job) for job in jobs])
         return 0
     headers = ("job", "source", "ranges", "running", "succeeded", "failed", "exhausted", "expired",
                "last id", "items done", "weight done", "max attempt")  # fmt: skip
@@ -96,7 +93,7 @@ def _list(args: argparse.Namespace) -> int:
     finally:
         inventory.close()
     if args.json:
-        _print_json([dataclasses.asdict(r) | {"expired": r.expired(now)} for r in records])
+        print_json([dataclasses.asdict(r) | {"expired": r.expired(now)} for r in records])
         return 0
     headers = ("row", "job", "kind", "ids", "count", "weight", "attempt", "status", "started", "ended", "by")
     rows = [
@@ -120,7 +117,7 @@ def _retry(args: argparse.Namespace) -> int:
     finally:
         inventory.close()
     if args.json:
-        _print_json({"retried": retried})
+        print_json({"retried": retried})
     else:
         print(f"{retried} failed range(s) get one more attempt")
     return 0
