@@ -16,14 +16,14 @@ import shutil
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
 
-from datapipelines import MISSING, DataPipeline, DataSource, Store
+from datapipelines import DataPipeline, DataSource, Store
 from datapipelines.cli.audit import summary_text
+from datapipelines.errors import element_name
 from datapipelines.http import HttpSource
 from datapipelines.progress import Progress
 from datapipelines.sinks.audit import AuditRecorder
@@ -92,29 +92,6 @@ def build_tiers(redis_store: RedisStore | None) -> list[Store]:
     return tiers + [redis_store] if redis_store is not None else tiers
 
 
-def count_hits(tiers: Sequence[Store]) -> Counter[str]:
-    """Counts, per tier, the lookups that found a value, by wrapping each store's lookup methods."""
-    hits: Counter[str] = Counter()
-    for store in tiers:
-        for method in _LOOKUPS:
-            # An instance attribute shadows the method; the pipeline binds it when it plans a type.
-            setattr(store, method, _counting(getattr(store, method), type(store).__name__, hits))
-    return hits
-
-
-_LOOKUPS = ("lookup", "lookup_entry", "lookup_fresh", "lookup_many")
-
-
-def _counting(method: Callable[..., Any], name: str, hits: Counter[str]) -> Callable[..., Any]:
-    def counted(*args: Any) -> Any:
-        found = method(*args)
-        many = isinstance(found, list)
-        hits[name] += sum(v is not MISSING for v in found) if many else found is not MISSING
-        return found
-
-    return counted
-
-
 def fetch_all(
     pipeline: DataPipeline, ids: range, label: str, query: Callable[[int], Any] = lambda i: {"id": i}
 ) -> float:
@@ -127,12 +104,14 @@ def fetch_all(
     return time.perf_counter() - start
 
 
-def run_pass(name: str, pipeline: DataPipeline, hits: Counter[str], remote: SlowCatalog) -> dict[str, Any]:
-    """One pass over every item: its time and the hits per tier it produced."""
-    hits.clear()
-    calls_before = remote.calls
+def run_pass(name: str, pipeline: DataPipeline, tiers: Sequence[Store]) -> dict[str, Any]:
+    """One pass over every item: its time, the hits per tier and the remote calls it took."""
+    pipeline.reset_stats()
     seconds = fetch_all(pipeline, range(ITEMS), name)
-    return {"pass": name, "seconds": seconds, "hits": dict(hits), "remote": remote.calls - calls_before}
+    stats = pipeline.stats()
+    hits = {type(t).__name__: stats["tiers"][element_name(t)]["hits"] for t in tiers}
+    remote = sum(source["calls"] for source in stats["sources"].values())
+    return {"pass": name, "seconds": seconds, "hits": hits, "remote": remote}
 
 
 def format_seconds(seconds: float) -> str:
@@ -188,15 +167,13 @@ def main() -> int:
     namespace = f"datapipelines-demo-{uuid.uuid4().hex[:8]}"
     redis_store = connect_redis(namespace)
     tiers = build_tiers(redis_store)
-    remote = SlowCatalog()
-    hits = count_hits(tiers)
-    pipeline = DataPipeline([*tiers, remote])
+    pipeline = DataPipeline([*tiers, SlowCatalog()])
     chain = " -> ".join([repr(store) for store in tiers] + [f"remote ({REMOTE_LATENCY * 1e3:g} ms a call)"])
     print(f"{ITEMS:,} products through {chain}\n")
     try:
-        results = [run_pass("cold", pipeline, hits, remote), run_pass("warm", pipeline, hits, remote)]
+        results = [run_pass("cold", pipeline, tiers), run_pass("warm", pipeline, tiers)]
         tiers[0].clear()  # as a new process would start: memory empty, disk and Redis still warm
-        results.append(run_pass("new process (memory empty)", pipeline, hits, remote))
+        results.append(run_pass("new process (memory empty)", pipeline, tiers))
         print_report(results, tiers)
         http_pass(tiers)
     finally:
