@@ -360,9 +360,10 @@ class _Writer:
         error, self._error = self._error, None
         self._cond.notify_all()
         state = "kept and retried" if self._alive else "not written: the writer thread has stopped"
+        cause = "the writer thread has stopped" if error is None else f"{type(error).__name__}: {error}"
         raise AuditWriteError(
             f"{self._owner} could not commit records in the background ({self.pending} waiting, "
-            f"{state}): {type(error).__name__}: {error}"
+            f"{state}): {cause}"
         ) from error
 
     # -- the thread ------------------------------------------------------------------
@@ -378,6 +379,10 @@ class _Writer:
                     LOGGER.error(
                         "%s: background commit of %d writes failed", self._owner, len(writes), exc_info=True
                     )
+                    if db is not None:  # the retry starts from a fresh connection
+                        with contextlib.suppress(sqlite3.Error):
+                            db.close()
+                        db = None
                     with self._cond:
                         self._queue.extendleft(reversed(batch))
                         self._error = error
