@@ -356,7 +356,7 @@ class Codec:
         start = _HEADER + len(tag)
         if blob.__class__ is not bytes or not blob.startswith(_MAGIC) or len(blob) < start:
             raise SerializationError(f"not a datapipelines entry ({blob!r:.40})")
-        if blob[_HEADER:start] != tag:
+        if not blob.startswith(tag, _HEADER):
             found_start = _HEADER + _TAG_LENGTH.size
             found = blob[found_start : found_start + _TAG_LENGTH.unpack_from(blob, _HEADER)[0]]
             raise SerializationError(f"written as {found.decode('utf-8', 'replace')!r}, "
