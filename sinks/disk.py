@@ -13,12 +13,17 @@ from datapipelines.store import MISSING, Store
 
 from .serializers import Codec, Serializer, make_serializer
 
+_MODE_RAW = diskcache.core.MODE_RAW
+_MODE_PICKLE = diskcache.core.MODE_PICKLE
+
 
 class _BytesOnlyDisk(diskcache.Disk):
     """diskcache's Disk that never unpickles: a pickled value in the directory reads as garbage."""
 
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_PICKLE:
+        if mode == _MODE_RAW and value.__class__ is bytes:
+            return value  # the common case, answered without a second call
+        if mode == _MODE_PICKLE:
             return "<a pickle, left unread>"
         return super().fetch(mode, filename, value, read)
 
