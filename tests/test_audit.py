@@ -9,15 +9,15 @@ import sqlite3
 from dataclasses import dataclass
 
 import pytest
-from datapipelines.sinks.audit import AuditRecorder, DamagedBlobError
-from datapipelines.sinks.memory import MemoryStore
-from datapipelines.transformers import JSON, DataclassTransformer, RawTransformer
 
 from datapipelines import DataPipeline, NotFoundError
 from datapipelines.errors import ConfigurationError
 from datapipelines.http import HttpSource
 from datapipelines.remote import RawResponse, RemoteError, request_for, request_id, response_for
+from datapipelines.sinks.audit import AuditRecorder, DamagedBlobError
+from datapipelines.sinks.memory import MemoryStore
 from datapipelines.testing import LocalServer, Reply
+from datapipelines.transformers import JSON, DataclassTransformer, RawTransformer
 
 OSLO = {"path": "/weather", "params": {"city": "Oslo"}}
 ROME = {"path": "/weather", "params": {"city": "Rome"}}

@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from datapipelines.sinks.audit import AuditRecorder
 
 from datapipelines import DataPipeline
 from datapipelines.cli import main
 from datapipelines.cli.audit import summary_text
 from datapipelines.remote import RawResponse, RemoteSource, request_id, response_for
+from datapipelines.sinks.audit import AuditRecorder
 
 
 class Adapter:

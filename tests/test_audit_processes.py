@@ -9,9 +9,8 @@ import subprocess
 import sys
 import textwrap
 
-from datapipelines.sinks.audit import AuditRecorder
-
 from datapipelines.remote import request_id
+from datapipelines.sinks.audit import AuditRecorder
 
 # A child process: a pipeline recorder -> RemoteSource with an in-process adapter, so every
 # pipeline.get is one real recorded response. argv: directory, worker name, count (0 = forever).
