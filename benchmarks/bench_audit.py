@@ -50,18 +50,18 @@ def responses(size: int, count: int, run: int) -> list[RawResponse]:
     ]
 
 
-def steady_recorder(directory: str, write_behind: bool) -> AuditRecorder:
+def steady_recorder(directory: str, **options: bool) -> AuditRecorder:
     """A recorder whose 256 blob folders exist, as in any directory that has seen a few thousand blobs."""
     for prefix in range(256):
         os.makedirs(os.path.join(directory, BLOBS, f"{prefix:02x}"))
-    return AuditRecorder(directory, write_behind=write_behind)
+    return AuditRecorder(directory, **options)
 
 
 def recorder_rate(size: int, count: int, run: int, write_behind: bool) -> float:
     """Records per second, until the last one is committed."""
     batch = responses(size, count, run)
     with tempfile.TemporaryDirectory() as directory:
-        recorder = steady_recorder(directory, write_behind)
+        recorder = steady_recorder(directory, write_behind=write_behind)
         started = time.perf_counter()
         for response in batch:
             recorder.record(response)
@@ -111,6 +111,8 @@ MISS_MODES: dict[str, dict[str, bool] | None] = {
     "without recorder": None,
     "with recorder, sync": {"write_behind": False},
     "with recorder, write-behind": {"write_behind": True},
+    # A live pipeline that records but replays in a separate, offline one: no replay lookup per miss.
+    "write-behind, record only": {"write_behind": True, "replay": False},
 }
 
 
