@@ -21,6 +21,7 @@ SCHEMA_VERSION_ATTRIBUTE = "__schema_version__"
 _schema_versions: dict[Any, int] = {}
 _MEMO_LIMIT = 65_536
 _memo: dict[Any, tuple[str, tuple[type, ...]]] = {}
+_nested_memo: dict[tuple[Any, str], str] = {}
 # The value classes a memoised query may hold.
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
@@ -37,6 +38,7 @@ def set_schema_version(type_: Any, version: int) -> None:
         )
     _schema_versions[type_] = version
     _memo.clear()
+    _nested_memo.clear()
 
 
 def schema_version(type_: Any) -> int:
@@ -99,9 +101,11 @@ def _encode(value: Any, path: str, out: list[str]) -> None:
         out.append(f"d{cls.__name__}:{value.isoformat()};")
     elif isinstance(value, (decimal.Decimal, uuid.UUID)):
         out.append(f"x{cls.__name__}:{value};")
-    elif isinstance(value, (bool, int, float, str)):
-        # Subclasses (IntEnum is handled above): keep the subclass name in the key.
-        out.append(f"x{type_name_of(cls)}:{value!r};")
+    elif isinstance(value, (str, int, float)):
+        # Plain subclasses (enums are handled above) equal their base value and read
+        # the same: they key as that value.
+        base = str if isinstance(value, str) else int if isinstance(value, int) else float
+        _encode(base(value) if base is not str else str.__str__(value), path, out)
     else:
         raise TypeError(
             f"Query value at {path!r} has unsupported type {type_name_of(cls)} ({value!r}); "
@@ -146,12 +150,31 @@ def key_for(type_: Any, query: Mapping[str, Any]) -> str:
     """
     try:
         entry = _memo.get((type_, *query.items()))
-    except (TypeError, AttributeError):
+    except AttributeError:
         return compute_key(type_, query)
+    except TypeError:
+        return _nested_key(type_, query)
     if entry is not None and entry[1] == tuple(map(type, query.values())):
         return entry[0]
     key = compute_key(type_, query)
     _remember(type_, query, key)
+    return key
+
+
+def _nested_key(type_: Any, query: Mapping[str, Any]) -> str:
+    """``key_for`` of a query with unhashable values (a ``params`` dict, a list of ids).
+
+    Memoised by the query's repr, which keeps ``1``, ``1.0``, ``"1"`` and ``True``
+    apart at every depth; a value whose repr passes for another's encodes alike
+    (subclasses of str, int and float key as their base value).
+    """
+    memo_key = (type_, repr(query))
+    key = _nested_memo.get(memo_key)
+    if key is None:
+        key = compute_key(type_, query)
+        if len(_nested_memo) >= _MEMO_LIMIT:
+            _nested_memo.clear()
+        _nested_memo[memo_key] = key
     return key
 
 

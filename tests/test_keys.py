@@ -227,3 +227,23 @@ def test_str_like_query_keys_name_the_same_field_as_the_plain_str() -> None:
     assert compute_key(Thing, {Region.EUW: 1}) == compute_key(Thing, {"EUW": 1})
     assert compute_key(Thing, {Name("EUW"): 1}) == compute_key(Thing, {"EUW": 1})
     assert compute_key(Thing, {"r": Region.EUW}) != compute_key(Thing, {"r": "EUW"})
+
+
+def test_nested_queries_are_memoised_without_mixing_types_up() -> None:
+    Thing = fresh_type()
+    queries = [{"params": {"n": value}} for value in SCALARS]
+    queries += [{"params": {"n": [value]}} for value in SCALARS]
+    for _ in range(2):  # the second round answers from the memo
+        keys = [key_for(Thing, q) for q in queries]
+        assert keys == [compute_key(Thing, q) for q in queries]
+        assert len(set(keys)) == len(queries)
+
+
+def test_plain_subclasses_of_str_and_int_key_as_their_base_value() -> None:
+    class Count(int):
+        pass
+
+    Thing = fresh_type()
+    assert compute_key(Thing, {"v": Name("EUW")}) == compute_key(Thing, {"v": "EUW"})
+    assert compute_key(Thing, {"v": [Count(3)]}) == compute_key(Thing, {"v": [3]})
+    assert key_for(Thing, {"v": [Name("EUW")]}) == key_for(Thing, {"v": ["EUW"]})
