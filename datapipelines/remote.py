@@ -16,6 +16,7 @@ source, so the recorder computes the same request id as the source that fetched 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -69,7 +70,7 @@ class RemoteRequest:
     headers: Pairs = ()  # lower-case names, sorted
     is_path: bool = False
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         body = hashlib.sha256(self.body).hexdigest() if self.body is not None else None
         canonical = [self.source, self.method, self.target, list(self.params), body, list(self.headers)]
@@ -141,7 +142,29 @@ def _body(raw: Any, query: Mapping[str, Any]) -> tuple[bytes | None, bool]:
 
 
 def request_for(query: Mapping[str, Any]) -> RemoteRequest:
-    """The canonical request a query names; raises RemoteQueryError when it names none."""
+    """The canonical request a query names; raises RemoteQueryError when it names none.
+
+    A miss asks for the same query's request twice (the recorder's replay, then the
+    source), so requests without a body are memoised by the query's repr, which
+    keeps value types apart.
+    """
+    if isinstance(query, Mapping) and query.get("body") is not None:
+        return _canonical_request(query)  # bodies can be large: not worth keeping their repr
+    memo_key = repr(query)
+    request = _requests.get(memo_key)
+    if request is None:
+        request = _canonical_request(query)
+        if len(_requests) >= _REQUEST_MEMO_LIMIT:
+            _requests.clear()
+        _requests[memo_key] = request
+    return request
+
+
+_REQUEST_MEMO_LIMIT = 16_384
+_requests: dict[str, RemoteRequest] = {}
+
+
+def _canonical_request(query: Mapping[str, Any]) -> RemoteRequest:
     if not isinstance(query, Mapping):
         raise RemoteQueryError(f"A remote query must be a mapping, got {type(query).__name__}")
     unknown = set(query) - QUERY_KEYS
