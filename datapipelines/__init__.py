@@ -8,6 +8,7 @@ back into every faster tier. The 1.x public API is importable from here.
 import importlib
 from typing import Any
 
+from .batch import BATCH_KEY
 from .breaker import CircuitBreaker
 from .context import TYPE_WILDCARD, PipelineContext
 from .errors import (
@@ -19,7 +20,7 @@ from .errors import (
 )
 from .flight import RedisLock
 from .keys import key_for, set_schema_version
-from .pipeline import BATCH_KEY, DataPipeline, Result, current_session
+from .pipeline import DataPipeline, Result, current_session
 from .policy import Policy
 from .queries import (
     BoundKeyExistenceError,

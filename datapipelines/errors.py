@@ -64,3 +64,7 @@ class UnsupportedError(DataPipelinesError, ValueError):
 
 class ConfigurationError(DataPipelinesError, ValueError):
     """A pipeline, store or policy was given settings that cannot work."""
+
+
+# Mistakes in how a tier is used, not failures of the tier: a pipeline never swallows them.
+CALLER_ERRORS = (ConfigurationError, UnsupportedError, TypeError)

@@ -14,13 +14,14 @@ from typing import Any, NamedTuple, TypeVar
 
 from cachetools import LRUCache
 
+from .batch import BatchReads
 from .breaker import NO_BREAKER, CircuitBreaker, NoBreaker
 from .context import PipelineContext
 from .errors import (
+    CALLER_ERRORS,
     ConfigurationError,
     NoConversionError,
     NotFoundError,
-    UnsupportedError,
     element_name,
     type_name,
 )
@@ -37,10 +38,6 @@ from .transformer import DataTransformer
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Key of the query that ``get_batch`` hands to the ``get_many`` handler of a
-#: source with ``batch_get_many = True``: ``{"queries": [q1, q2, ...]}``; the
-#: handler returns results aligned with them (None for a query it cannot answer).
-BATCH_KEY = "queries"
 
 _PIPELINE = PipelineContext.Keys.PIPELINE
 _QUERY = PipelineContext.Keys.QUERY
@@ -53,8 +50,6 @@ _WRITE_BACK = "write-back"
 _INVALIDATE = "invalidate"
 # Failed writes are counted apart from failed lookups, so hits stay exact.
 _WRITES = (_WRITE_BACK, _INVALIDATE)
-# Mistakes in how a tier is used, not failures of the tier: never swallowed.
-_CALLER_ERRORS = (ConfigurationError, UnsupportedError, TypeError)
 
 _current_session: contextvars.ContextVar[Any] = contextvars.ContextVar("datapipelines_session", default=None)
 
@@ -70,16 +65,6 @@ class Result(NamedTuple):
     value: Any
     stale: bool
     source: str
-
-
-def _bulk_put(feed: Feed, expiry: Mapping[Any, float | None]) -> Callable[[Any, Any], None]:
-    """A put function for ``_write`` that stores (query, value) pairs in one round trip."""
-    seconds = expiry.get(feed.store_type, MISSING)
-
-    def put(entries: Any, _context: Any) -> None:
-        feed.sink.store_many(feed.store_type, entries, seconds=seconds)  # type: ignore[attr-defined]
-
-    return put
 
 
 class _Request:
@@ -104,7 +89,7 @@ class _Request:
         self.clean_misses: list[Route] = []
 
 
-class DataPipeline:
+class DataPipeline(BatchReads):
     """An ordered list of sources and sinks, plus transformers between types.
 
     ``elements`` are asked fastest first; a value found in one element is written
@@ -365,7 +350,7 @@ class DataPipeline:
                 found = (route.source.get(route.source_type, dict(query), self._context(query)), None)
         except NotFoundError:
             found = MISSING
-        except _CALLER_ERRORS:
+        except CALLER_ERRORS:
             raise
         except Exception as error:
             self._tier_failed(route.source, stats, breaker, error, "lookup")
@@ -509,7 +494,7 @@ class DataPipeline:
             return
         try:
             put(value, context)
-        except _CALLER_ERRORS:
+        except CALLER_ERRORS:
             raise
         except Exception as error:
             self._tier_failed(feed.sink, feed.stats, breaker, error, _WRITE_BACK)
@@ -595,138 +580,6 @@ class DataPipeline:
     def _stream(self, route: Route, result: Iterable[Any], context: PipelineContext) -> Iterator[Any]:
         for item in result:
             yield self._deliver(route, item, context)
-
-    def get_batch(
-        self, type: type[T] | Any, queries: Sequence[Mapping[str, Any]], *, default: Any = MISSING
-    ) -> list[T]:
-        """Values aligned with ``queries``; each tier is asked only for what earlier tiers missed.
-
-        Built-in stores answer in one round trip each; a source that sets
-        ``batch_get_many = True`` and has a ``get_many`` handler gets one call for
-        all remaining misses (``{"queries": [...]}``); other sources one call per
-        query (a 1.x ``get_many`` expects its own query format, so it is opt-in).
-        Write-back is one bulk put per store.
-        Queries found nowhere raise one NotFoundError naming them, unless
-        ``default`` is given.
-        """
-        routes = self.routes(type)
-        policy = self._policies.get(type)
-        expiry = {type: policy.lifetime()} if policy is not None and policy.ttl is not None else {}
-        queries = list(queries)
-        results: list[Any] = [MISSING] * len(queries)
-        pending = list(range(len(queries)))
-        tried = []
-        for route in routes:
-            if not pending:
-                break
-            tried.append(route.name)
-            found = self._fetch_batch(route, [queries[i] for i in pending], policy)
-            hits = [(i, value) for i, value in zip(pending, found, strict=True) if value is not MISSING]
-            if not hits:
-                continue
-            self._write_back_batch(route, route.before, [(queries[i], v) for i, v in hits], expiry)
-            converted = [(i, convert(route.chain, v, self._context(queries[i]))) for i, v in hits]
-            self._write_back_batch(route, route.after, [(queries[i], v) for i, v in converted], expiry)
-            for index, value in converted:
-                results[index] = value
-            hit_indexes = {index for index, _ in hits}
-            pending = [index for index in pending if index not in hit_indexes]
-        if pending:
-            if default is MISSING:
-                missing = [queries[i] for i in pending]
-                raise NotFoundError(
-                    f"No {type_name(type)} found for {len(missing)} of {len(queries)} queries: {missing!r} "
-                    f"(tried: {', '.join(tried)})",
-                    type=type,
-                    query=missing,
-                    tried=tried,
-                )
-            for index in pending:
-                results[index] = default
-        return results
-
-    def _fetch_batch(
-        self, route: Route, queries: list[Mapping[str, Any]], policy: Policy | None
-    ) -> list[Any]:
-        source = route.source
-        if route.cached:
-            breaker = route.breaker
-            if not breaker.allow():
-                route.stats.lookup_skips += len(queries)
-                return [MISSING] * len(queries)
-            try:
-                found = self._ask_batch(route, queries, policy)
-            except _CALLER_ERRORS:
-                raise
-            except Exception as error:
-                self._tier_failed(source, route.stats, breaker, error, "batch lookup")
-                return [MISSING] * len(queries)
-            breaker.success()
-            route.stats.lookups += len(queries)
-            route.stats.misses += sum(value is MISSING for value in found)
-            return found
-        route.stats.calls += 1
-        return self._ask_batch(route, queries, policy)
-
-    def _ask_batch(
-        self, route: Route, queries: list[Mapping[str, Any]], policy: Policy | None
-    ) -> list[Any]:
-        source = route.source
-        if route.keyed:
-            # A batch serves fresh values only: past its ttl a value is fetched again.
-            limit = policy.fresh_limit if policy is not None else float("inf")
-            entries = source.lookup_many_entries(route.source_type, queries)  # type: ignore[attr-defined]
-            return [
-                MISSING if e is MISSING or (e[1] is not None and e[1] >= limit) else e[0] for e in entries
-            ]
-        many = getattr(type(source), "get_many", None)
-        if getattr(source, "batch_get_many", False) and route.source_type in getattr(
-            many, "registered_types", ()
-        ):
-            batch = {BATCH_KEY: [dict(q) for q in queries]}
-            context = self._context(batch)
-            context[_MANY] = True
-            try:
-                answers = list(source.get_many(route.source_type, batch, context))
-            except NotFoundError:
-                return [MISSING] * len(queries)
-            if len(answers) != len(queries):
-                raise ConfigurationError(
-                    f"{element_name(source)}.get_many returned {len(answers)} results "
-                    f"for {len(queries)} batch queries"
-                )
-            return [MISSING if answer is None else answer for answer in answers]
-        found = []
-        for query in queries:
-            try:
-                found.append(source.get(route.source_type, dict(query), self._context(query)))
-            except NotFoundError:
-                found.append(MISSING)
-        return found
-
-    def _write_back_batch(
-        self,
-        route: Route,
-        feeds: Sequence[Feed],
-        pairs: list[tuple[Mapping[str, Any], Any]],
-        expiry: Mapping[Any, float | None],
-    ) -> None:
-        """Write what ``route`` answered back: one bulk put per store, per item elsewhere."""
-
-        def context_for(query: Mapping[str, Any]) -> PipelineContext:
-            context = self._context(query)
-            context[_SOURCE] = route.source_name
-            if expiry:
-                context[_EXPIRY] = expiry
-            return context
-
-        for feed in feeds:
-            if feed.keyed:
-                converted = [(q, convert(feed.chain, v, context_for(q))) for q, v in pairs]
-                self._write(feed, _bulk_put(feed, expiry), converted, None)
-            else:
-                for query, value in pairs:
-                    self._write(feed, feed.put, value, context_for(query))
 
     # -- writing ------------------------------------------------------------------
     def put(self, type: Any, item: Any, *, query: Mapping[str, Any] | None = None) -> None:
