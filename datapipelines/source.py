@@ -8,7 +8,7 @@ from typing import Any
 
 from .context import TYPE_WILDCARD, PipelineContext
 from .dispatch import registered_types, type_dispatch
-from .errors import NotFoundError, UnsupportedError, type_name
+from .errors import NotFoundError, UnsupportedError, element_name, type_name
 
 
 class DataSource(ABC):
@@ -80,20 +80,20 @@ class CompositeDataSource(DataSource):
             raise self.unsupported(type)
         return sources
 
-    def get(self, type: Any, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
-        for source in self._sources_for(type):
+    def _first(self, method: str, type: Any, query: Mapping[str, Any], context: Any) -> Any:
+        """The answer of the first source (in order) that has one."""
+        sources = self._sources_for(type)
+        for source in sources:
             try:
-                return source.get(type, query, context)
+                return getattr(source, method)(type, query, context)
             except NotFoundError:
                 continue
-        raise NotFoundError(type=type, query=query, tried=[repr(s) for s in self._sources_for(type)])
+        raise NotFoundError(type=type, query=query, tried=[element_name(s) for s in sources])
+
+    def get(self, type: Any, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
+        return self._first("get", type, query, context)
 
     def get_many(
         self, type: Any, query: Mapping[str, Any], context: PipelineContext | None = None
     ) -> Iterable[Any]:
-        for source in self._sources_for(type):
-            try:
-                return source.get_many(type, query, context)
-            except NotFoundError:
-                continue
-        raise NotFoundError(type=type, query=query, tried=[repr(s) for s in self._sources_for(type)])
+        return self._first("get_many", type, query, context)
