@@ -50,7 +50,8 @@ from datapipelines.remote import RawResponse, RemoteQueryError, mask_secrets, re
 from datapipelines.sink import DataSink
 from datapipelines.source import DataSource
 
-LOGGER = logging.getLogger(__name__)
+# The package's logger: one name configures the whole recorder.
+LOGGER = logging.getLogger(__package__)
 
 DATABASE = "audit.sqlite"
 BLOBS = "blobs"
