@@ -76,11 +76,11 @@ class RedisStore(Store):
             client = self._connect(url, cluster, socket_timeout, socket_connect_timeout, client_options)
         else:
             self.url = None
+        self.client = client  # before any error: repr names the client's type
         if client.get_connection_kwargs().get("decode_responses"):
             raise ConfigurationError(
                 f"{self!r} needs a client with decode_responses=False: it stores bytes, not text"
             )
-        self.client = client
         self._cluster = isinstance(client, RedisCluster)
         self._mget = client.mget_nonatomic if self._cluster else client.mget
 
@@ -154,6 +154,9 @@ class RedisStore(Store):
     def close(self) -> None:
         """Close the connections of a client this store created (a client you passed stays open)."""
         if self._owns_client:
+            if self._cluster:
+                # RedisCluster.close() leaves the nodes' sockets open: disconnect their pools first.
+                self.client.disconnect_connection_pools()
             self.client.close()
 
     def __enter__(self) -> RedisStore:
