@@ -1,0 +1,155 @@
+"""The SQLite side of a recorder: tables, statements, the rows they take and connection setup."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from datapipelines.remote import RawResponse, mask_secrets
+
+DATABASE = "audit.sqlite"
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    pid INTEGER,
+    host TEXT,
+    implicit INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    method TEXT NOT NULL,
+    target TEXT NOT NULL,
+    params TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body_sha256 TEXT,
+    first_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS responses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL REFERENCES requests(id),
+    session_id TEXT REFERENCES sessions(id),
+    status INTEGER NOT NULL,
+    content_type TEXT,
+    headers TEXT NOT NULL,
+    url TEXT NOT NULL,
+    elapsed REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    fetched_at REAL NOT NULL,
+    recorded_at REAL NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_by_request ON responses(request_id, id);
+CREATE INDEX IF NOT EXISTS responses_by_session ON responses(session_id);
+"""
+INSERT_REQUEST = (
+    "INSERT OR IGNORE INTO requests (id, source, method, target, params, headers, body_sha256, first_seen) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_RESPONSE = (
+    "INSERT INTO responses (request_id, session_id, status, content_type, headers, url, elapsed, attempts, "
+    "fetched_at, recorded_at, sha256, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_RESPONSE_COLUMNS = (
+    "r.id, r.request_id, r.session_id, r.status, r.content_type, r.headers, r.url, r.elapsed, r.attempts, "
+    "r.fetched_at, r.recorded_at, r.sha256, r.size, q.source, q.method, q.target, q.params, q.headers, "
+    "q.body_sha256"
+)
+_INSERT_SESSION = (
+    "INSERT OR IGNORE INTO sessions (id, name, meta, started_at, pid, host, implicit) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+END_SESSION = "UPDATE sessions SET ended_at = ? WHERE id = ?"
+# Newest 2xx answer first; without one, the newest answer (whose status explains the miss).
+REPLAY = (
+    f"SELECT {_RESPONSE_COLUMNS} FROM responses r JOIN requests q ON q.id = r.request_id "
+    "WHERE r.request_id = ? ORDER BY r.status BETWEEN 200 AND 299 DESC, r.id DESC LIMIT 1"
+)
+HOST = socket.gethostname()
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
+
+def session_row(
+    session_id: str, name: str, meta: Mapping[str, Any], implicit: bool
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement inserting a session's row (unless it exists) and its arguments."""
+    row = (session_id, name, _dumps(dict(meta)), time.time(), os.getpid(), HOST, int(implicit))
+    return _INSERT_SESSION, row
+
+
+def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A connection to the recorder's database; transactions are explicit (``BEGIN IMMEDIATE``)."""
+    db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a commit survives the process being killed (not power loss).
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+def create_tables(db: sqlite3.Connection) -> None:
+    """Create the tables and indexes that do not exist yet, in the caller's transaction."""
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+class Recorded(NamedTuple):
+    """One response to record, identified and hashed; its rows are built when it is committed."""
+
+    response: RawResponse
+    request_id: str
+    source: str
+    method: str
+    target: str
+    params: Any
+    headers: Mapping[str, str]
+    body: bytes | None
+    body_sha256: str | None
+    sha256: str
+    session_id: str
+    recorded_at: float
+
+    def rows(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """The request row and the response row."""
+        response, now = self.response, self.recorded_at
+        request_row = (
+            self.request_id,
+            self.source,
+            self.method,
+            self.target,
+            _dumps([list(p) for p in self.params]),
+            _dumps(mask_secrets(self.headers)),
+            self.body_sha256,
+            now,
+        )
+        response_row = (
+            self.request_id,
+            self.session_id,
+            response.status_code,
+            response.content_type,
+            _dumps(mask_secrets(dict(response.headers))),
+            response.url,
+            response.elapsed,
+            response.attempts,
+            response.fetched_at or now,
+            now,
+            self.sha256,
+            len(response.payload),
+        )
+        return request_row, response_row

@@ -1,0 +1,192 @@
+"""Write-behind: the queue of writes and the thread that commits them in batches."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from datapipelines.errors import DataPipelinesError
+
+from .schema import Recorded
+
+# The package's logger: one name configures the whole recorder.
+LOGGER = logging.getLogger(__package__)
+
+# Most writes one background transaction commits.
+BATCH_LIMIT = 500
+
+
+class AuditWriteError(DataPipelinesError):
+    """A write-behind recorder could not commit records in the background (they are kept and retried)."""
+
+
+class Write(NamedTuple):
+    """One unit of recording: statements, then responses, committed together (their blobs first)."""
+
+    statements: tuple[tuple[str, tuple[Any, ...]], ...]
+    records: tuple[Recorded, ...] = ()
+    # Sessions whose row the statements insert: known to be in the database once committed.
+    sessions: tuple[str, ...] = ()
+
+
+class Writer:
+    """The write-behind thread of one recorder in one process.
+
+    Writes wait in a FIFO queue; the thread takes them when the oldest has waited
+    ``flush_interval``, when ``max_pending`` records wait, or when someone flushes,
+    and commits up to BATCH_LIMIT of them in one transaction. A failed batch goes
+    back to the front of the queue and the thread pauses until a caller has been
+    told (``flush`` or ``submit`` raise AuditWriteError); it retries once a flush
+    waits or the interval has passed (a full queue alone no longer hurries it).
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        connect: Callable[[], sqlite3.Connection],
+        commit: Callable[[Sequence[Write], sqlite3.Connection], None],
+        max_pending: int,
+        flush_interval: float,
+    ) -> None:
+        self.pid = os.getpid()
+        self._owner, self._connect, self._commit = owner, connect, commit
+        self._max_pending, self._interval = max_pending, flush_interval
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[tuple[float, int, Write]] = deque()  # (queued at, records, write)
+        self.pending = 0  # records queued or being written
+        # Request ids with a record not yet committed: replay of those waits for a flush.
+        self.pending_requests: dict[str, int] = {}
+        # Sessions whose row is queued: written before any later record (the queue is FIFO).
+        self.sessions: set[str] = set()
+        self._submitted = self._committed = self._flush_to = 0  # counts of writes
+        self._error: BaseException | None = None
+        self._retrying = False  # the head of the queue failed to commit last time
+        self._stopping = False
+        self._alive = True
+        self._thread = threading.Thread(target=self._run, name=f"{owner} writer", daemon=True)
+        self._thread.start()
+
+    # -- callers -------------------------------------------------------------------
+    def submit(self, write: Write) -> None:
+        """Queue ``write``; blocks while ``max_pending`` records wait (never drops one)."""
+        records = max(1, len(write.records))
+        with self._cond:
+            # A write larger than max_pending enters an empty queue, or it would wait forever.
+            while self.pending and self.pending + records > self._max_pending:
+                self._raise_error()
+                self._cond.wait()
+            self._raise_error()
+            self._queue.append((time.monotonic(), records, write))
+            self.pending += records
+            for record in write.records:
+                self.pending_requests[record.request_id] = self.pending_requests.get(record.request_id, 0) + 1
+            self._submitted += 1
+            self.sessions.update(write.sessions)
+            if len(self._queue) == 1 or self.pending >= self._max_pending:
+                self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every write submitted so far is committed; AuditWriteError if one failed."""
+        if self._committed >= self._submitted:
+            return
+        with self._cond:
+            target = self._submitted
+            self._flush_to = max(self._flush_to, target)
+            self._cond.notify_all()
+            while self._committed < target:
+                self._raise_error()
+                # Again on every wake-up: a failed batch is retried only while someone waits for it.
+                self._flush_to = max(self._flush_to, target)
+                self._cond.wait()
+
+    def stop(self) -> None:
+        """Commit what is queued (unless a failure is pending) and end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _raise_error(self) -> None:
+        # Called with the condition held. Telling a caller lets the thread retry.
+        if self._error is None and self._alive:
+            return
+        error, self._error = self._error, None
+        self._cond.notify_all()
+        state = "kept and retried" if self._alive else "not written: the writer thread has stopped"
+        cause = "the writer thread has stopped" if error is None else f"{type(error).__name__}: {error}"
+        raise AuditWriteError(
+            f"{self._owner} could not commit records in the background ({self.pending} waiting, "
+            f"{state}): {cause}"
+        ) from error
+
+    # -- the thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        db: sqlite3.Connection | None = None
+        try:
+            while (batch := self._next_batch()) is not None:
+                writes = [write for _, _, write in batch]
+                try:
+                    db = db or self._connect()
+                    self._commit(writes, db)
+                except Exception as error:
+                    LOGGER.error(
+                        "%s: background commit of %d writes failed", self._owner, len(writes), exc_info=True
+                    )
+                    if db is not None:  # the retry starts from a fresh connection
+                        with contextlib.suppress(sqlite3.Error):
+                            db.close()
+                        db = None
+                    with self._cond:
+                        self._queue.extendleft(reversed(batch))
+                        self._error = error
+                        self._flush_to = self._committed
+                        self._retrying = True
+                        self._cond.notify_all()
+                    continue
+                self._done(batch)
+        finally:
+            with self._cond:
+                self._alive = False
+                if self.pending:
+                    LOGGER.error("%s: writer stopped with %d records not written", self._owner, self.pending)
+                self._cond.notify_all()
+            if db is not None:
+                db.close()
+
+    def _next_batch(self) -> list[tuple[float, int, Write]] | None:
+        """The next writes to commit, once due; None when stopping (or stopped by a failure)."""
+        with self._cond:
+            while True:
+                if self._stopping and (self._error is not None or not self._queue):
+                    return None
+                if self._error is None and self._queue:
+                    wait = self._queue[0][0] + self._interval - time.monotonic()
+                    full = self.pending >= self._max_pending and not self._retrying
+                    if self._stopping or self._flush_to > self._committed or wait <= 0 or full:
+                        count = min(len(self._queue), BATCH_LIMIT)
+                        return [self._queue.popleft() for _ in range(count)]
+                    self._cond.wait(wait)
+                else:
+                    self._cond.wait()
+
+    def _done(self, batch: list[tuple[float, int, Write]]) -> None:
+        with self._cond:
+            for _, records, write in batch:
+                self.pending -= records
+                for record in write.records:
+                    left = self.pending_requests[record.request_id] - 1
+                    if left:
+                        self.pending_requests[record.request_id] = left
+                    else:
+                        del self.pending_requests[record.request_id]
+            self._committed += len(batch)
+            self._retrying = False
+            self._cond.notify_all()
+
