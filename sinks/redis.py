@@ -71,11 +71,10 @@ class RedisStore(Store):
         self._codec = Codec(make_serializer(serializer, secret), owner=self, drop=self._drop)
         self._clock = clock
         self._owns_client = client is None
+        self.url: str | None = None
         if client is None:
             self.url = redact_url(url)
             client = self._connect(url, cluster, socket_timeout, socket_connect_timeout, client_options)
-        else:
-            self.url = None
         self.client = client  # before any error: repr names the client's type
         if client.get_connection_kwargs().get("decode_responses"):
             raise ConfigurationError(
