@@ -9,9 +9,8 @@ from typing import Any
 
 import diskcache
 
-from datapipelines.store import MISSING, Store
-
-from .serializers import Codec, Serializer, make_serializer
+from .encoded import EncodedStore
+from .serializers import Serializer
 
 _MODE_RAW = diskcache.core.MODE_RAW
 _MODE_PICKLE = diskcache.core.MODE_PICKLE
@@ -28,7 +27,7 @@ class _BytesOnlyDisk(diskcache.Disk):
         return super().fetch(mode, filename, value, read)
 
 
-class DiskStore(Store):
+class DiskStore(EncodedStore):
     """A directory of serialized values, safe for several processes and threads at once.
 
     Values go through ``serializer`` (see :mod:`datapipelines.sinks.serializers`;
@@ -52,10 +51,11 @@ class DiskStore(Store):
         timeout: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(types=types, expirations=expirations, default_expiry=default_expiry)
+        super().__init__(
+            serializer=serializer, secret=secret, clock=clock,
+            types=types, expirations=expirations, default_expiry=default_expiry,
+        )  # fmt: skip
         self.directory = os.fspath(directory)
-        self._codec = Codec(make_serializer(serializer, secret), owner=self, drop=self._drop)
-        self._clock = clock
         self._cache = diskcache.Cache(
             self.directory, timeout=timeout, disk=_BytesOnlyDisk, size_limit=size_limit
         )
@@ -63,27 +63,16 @@ class DiskStore(Store):
     def __repr__(self) -> str:
         return f"DiskStore({self.directory!r})"
 
-    @property
-    def serializer(self) -> Serializer:
-        return self._codec.serializer
-
     def _drop(self, key: str) -> None:
         self._cache.delete(key, retry=True)
 
-    def _load(self, key: str, type_: Any) -> Any:
-        entry = self._codec.read(key, self._cache.get(key, retry=True), type_, self._clock())
-        return MISSING if entry is MISSING else entry[0]
+    def _fetch(self, key: str) -> Any:
+        return self._cache.get(key, retry=True)
 
-    def _load_entry(self, key: str, type_: Any) -> Any:
-        now = self._clock()
-        entry = self._codec.read(key, self._cache.get(key, retry=True), type_, now)
-        return MISSING if entry is MISSING else (entry[0], max(0.0, now - entry[1]))
-
-    def _load_many_entries(self, keys: Sequence[str], type_: Any) -> list[Any]:
+    def _fetch_many(self, keys: Sequence[str]) -> list[Any]:
         get = self._cache.get
         with self._cache.transact(retry=True):
-            blobs = [get(key, retry=True) for key in keys]
-        return self._codec.read_entries(keys, blobs, type_, self._clock())
+            return [get(key, retry=True) for key in keys]
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
         now = self._clock()
@@ -105,9 +94,3 @@ class DiskStore(Store):
     def close(self) -> None:
         """Close this process's database connections; the store reopens them on next use."""
         self._cache.close()
-
-    def __enter__(self) -> DiskStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

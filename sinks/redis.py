@@ -12,9 +12,9 @@ import redis
 from redis.cluster import RedisCluster
 
 from datapipelines.errors import ConfigurationError
-from datapipelines.store import MISSING, Store
 
-from .serializers import Codec, Serializer, make_serializer
+from .encoded import EncodedStore
+from .serializers import Serializer
 
 _CLEAR_BATCH = 500
 _GLOB_SPECIALS = "\\*?[]"
@@ -30,7 +30,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
-class RedisStore(Store):
+class RedisStore(EncodedStore):
     """Serialized values in Redis under ``<namespace>:<key>``, shared by every process.
 
     Connects with ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``;
@@ -63,13 +63,14 @@ class RedisStore(Store):
         clock: Callable[[], float] = time.time,
         **client_options: Any,
     ) -> None:
-        super().__init__(types=types, expirations=expirations, default_expiry=default_expiry)
+        super().__init__(
+            serializer=serializer, secret=secret, clock=clock,
+            types=types, expirations=expirations, default_expiry=default_expiry,
+        )  # fmt: skip
         if not isinstance(namespace, str) or not namespace or any(c.isspace() for c in namespace):
             raise ConfigurationError(f"RedisStore namespace must be a non-empty word, got {namespace!r}")
         self.namespace = namespace
         self._prefix = namespace + ":"
-        self._codec = Codec(make_serializer(serializer, secret), owner=self, drop=self._drop)
-        self._clock = clock
         self._owns_client = client is None
         self.url: str | None = None
         if client is None:
@@ -95,28 +96,15 @@ class RedisStore(Store):
         where = self.url if self.url is not None else type(getattr(self, "client", None)).__name__
         return f"RedisStore({where!r}, namespace={self.namespace!r})"
 
-    @property
-    def serializer(self) -> Serializer:
-        return self._codec.serializer
-
     def _drop(self, key: str) -> None:
         self.client.unlink(self._prefix + key)
 
-    def _load(self, key: str, type_: Any) -> Any:
-        entry = self._codec.read(key, self.client.get(self._prefix + key), type_, self._clock())
-        return MISSING if entry is MISSING else entry[0]
+    def _fetch(self, key: str) -> Any:
+        return self.client.get(self._prefix + key)
 
-    def _load_entry(self, key: str, type_: Any) -> Any:
-        now = self._clock()
-        entry = self._codec.read(key, self.client.get(self._prefix + key), type_, now)
-        return MISSING if entry is MISSING else (entry[0], max(0.0, now - entry[1]))
-
-    def _load_many_entries(self, keys: Sequence[str], type_: Any) -> list[Any]:
-        if not keys:
-            return []
+    def _fetch_many(self, keys: Sequence[str]) -> list[Any]:
         prefix = self._prefix
-        blobs = self._mget([prefix + key for key in keys])
-        return self._codec.read_entries(keys, blobs, type_, self._clock())
+        return self._mget([prefix + key for key in keys])  # type: ignore[no-any-return]
 
     def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
         now = self._clock()
@@ -158,8 +146,4 @@ class RedisStore(Store):
                 self.client.disconnect_connection_pools()
             self.client.close()
 
-    def __enter__(self) -> RedisStore:
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
