@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from datapipelines.remote import request_id
 from datapipelines.sinks.audit import AuditRecorder
@@ -77,6 +78,22 @@ def test_a_killed_process_leaves_every_committed_record_readable(tmp_path):
     committed = 0
     while committed < 40:
         committed = int(worker.stdout.readline())
+    recorded = kill_and_check(worker, directory, committed)
+    with AuditRecorder(directory) as recorder:
+        (session,) = recorder.sessions()
+        assert (
+            session["name"] == "doomed" and session["ended_at"] is None and session["responses"] == recorded
+        )
+        replayed = recorder.replayed(request_id({"url": "mem://doomed/0"}))
+        assert replayed.payload == b"mem://doomed/0" * 50
+        # Orphan blobs from the interrupted write are collectable; committed ones stay.
+        recorder.gc(min_age=0)
+        assert len(recorder.verify()["ok"]) == recorded
+
+
+def kill_and_check(worker: subprocess.Popen, directory: Path, committed: int) -> int:
+    """SIGKILL ``worker``; the database must be intact and hold the first ``committed`` records
+    (and any blob it names). Returns how many responses it holds."""
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait(timeout=30)
     assert worker.returncode == -signal.SIGKILL
@@ -89,12 +106,4 @@ def test_a_killed_process_leaves_every_committed_record_readable(tmp_path):
     with AuditRecorder(directory) as recorder:
         report = recorder.verify()
         assert report["missing"] == [] and report["damaged"] == [] and len(report["ok"]) == recorded
-        (session,) = recorder.sessions()
-        assert (
-            session["name"] == "doomed" and session["ended_at"] is None and session["responses"] == recorded
-        )
-        replayed = recorder.replayed(request_id({"url": "mem://doomed/0"}))
-        assert replayed.payload == b"mem://doomed/0" * 50
-        # Orphan blobs from the interrupted write are collectable; committed ones stay.
-        recorder.gc(min_age=0)
-        assert len(recorder.verify()["ok"]) == recorded
+    return int(recorded)

@@ -6,7 +6,6 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import textwrap
 import time
 
 import pytest
+from test_audit_processes import kill_and_check
 
 from datapipelines import DataPipeline
 from datapipelines.errors import ConfigurationError
@@ -236,18 +236,8 @@ def test_a_killed_write_behind_process_leaves_every_committed_record_readable(tm
     while flushed < 30:
         line = worker.stdout.readline().split()
         flushed = int(line[1]) if line[0] == "flushed" else flushed
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait(timeout=30)
-    assert worker.returncode == -signal.SIGKILL
-    with sqlite3.connect(directory / "audit.sqlite") as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        (recorded,) = db.execute("SELECT COUNT(*) FROM responses").fetchone()
-        targets = {row[0] for row in db.execute("SELECT target FROM requests")}
-    assert recorded >= flushed
-    assert {f"mem://doomed/{n}" for n in range(flushed)} <= targets
+    recorded = kill_and_check(worker, directory, flushed)
     with AuditRecorder(directory) as recorder:
-        report = recorder.verify()
-        assert report["missing"] == [] and report["damaged"] == [] and len(report["ok"]) == recorded
         (session,) = recorder.sessions()
         assert session["ended_at"] is None and session["responses"] == recorded
         assert recorder.replayed(request_id({"url": "mem://doomed/0"})).payload == b"mem://doomed/0" * 50
