@@ -13,6 +13,7 @@ import datetime
 import decimal
 import enum
 import hashlib
+import marshal
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -20,10 +21,7 @@ from typing import Any
 SCHEMA_VERSION_ATTRIBUTE = "__schema_version__"
 _schema_versions: dict[Any, int] = {}
 _MEMO_LIMIT = 65_536
-_memo: dict[Any, tuple[str, tuple[type, ...]]] = {}
-_nested_memo: dict[tuple[Any, str], str] = {}
-# The value classes a memoised query may hold.
-_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+_memo: dict[tuple[Any, bytes], str] = {}
 
 
 def set_schema_version(type_: Any, version: int) -> None:
@@ -38,7 +36,6 @@ def set_schema_version(type_: Any, version: int) -> None:
         )
     _schema_versions[type_] = version
     _memo.clear()
-    _nested_memo.clear()
 
 
 def schema_version(type_: Any) -> int:
@@ -140,49 +137,22 @@ def compute_key(type_: Any, query: Mapping[str, Any]) -> str:
 
 
 def key_for(type_: Any, query: Mapping[str, Any]) -> str:
-    """The deterministic key of ``query`` for ``type_``, memoised for flat queries.
+    """The deterministic key of ``query`` for ``type_``, memoised in this process.
 
-    The memo is indexed by the query's items, where ``1``, ``1.0`` and ``True``
-    are equal, and so are a str and a str subclass or str-valued enum member; so
-    every entry keeps the classes of its values, and a hit is only taken when
-    they match. Keys need no such check: only entries whose keys are all str are
-    kept, and str-like keys encode as the plain str they equal.
+    The memo is indexed by the query's ``marshal`` bytes: marshal writes only
+    exact built-in types and tags each (``1``, ``1.0``, ``True`` and ``"1"`` come
+    out different, at any depth), so equal bytes always mean the same canonical
+    query. Queries holding anything else (enums, subclasses, dates) are not
+    memoised; their key is computed each time.
     """
     try:
-        entry = _memo.get((type_, *query.items()))
-    except AttributeError:
+        memo_key = (type_, marshal.dumps(query if query.__class__ is dict else dict(query)))
+    except (ValueError, TypeError):
         return compute_key(type_, query)
-    except TypeError:
-        return _nested_key(type_, query)
-    if entry is not None and entry[1] == tuple(map(type, query.values())):
-        return entry[0]
-    key = compute_key(type_, query)
-    _remember(type_, query, key)
-    return key
-
-
-def _nested_key(type_: Any, query: Mapping[str, Any]) -> str:
-    """``key_for`` of a query with unhashable values (a ``params`` dict, a list of ids).
-
-    Memoised by the query's repr, which keeps ``1``, ``1.0``, ``"1"`` and ``True``
-    apart at every depth; a value whose repr passes for another's encodes alike
-    (subclasses of str, int and float key as their base value).
-    """
-    memo_key = (type_, repr(query))
-    key = _nested_memo.get(memo_key)
+    key = _memo.get(memo_key)
     if key is None:
         key = compute_key(type_, query)
-        if len(_nested_memo) >= _MEMO_LIMIT:
-            _nested_memo.clear()
-        _nested_memo[memo_key] = key
+        if len(_memo) >= _MEMO_LIMIT:
+            _memo.clear()
+        _memo[memo_key] = key
     return key
-
-
-def _remember(type_: Any, query: Mapping[str, Any], key: str) -> None:
-    classes = tuple(map(type, query.values()))
-    if not _SCALARS.issuperset(classes) or not all(isinstance(k, str) for k in query):
-        return
-    if len(_memo) >= _MEMO_LIMIT:
-        _memo.clear()
-    memo_key = (type_, *query.items())
-    _memo[memo_key] = (key, classes)
