@@ -22,6 +22,7 @@ SCHEMA_VERSION_ATTRIBUTE = "__schema_version__"
 _schema_versions: dict[Any, int] = {}
 _MEMO_LIMIT = 65_536
 _memo: dict[tuple[Any, bytes], str] = {}
+_items_memo: dict[tuple[Any, ...], tuple[str, tuple[type, ...]]] = {}
 
 
 def set_schema_version(type_: Any, version: int) -> None:
@@ -36,6 +37,7 @@ def set_schema_version(type_: Any, version: int) -> None:
         )
     _schema_versions[type_] = version
     _memo.clear()
+    _items_memo.clear()
 
 
 def schema_version(type_: Any) -> int:
@@ -142,17 +144,46 @@ def key_for(type_: Any, query: Mapping[str, Any]) -> str:
     The memo is indexed by the query's ``marshal`` bytes: marshal writes only
     exact built-in types and tags each (``1``, ``1.0``, ``True`` and ``"1"`` come
     out different, at any depth), so equal bytes always mean the same canonical
-    query. Queries holding anything else (enums, subclasses, dates) are not
-    memoised; their key is computed each time.
+    query. A flat query holding other hashable values (enums, dates) is memoised
+    by its items plus the classes of its keys and values, since an enum member
+    can equal a plain value; anything else is computed each time.
     """
     try:
         memo_key = (type_, marshal.dumps(query if query.__class__ is dict else dict(query)))
     except (ValueError, TypeError):
-        return compute_key(type_, query)
+        return _key_by_items(type_, query)
     key = _memo.get(memo_key)
     if key is None:
         key = compute_key(type_, query)
         if len(_memo) >= _MEMO_LIMIT:
             _memo.clear()
         _memo[memo_key] = key
+    return key
+
+
+def _equal_means_same_key(value: Any) -> bool:
+    """Whether two values of the same class that compare equal always encode alike.
+
+    True for enums and for str, int and float (subclasses included); not for
+    containers, nor for dates or decimals (equal instants in other zones, 1.0 and
+    1.00), whose encodings differ although they compare equal.
+    """
+    return isinstance(value, (enum.Enum, str, int, float, bytes)) or value is None
+
+
+def _key_by_items(type_: Any, query: Mapping[str, Any]) -> str:
+    try:
+        if not all(map(_equal_means_same_key, query.values())):
+            return compute_key(type_, query)
+        memo_key = (type_, *query.items())
+        classes = (*map(type, query), *map(type, query.values()))
+        entry = _items_memo.get(memo_key)
+    except (TypeError, AttributeError):
+        return compute_key(type_, query)
+    if entry is not None and entry[1] == classes:
+        return entry[0]
+    key = compute_key(type_, query)
+    if len(_items_memo) >= _MEMO_LIMIT:
+        _items_memo.clear()
+    _items_memo[memo_key] = (key, classes)
     return key

@@ -247,3 +247,25 @@ def test_plain_subclasses_of_str_and_int_key_as_their_base_value() -> None:
     assert compute_key(Thing, {"v": Name("EUW")}) == compute_key(Thing, {"v": "EUW"})
     assert compute_key(Thing, {"v": [Count(3)]}) == compute_key(Thing, {"v": [3]})
     assert key_for(Thing, {"v": [Name("EUW")]}) == key_for(Thing, {"v": ["EUW"]})
+
+
+def test_queries_with_enums_are_memoised_without_mixing_values_up() -> None:
+    Thing = fresh_type()
+    utc = datetime.timezone.utc
+    plus_one = datetime.timezone(datetime.timedelta(hours=1))
+    pairs = [
+        ({"r": Region.EUW, "v": (1,)}, {"r": Region.EUW, "v": (True,)}),
+        ({"r": Region.EUW, "n": 1}, {"r": Region.EUW, "n": True}),
+        ({"r": Region.EUW, "n": Level.ONE}, {"r": Region.EUW, "n": 1}),
+        (
+            {"at": datetime.datetime(2024, 1, 1, 12, tzinfo=utc)},
+            {"at": datetime.datetime(2024, 1, 1, 13, tzinfo=plus_one)},
+        ),
+    ]
+    for first, second in pairs:
+        assert first == second  # equal to Python, so a careless memo would mix them up
+        key_for(Thing, first)
+        assert key_for(Thing, second) == compute_key(Thing, second) != compute_key(Thing, first)
+    assert key_for(Thing, {"r": Region.EUW}) == key_for(Thing, {"r": Region.EUW}) == compute_key(
+        Thing, {"r": Region.EUW}
+    )
