@@ -161,6 +161,7 @@ class DataPipeline(BatchReads):
         }
         self._routes: dict[Any, list[Route]] = {}
         self._put_feeds: dict[Any, list[Feed]] = {}
+        self._stores_by_type: dict[Any, frozenset[tuple[Store, Any]]] = {}
         # Per type, the fastest tier's route when a hit there needs no conversion.
         self._fast: dict[Any, Route] = {}
         self._flight = SingleFlight()
@@ -615,17 +616,20 @@ class DataPipeline(BatchReads):
         derived = queries if queries is not None else [self.query_for(type, item) for item in items]
         self._announce(type, [q for q in derived if q is not None])
 
-    def _stores_of(self, type: Any) -> set[tuple[Store, Any]]:
-        """Every (store, stored type) that may hold a value on the way to ``type``."""
-        targets: set[tuple[Store, Any]] = set()
-        for element in self._elements:
-            if isinstance(element, Store) and type in element.accepts:
-                targets.add((element, type))
-        with contextlib.suppress(NoConversionError):
-            for route in self.routes(type):
-                for feed in route.before + route.after:
-                    if feed.keyed:
-                        targets.add((feed.sink, feed.store_type))  # type: ignore[arg-type]
+    def _stores_of(self, type: Any) -> frozenset[tuple[Store, Any]]:
+        """Every (store, stored type) that may hold a value on the way to ``type``; worked out once."""
+        targets = self._stores_by_type.get(type)
+        if targets is None:
+            found: set[tuple[Store, Any]] = set()
+            for element in self._elements:
+                if isinstance(element, Store) and type in element.accepts:
+                    found.add((element, type))
+            with contextlib.suppress(NoConversionError):
+                for route in self.routes(type):
+                    for feed in route.before + route.after:
+                        if feed.keyed:
+                            found.add((feed.sink, feed.store_type))  # type: ignore[arg-type]
+            targets = self._stores_by_type[type] = frozenset(found)
         return targets
 
     def invalidate(self, type: Any, query: Mapping[str, Any]) -> int:
