@@ -155,10 +155,15 @@ def key_for(type_: Any, query: Mapping[str, Any]) -> str:
     key = _memo.get(memo_key)
     if key is None:
         key = compute_key(type_, query)
-        if len(_memo) >= _MEMO_LIMIT:
-            _memo.clear()
-        _memo[memo_key] = key
+        _remember(_memo, memo_key, key)
     return key
+
+
+def _remember(memo: dict[Any, Any], memo_key: Any, entry: Any) -> None:
+    # Bounded by starting over: cheaper than LRU bookkeeping on every lookup.
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[memo_key] = entry
 
 
 def _equal_means_same_key(value: Any) -> bool:
@@ -183,7 +188,5 @@ def _key_by_items(type_: Any, query: Mapping[str, Any]) -> str:
     if entry is not None and entry[1] == classes:
         return entry[0]
     key = compute_key(type_, query)
-    if len(_items_memo) >= _MEMO_LIMIT:
-        _items_memo.clear()
-    _items_memo[memo_key] = (key, classes)
+    _remember(_items_memo, memo_key, (key, classes))
     return key
