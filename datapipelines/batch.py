@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from .breaker import GUARD_FAILED
 from .context import PipelineContext
-from .errors import CALLER_ERRORS, ConfigurationError, NotFoundError, element_name, type_name
+from .errors import ConfigurationError, NotFoundError, element_name, type_name
 from .plan import Feed, Route, convert
 from .policy import Policy
 from .store import MISSING
@@ -42,7 +43,7 @@ class BatchReads:
     routes: Callable[[Any], list[Route]]
     _policies: dict[Any, Policy]
     _context: Callable[[Any], PipelineContext]
-    _tier_failed: Callable[..., None]
+    _guarded: Callable[..., Any]
     _write: Callable[..., None]
 
     def get_batch(
@@ -99,18 +100,12 @@ class BatchReads:
     ) -> list[Any]:
         source = route.source
         if route.cached:
-            breaker = route.breaker
-            if not breaker.allow():
-                route.stats.lookup_skips += len(queries)
+            found = self._guarded(
+                source, route.stats, route.breaker, "batch lookup",
+                lambda: self._ask_batch(route, queries, policy), len(queries),
+            )  # fmt: skip
+            if found is GUARD_FAILED:
                 return [MISSING] * len(queries)
-            try:
-                found = self._ask_batch(route, queries, policy)
-            except CALLER_ERRORS:
-                raise
-            except Exception as error:
-                self._tier_failed(source, route.stats, breaker, error, "batch lookup")
-                return [MISSING] * len(queries)
-            breaker.success()
             route.stats.lookups += len(queries)
             route.stats.misses += sum(value is MISSING for value in found)
             return found

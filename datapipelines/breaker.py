@@ -5,6 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
+
+# What a guarded tier call returns when its breaker skipped it or it failed.
+GUARD_FAILED: Any = object()
 
 
 class CircuitBreaker:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 from cachetools import LRUCache
 
 from .batch import BatchReads
-from .breaker import NO_BREAKER, CircuitBreaker, NoBreaker
+from .breaker import GUARD_FAILED, NO_BREAKER, CircuitBreaker, NoBreaker
 from .context import PipelineContext
 from .errors import (
     CALLER_ERRORS,
@@ -46,6 +46,7 @@ _MANY = PipelineContext.Keys.MANY
 _EXPIRY = PipelineContext.Keys.EXPIRY
 _SOURCE = PipelineContext.Keys.SOURCE
 _SAMPLE_MASK = SAMPLE_EVERY - 1
+_LOOKUP = "lookup"
 _WRITE_BACK = "write-back"
 _INVALIDATE = "invalidate"
 # Failed writes are counted apart from failed lookups, so hits stay exact.
@@ -338,29 +339,53 @@ class DataPipeline(BatchReads):
     def _ask_tier(self, route: Route, type: Any, query: Mapping[str, Any]) -> Any:
         """(value, age or None) from a cache tier, MISSING if it has none, None if it
         was skipped or failed (a failing tier never fails the call)."""
-        stats, breaker = route.stats, route.breaker
-        stats.lookups += 1
-        if not breaker.allow():
-            stats.lookup_skips += 1
+        route.stats.lookups += 1
+
+        def ask() -> Any:
+            started = time.perf_counter()
+            try:
+                if route.keyed:
+                    found = route.source.lookup_entry(route.source_type, query)  # type: ignore[attr-defined]
+                else:
+                    found = (route.source.get(route.source_type, dict(query), self._context(query)), None)
+            except NotFoundError:
+                found = MISSING
+            route.stats.record_latency(time.perf_counter() - started)
+            return found
+
+        found = self._guarded(route.source, route.stats, route.breaker, _LOOKUP, ask)
+        if found is GUARD_FAILED:
             return None
-        started = time.perf_counter()
-        try:
-            if route.keyed:
-                found = route.source.lookup_entry(route.source_type, query)  # type: ignore[attr-defined]
+        if found is MISSING:
+            route.stats.misses += 1
+        return found
+
+    def _guarded(
+        self,
+        element: Any,
+        stats: ElementStats,
+        breaker: CircuitBreaker | NoBreaker,
+        action: str,
+        call: Callable[[], Any],
+        count: int = 1,
+    ) -> Any:
+        """``call()`` on a tier under its breaker: its result, or GUARD_FAILED when the
+        breaker skipped it or it failed (counted, logged; raised only when strict)."""
+        if not breaker.allow():
+            if action in _WRITES:
+                stats.put_skips += count
             else:
-                found = (route.source.get(route.source_type, dict(query), self._context(query)), None)
-        except NotFoundError:
-            found = MISSING
+                stats.lookup_skips += count
+            return GUARD_FAILED
+        try:
+            result = call()
         except CALLER_ERRORS:
             raise
         except Exception as error:
-            self._tier_failed(route.source, stats, breaker, error, "lookup")
-            return None
-        stats.record_latency(time.perf_counter() - started)
+            self._tier_failed(element, stats, breaker, error, action)
+            return GUARD_FAILED
         breaker.success()
-        if found is MISSING:
-            stats.misses += 1
-        return found
+        return result
 
     def _tier_failed(
         self,
@@ -489,19 +514,9 @@ class DataPipeline(BatchReads):
         return value
 
     def _write(self, feed: Feed, put: Callable[[Any, Any], None], value: Any, context: Any) -> None:
-        breaker = feed.breaker
-        if not breaker.allow():
-            feed.stats.put_skips += 1
-            return
-        try:
-            put(value, context)
-        except CALLER_ERRORS:
-            raise
-        except Exception as error:
-            self._tier_failed(feed.sink, feed.stats, breaker, error, _WRITE_BACK)
-            return
-        feed.stats.puts += 1
-        breaker.success()
+        done = self._guarded(feed.sink, feed.stats, feed.breaker, _WRITE_BACK, lambda: put(value, context))
+        if done is not GUARD_FAILED:
+            feed.stats.puts += 1
 
     def _refresh_later(self, type: Any, query: Mapping[str, Any]) -> None:
         """Refresh a value in the background, once per key however often it is hit."""
