@@ -29,6 +29,7 @@ from .flight import RedisLock, SingleFlight
 from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
 from .policy import Policy
+from .remote import partition
 from .sink import DataSink
 from .source import DataSource
 from .stats import SAMPLE_EVERY, ElementStats
@@ -687,12 +688,21 @@ class DataPipeline(BatchReads):
 
     # -- sessions -------------------------------------------------------------------
     @contextlib.contextmanager
-    def session(self, name: str, meta: Mapping[str, Any] | None = None) -> Iterator[Any]:
-        """Group the calls made inside the block into one named session.
+    def session(
+        self,
+        name: str,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        as_of_bucket: Any = None,
+        cache_tag: Any = None,
+    ) -> Iterator[Any]:
+        """Group the calls made inside the block into one named session; yields its id (a str).
 
         Every element with ``open_session(session_id, name, meta)`` and
         ``close_session(session_id)`` (the audit recorder) records it; calls made
         inside the block see the id through :func:`current_session`.
+        ``as_of_bucket`` / ``cache_tag`` partition every remote request made inside
+        (see :func:`datapipelines.remote.partition`): recorded apart, sent alike.
         """
         recorders = [e for e in self._elements if callable(getattr(e, "open_session", None))]
         session_id = uuid.uuid4().hex
@@ -700,7 +710,8 @@ class DataPipeline(BatchReads):
             recorder.open_session(session_id, name, dict(meta or {}))  # type: ignore[union-attr]
         token = _current_session.set(session_id)
         try:
-            yield session_id
+            with partition(as_of_bucket=as_of_bucket, cache_tag=cache_tag):
+                yield session_id
         finally:
             _current_session.reset(token)
             for recorder in recorders:

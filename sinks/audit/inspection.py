@@ -99,9 +99,9 @@ class Inspection:
     def request_history(self, request_id: str) -> dict[str, Any]:
         """A request and every response recorded for it, oldest first."""
         request_id = self.find_request(request_id)
-        ((source, method, target, params, headers, body_sha256, first_seen),) = self._read(
-            "SELECT source, method, target, params, headers, body_sha256, first_seen "
-            "FROM requests WHERE id = ?",
+        ((source, method, target, params, headers, body_sha256, first_seen, *partition),) = self._read(
+            "SELECT source, method, target, params, headers, body_sha256, first_seen, as_of_bucket, "
+            "cache_tag FROM requests WHERE id = ?",
             (request_id,),
         )
         keys = (
@@ -137,6 +137,8 @@ class Inspection:
             "headers": json.loads(headers),
             "body_sha256": body_sha256,
             "first_seen": first_seen,
+            "as_of_bucket": partition[0],
+            "cache_tag": partition[1],
             "responses": responses,
         }
 

@@ -37,6 +37,7 @@ from .schema import (
     Recorded,
     connect,
     create_tables,
+    partition_pairs,
     session_row,
 )
 from .writer import AuditWriteError, Write, Writer
@@ -316,6 +317,7 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             response.target,
         )
         params, headers, body = response.params, dict(response.request_headers), response.request_body
+        partition = response.partition
         if not request_id:
             # A response built by hand: the query it answered names the request.
             query = context.get(PipelineContext.Keys.QUERY) if context is not None else None
@@ -327,6 +329,7 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             request = request_for(query)
             request_id, source, method, target = request.id, request.source, request.method, request.target
             params, headers, body = request.params, dict(request.headers), request.body
+            partition = request.partition
         sha256 = hashlib.sha256(response.payload).hexdigest()
         body_sha256 = hashlib.sha256(body).hexdigest() if body is not None else None
         return Recorded(
@@ -342,6 +345,7 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             sha256,
             session_id,
             time.time(),
+            partition,
         )
 
     @DataSink.dispatch
@@ -421,6 +425,8 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             params,
             request_headers,
             body_sha256,
+            as_of_bucket,
+            cache_tag,
         ) = row
         return RawResponse(
             payload=self.blobs.read(sha256),
@@ -439,4 +445,5 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             attempts=attempts,
             fetched_at=fetched_at,
             replayed=True,
+            partition=partition_pairs(as_of_bucket, cache_tag),
         )

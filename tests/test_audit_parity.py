@@ -1,0 +1,201 @@
+"""What mxm-dataio users rely on: partitions, replay expiry, cache modes, pinned replay, headers."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import sqlite3
+from dataclasses import dataclass
+
+import pytest
+
+from datapipelines import DataPipeline, NotFoundError  # noqa: F401 - used below
+from datapipelines.http import HttpSource
+from datapipelines.remote import (
+    RawResponse,
+    RemoteQueryError,
+    canonical_url,
+    partition,
+    request_for,
+    request_id,
+    response_for,
+)
+from datapipelines.sinks.audit import AuditRecorder
+from datapipelines.sinks.memory import MemoryStore
+from datapipelines.testing import LocalServer
+from datapipelines.transformers import DataclassTransformer, RawTransformer
+
+OSLO = {"path": "/weather", "params": {"city": "Oslo"}}
+
+
+@dataclass
+class Weather:
+    city: str
+    temp: float
+    reading: int
+
+
+@pytest.fixture
+def server():
+    readings = itertools.count(1)
+    route = {"/weather": lambda hit: {"city": hit.params["city"], "temp": 20.5, "reading": next(readings)}}
+    with LocalServer(route) as running:
+        yield running
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    with AuditRecorder(tmp_path / "audit") as opened:
+        yield opened
+
+
+def converters():
+    return [RawTransformer(), DataclassTransformer(Weather)]
+
+
+def live(recorder, server, *, memory=True, **options):
+    http = HttpSource(server.url, max_attempts=1)
+    elements = [MemoryStore(), recorder, http] if memory else [recorder, http]
+    return DataPipeline(elements, converters(), **options)
+
+
+def rows(recorder, sql, *args):
+    with sqlite3.connect(recorder.path) as db:
+        return db.execute(sql, args).fetchall()
+
+
+# -- 1. partitions ---------------------------------------------------------------------
+
+
+def test_partitions_separate_recordings_of_one_wire_request(recorder, server):
+    pipeline = live(recorder, server, memory=False)
+    monday = pipeline.get(Weather, {**OSLO, "as_of_bucket": "2026-11-30"})
+    tuesday = pipeline.get(Weather, {**OSLO, "as_of_bucket": "2026-12-01"})
+    german = pipeline.get(Weather, {**OSLO, "as_of_bucket": "2026-12-01", "cache_tag": "de"})
+    assert (monday.reading, tuesday.reading, german.reading) == (1, 2, 3)
+    # Sent alike: the same path and parameters, nothing else on the wire.
+    sent = {(hit.path, tuple(hit.params.items())) for hit in server.hits}
+    assert sent == {("/weather", (("city", "Oslo"),))}
+    # Each partition replays its own answer.
+    assert pipeline.get(Weather, {**OSLO, "as_of_bucket": "2026-11-30"}).reading == 1
+    assert pipeline.get(Weather, {**OSLO, "as_of_bucket": "2026-12-01", "cache_tag": "de"}).reading == 3
+    assert len(server.hits) == 3
+    recorded = rows(recorder, "SELECT as_of_bucket, cache_tag FROM requests ORDER BY first_seen")
+    assert recorded == [("2026-11-30", None), ("2026-12-01", None), ("2026-12-01", "de")]
+
+
+def test_a_session_partitions_every_request_made_inside_it(recorder, server):
+    pipeline = live(recorder, server, memory=False)
+    with pipeline.session("daily", as_of_bucket=datetime.date(2026, 12, 1)) as session_id:
+        assert isinstance(session_id, str)
+        first = pipeline.get(Weather, OSLO)
+        tagged = pipeline.get(Weather, {**OSLO, "cache_tag": "de"})
+        assert request_for(OSLO).partition == (("as_of_bucket", "2026-12-01"),)
+    with pipeline.session("daily", as_of_bucket="2026-12-02"):
+        second = pipeline.get(Weather, OSLO)
+    assert (first.reading, tagged.reading, second.reading) == (1, 2, 3)
+    with pipeline.session("again", as_of_bucket="2026-12-01"):
+        assert pipeline.get(Weather, OSLO).reading == 1  # replayed, not fetched
+    assert request_for(OSLO).partition == ()  # outside, nothing is partitioned
+    assert len(server.hits) == 3
+
+
+def test_the_query_partition_wins_over_the_session_one():
+    with partition(as_of_bucket="2026-12-01", cache_tag="en"):
+        assert request_for({**OSLO, "cache_tag": "de"}).partition == (
+            ("as_of_bucket", "2026-12-01"),
+            ("cache_tag", "de"),
+        )
+        with partition(cache_tag="fr"):
+            assert request_for(OSLO).partition == (("as_of_bucket", "2026-12-01"), ("cache_tag", "fr"))
+
+
+def test_ids_without_partitions_are_unchanged_and_bad_partitions_are_named():
+    assert request_id(OSLO) == "8079f6b3fb244d7cd458c438558976bc856395fef63ac1c33e16210b8171e7a3"
+    assert request_id({**OSLO, "as_of_bucket": None}) == request_id(OSLO)
+    assert request_id({**OSLO, "as_of_bucket": "2026-12-01"}) != request_id(OSLO)
+    with pytest.raises(RemoteQueryError, match="'as_of_bucket' must be a non-empty str or a date, got 7"):
+        request_for({**OSLO, "as_of_bucket": 7})
+    with pytest.raises(RemoteQueryError, match="'cache_tag'"):
+        with partition(cache_tag=""):
+            pass
+
+
+def test_a_replayed_response_carries_its_partition(recorder):
+    query = {"url": "mem://x", "as_of_bucket": "2026-12-01"}
+    recorder.record(response_for(request_for(query), payload=b"x", status_code=200))
+    replayed = recorder.get(RawResponse, query)
+    assert replayed.partition == (("as_of_bucket", "2026-12-01"),) and replayed.replayed
+
+
+def test_a_directory_from_before_partitions_is_upgraded_in_place(tmp_path):
+    directory = tmp_path / "old"
+    directory.mkdir()
+    with sqlite3.connect(directory / "audit.sqlite") as db:
+        db.execute(
+            "CREATE TABLE requests (id TEXT PRIMARY KEY, source TEXT NOT NULL, method TEXT NOT NULL, "
+            "target TEXT NOT NULL, params TEXT NOT NULL, headers TEXT NOT NULL, body_sha256 TEXT, "
+            "first_seen REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO requests VALUES ('abc', 'http', 'GET', '/x', '[]', '{}', NULL, 1.0)")
+    with AuditRecorder(directory) as upgraded:
+        tagged = request_for({"url": "mem://y", "cache_tag": "de"})
+        upgraded.record(response_for(tagged, payload=b"y", status_code=200))
+        assert rows(upgraded, "SELECT id, cache_tag FROM requests ORDER BY first_seen") == [
+            ("abc", None),
+            (request_id({"url": "mem://y", "cache_tag": "de"}), "de"),
+        ]
+
+
+# -- 6. request ids follow the request -------------------------------------------------
+
+
+def test_one_request_spelled_differently_has_one_id():
+    spellings = [
+        {"url": "https://example.com/x?a=1"},
+        {"url": "https://example.com/x", "params": {"a": "1"}},
+        {"url": "https://example.com/x?", "params": {"a": 1}},
+        {"url": "HTTPS://Example.COM:443/x?a=1#top"},
+    ]
+    assert len({request_id(query) for query in spellings}) == 1
+    sorted_query = {"url": "http://h/x?b=2&a=1&b=3"}
+    assert request_for(sorted_query).params == (("a", "1"), ("b", "2"), ("b", "3"))
+    assert request_id(sorted_query) == request_id({"url": "http://h/x", "params": {"b": [2, 3], "a": 1}})
+    assert request_id({"path": "/x?a=1"}) == request_id({"path": "/x", "params": {"a": "1"}})
+
+
+def test_what_differs_on_the_wire_keeps_its_own_id():
+    assert request_id({"url": "https://example.com/X"}) != request_id({"url": "https://example.com/x"})
+    assert request_id({"url": "https://example.com:8443/x"}) != request_id({"url": "https://example.com/x"})
+    assert request_id({"url": "http://example.com/x"}) != request_id({"url": "https://example.com/x"})
+    assert request_id({"url": "http://h/x?a=1&a=2"}) != request_id({"url": "http://h/x?a=2&a=1"})
+
+
+def test_canonical_urls_keep_the_ids_they_had():
+    # Ids computed before canonicalisation existed: recordings of these replay as before.
+    assert request_id({"url": "https://example.com/x"}) == (
+        "4fa1d800db14fdb81f8895030a6cc0fc8850e69997aec19c770b54c0c04515f8"
+    )
+    assert request_id({"url": "http://127.0.0.1:8080/api/v1/items"}) == (
+        "fe6591c4a67134433ea7d1ed1750b2f32b82c7ab9ea493e5a693af74f18a4e72"
+    )
+    assert request_id({"url": "https://example.com/x", "params": {"a": "1", "b": [2, 3]}}) == (
+        "926573c698e881a9c4f72b1e0c5319cfe6ca71bfcc5f9d24fa55133851108772"
+    )
+
+
+def test_canonical_url_keeps_userinfo_ports_and_ipv6_hosts():
+    assert canonical_url("http://User:Pw@Host:81/P?q=1") == ("http://User:Pw@host:81/P", (("q", "1"),))
+    assert canonical_url("http://[::1]:80/x") == ("http://[::1]/x", ())
+    with pytest.raises(RemoteQueryError, match="not a valid URL"):
+        canonical_url("http://host:99999/x")
+
+
+def test_a_url_with_a_query_string_is_sent_and_recorded_once(recorder, server):
+    pipeline = live(recorder, server, memory=False)
+    first = pipeline.get(Weather, {"url": f"{server.url}/weather?city=Oslo"})
+    again = pipeline.get(Weather, {"url": f"{server.url}/weather", "params": {"city": "Oslo"}})
+    assert first == again and len(server.hits) == 1 and server.hits[0].params == {"city": "Oslo"}
+    ((target, params),) = rows(recorder, "SELECT target, params FROM requests")
+    assert (target, json.loads(params)) == (f"{server.url}/weather", [["city", "Oslo"]])
