@@ -16,6 +16,7 @@ from cachetools import LRUCache
 
 from .batch import BatchReads
 from .breaker import GUARD_FAILED, NO_BREAKER, CircuitBreaker, NoBreaker
+from .cache_mode import mode_flags
 from .context import PipelineContext
 from .errors import (
     CALLER_ERRORS,
@@ -46,6 +47,7 @@ _QUERIES = PipelineContext.Keys.QUERIES
 _MANY = PipelineContext.Keys.MANY
 _EXPIRY = PipelineContext.Keys.EXPIRY
 _SOURCE = PipelineContext.Keys.SOURCE
+_WRITE_BACK_OFF = PipelineContext.Keys.NO_WRITE_BACK
 _SAMPLE_MASK = SAMPLE_EVERY - 1
 _LOOKUP = "lookup"
 _WRITE_BACK = "write-back"
@@ -72,7 +74,9 @@ class Result(NamedTuple):
 class _Request:
     """One ``get`` on its way through the routes (the miss path's shared state)."""
 
-    __slots__ = ("type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses")
+    __slots__ = (
+        "type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses", "write_back",
+    )
 
     def __init__(
         self,
@@ -82,9 +86,14 @@ class _Request:
         context: PipelineContext,
         policy: Policy | None,
         refresh: bool,
+        write_back: bool = True,
     ) -> None:
         self.type, self.query, self.routes, self.context = type, query, routes, context
         self.policy, self.refresh = policy, refresh
+        # False under CacheMode.NEVER: the value goes to the caller only.
+        self.write_back = write_back
+        if not write_back:
+            context[_WRITE_BACK_OFF] = True
         # A value past its ttl but within max_stale, served if the sources fail.
         self.stale: Result | None = None
         # Tiers that answered "not here" (not skipped, not failed): safe to ask again.
@@ -259,14 +268,16 @@ class DataPipeline(BatchReads):
         *,
         refresh: bool = False,
         only_cached: bool = False,
+        cache_mode: Any = None,
     ) -> T:
         """The value of ``type`` for ``query``.
 
         ``refresh=True`` skips every cache tier on the way in (the value is still
         written back); ``only_cached=True`` never calls a source that is not a store.
+        ``cache_mode`` names either, or NEVER (see :class:`~datapipelines.cache_mode.CacheMode`).
         """
         route = self._fast.get(type)
-        if route is not None and not (refresh or only_cached):
+        if route is not None and not (refresh or only_cached or cache_mode):
             stats = route.stats
             stats.lookups += 1
             # One hit in SAMPLE_EVERY takes the slow path, which measures latency;
@@ -293,20 +304,39 @@ class DataPipeline(BatchReads):
                     stats.misses += 1
                     return self._resolve(type, query, False, False, 1).value  # type: ignore[no-any-return]
             stats.lookups -= 1
+        if cache_mode is not None:
+            flags = mode_flags(cache_mode, refresh, only_cached)
+            found = self._resolve(type, query, flags.refresh, flags.only_cached, 0, flags.write_back)
+            return found.value  # type: ignore[no-any-return]
         return self._resolve(type, query, refresh, only_cached, 0).value  # type: ignore[no-any-return]
 
     def get_result(
-        self, type: Any, query: Mapping[str, Any], *, refresh: bool = False, only_cached: bool = False
+        self,
+        type: Any,
+        query: Mapping[str, Any],
+        *,
+        refresh: bool = False,
+        only_cached: bool = False,
+        cache_mode: Any = None,
     ) -> Result:
         """Like ``get``, but says whether the value is stale and which element answered."""
-        return self._resolve(type, query, refresh, only_cached, 0)
+        if cache_mode is None:
+            return self._resolve(type, query, refresh, only_cached, 0)
+        flags = mode_flags(cache_mode, refresh, only_cached)
+        return self._resolve(type, query, flags.refresh, flags.only_cached, 0, flags.write_back)
 
     def _resolve(
-        self, type: Any, query: Mapping[str, Any], refresh: bool, only_cached: bool, start: int
+        self,
+        type: Any,
+        query: Mapping[str, Any],
+        refresh: bool,
+        only_cached: bool,
+        start: int,
+        write_back: bool = True,
     ) -> Result:
         """Ask the routes from ``start`` on: cache tiers first-come, then the sources."""
         policy = self._policies.get(type)
-        request = _Request(type, query, self.routes(type), self._context(query), policy, refresh)
+        request = _Request(type, query, self.routes(type), self._context(query), policy, refresh, write_back)
         # The fast path only hands over (start=1) after a clean miss in the first tier.
         request.clean_misses = request.routes[:start]
         for index in range(start, len(request.routes)):
@@ -407,6 +437,9 @@ class DataPipeline(BatchReads):
 
     def _fetch(self, request: _Request, index: int) -> Result:
         """Ask the sources from ``routes[index]`` on, once per key however many callers wait."""
+        if not request.write_back:
+            # Its own call: a caller joining it would miss the write-back it expects.
+            return self._ask_sources(request, index, None)
         try:
             key = key_for(request.type, request.query)
         except TypeError:
@@ -496,6 +529,8 @@ class DataPipeline(BatchReads):
                 raise
             finally:
                 stats.record_latency(time.perf_counter() - started)
+            if not request.write_back:
+                return Result(convert(route.chain, value, context), False, route.source_name)
             if policy is not None and policy.ttl is not None:
                 context[_EXPIRY] = {type: policy.lifetime()}
             return Result(self._deliver(route, value, context), False, route.source_name)

@@ -465,6 +465,8 @@ class RemoteSource(DataSource):
                 "state, so call send(query) instead"
             )
         pipeline = context.get(PipelineContext.Keys.PIPELINE) if context is not None else None
+        if context is not None and context.get(PipelineContext.Keys.NO_WRITE_BACK):
+            pipeline = None  # CacheMode.NEVER: not even an error answer is recorded
         return _checked(self.adapter.fetch(request), pipeline)
 
     @get_many.register(RawResponse)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from datapipelines import DataPipeline, NotFoundError  # noqa: F401 - used below
+from datapipelines import CacheMode, DataPipeline, NotFoundError
+from datapipelines.errors import ConfigurationError
 from datapipelines.http import HttpSource
 from datapipelines.remote import (
     RawResponse,
@@ -199,3 +200,58 @@ def test_a_url_with_a_query_string_is_sent_and_recorded_once(recorder, server):
     assert first == again and len(server.hits) == 1 and server.hits[0].params == {"city": "Oslo"}
     ((target, params),) = rows(recorder, "SELECT target, params FROM requests")
     assert (target, json.loads(params)) == (f"{server.url}/weather", [["city", "Oslo"]])
+
+
+# -- 3. cache modes ----------------------------------------------------------------------
+
+
+def test_never_fetches_and_writes_back_and_records_nothing(recorder, server):
+    memory = MemoryStore()
+    pipeline = DataPipeline([memory, recorder, HttpSource(server.url, max_attempts=1)], converters())
+    assert pipeline.get(Weather, OSLO).reading == 1
+    assert pipeline.get(Weather, OSLO, cache_mode=CacheMode.NEVER).reading == 2  # fetched, not cached
+    assert pipeline.get(Weather, OSLO, cache_mode="never").reading == 3
+    assert pipeline.get(Weather, OSLO).reading == 1  # the caches still hold the first answer
+    assert len(memory) == 1 and rows(recorder, "SELECT COUNT(*) FROM responses") == [(1,)]
+    assert pipeline.stats()["tiers"][repr(memory)]["puts"] == 1
+
+
+def test_never_records_no_error_answer_either(recorder, server):
+    pipeline = live(recorder, server)
+    with pytest.raises(NotFoundError):
+        pipeline.get(Weather, {"path": "/missing"}, cache_mode=CacheMode.NEVER)
+    assert rows(recorder, "SELECT COUNT(*) FROM responses") == [(0,)]
+    with pytest.raises(NotFoundError):
+        pipeline.get(Weather, {"path": "/missing"})
+    assert rows(recorder, "SELECT status FROM responses") == [(404,)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "keyword"),
+    [(CacheMode.BYPASS, {"refresh": True}), ("only-if-cached", {"only_cached": True}), ("default", {})],
+)
+def test_each_older_keyword_is_a_cache_mode(recorder, server, mode, keyword):
+    by_mode, by_keyword = live(recorder, server), live(recorder, server)
+    by_mode.get(Weather, OSLO), by_keyword.get(Weather, OSLO)  # one fetch, then replayed
+
+    def outcome(pipeline, **call):
+        before = len(server.hits)
+        answered = pipeline.get_result(Weather, OSLO, **call).source
+        return answered, len(server.hits) - before
+
+    assert outcome(by_mode, cache_mode=mode) == outcome(by_keyword, **keyword)
+
+
+def test_only_if_cached_never_calls_a_source(recorder, server):
+    with pytest.raises(NotFoundError):
+        live(recorder, server).get(Weather, OSLO, cache_mode=CacheMode.ONLY_IF_CACHED)
+    assert server.hits == []
+
+
+def test_unknown_or_contradicting_modes_are_named(recorder, server):
+    pipeline = live(recorder, server)
+    with pytest.raises(ConfigurationError, match="Unknown cache_mode 'revalidate'; known modes: 'default'"):
+        pipeline.get(Weather, OSLO, cache_mode="revalidate")
+    with pytest.raises(ConfigurationError, match="cache_mode='only_if_cached' contradicts refresh=True"):
+        pipeline.get(Weather, OSLO, cache_mode=CacheMode.ONLY_IF_CACHED, refresh=True)
+    assert server.hits == []
