@@ -24,6 +24,15 @@ _SOURCE = PipelineContext.Keys.SOURCE
 _EXPIRY = PipelineContext.Keys.EXPIRY
 
 
+def _fresh(source: Any, source_type: Any, query: Mapping[str, Any], limit: float) -> Any:
+    """``source``'s value for ``query`` if it is younger than ``limit`` seconds, else MISSING."""
+    try:
+        value, age = source.lookup_entry(source_type, query)
+    except NotFoundError:
+        return MISSING
+    return MISSING if age is not None and age >= limit else value
+
+
 def _bulk_put(feed: Feed, expiry: Mapping[Any, float | None]) -> Callable[[Any, Any], None]:
     """A put function for ``_write`` that stores (query, value) pairs in one round trip."""
     seconds = expiry.get(feed.store_type, MISSING)
@@ -123,6 +132,10 @@ class BatchReads:
             return [
                 MISSING if e is MISSING or (e[1] is not None and e[1] >= limit) else e[0] for e in entries
             ]
+        if route.aged:
+            # A tier that tells ages only one at a time (a recorder): fresh values only, too.
+            limit = policy.fresh_limit if policy is not None else float("inf")
+            return [_fresh(source, route.source_type, query, limit) for query in queries]
         many = getattr(type(source), "get_many", None)
         if getattr(source, "batch_get_many", False) and route.source_type in getattr(
             many, "registered_types", ()

@@ -227,7 +227,8 @@ class DataPipeline(BatchReads):
 
     def _enable_fast_path(self, type: Any) -> None:
         first = self._routes[type][0]
-        if first.cached and first.plain and first.source_type is type:
+        # A tier that only tells its ages through lookup_entry (a recorder) takes the slow path.
+        if first.cached and first.plain and first.source_type is type and first.keyed == first.aged:
             self._fast[type] = first
 
     def _feeds_for_put(self, type: Any) -> list[Feed]:
@@ -375,7 +376,7 @@ class DataPipeline(BatchReads):
         def ask() -> Any:
             started = time.perf_counter()
             try:
-                if route.keyed:
+                if route.aged:
                     found = route.source.lookup_entry(route.source_type, query)  # type: ignore[attr-defined]
                 else:
                     found = (route.source.get(route.source_type, dict(query), self._context(query)), None)

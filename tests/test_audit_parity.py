@@ -6,11 +6,12 @@ import datetime
 import itertools
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 
 import pytest
 
-from datapipelines import CacheMode, DataPipeline, NotFoundError
+from datapipelines import CacheMode, DataPipeline, NotFoundError, Policy
 from datapipelines.errors import ConfigurationError
 from datapipelines.http import HttpSource
 from datapipelines.remote import (
@@ -24,7 +25,7 @@ from datapipelines.remote import (
 )
 from datapipelines.sinks.audit import AuditRecorder
 from datapipelines.sinks.memory import MemoryStore
-from datapipelines.testing import LocalServer
+from datapipelines.testing import LocalServer, Reply
 from datapipelines.transformers import DataclassTransformer, RawTransformer
 
 OSLO = {"path": "/weather", "params": {"city": "Oslo"}}
@@ -255,3 +256,127 @@ def test_unknown_or_contradicting_modes_are_named(recorder, server):
     with pytest.raises(ConfigurationError, match="cache_mode='only_if_cached' contradicts refresh=True"):
         pipeline.get(Weather, OSLO, cache_mode=CacheMode.ONLY_IF_CACHED, refresh=True)
     assert server.hits == []
+
+
+# -- 2. expiry of recorded data --------------------------------------------------------
+
+
+def record_at(recorder, query, payload, fetched_at):
+    response = response_for(request_for(query), payload=payload, status_code=200, fetched_at=fetched_at)
+    recorder.record(response)
+
+
+def weather_json(reading):
+    return json.dumps({"city": "Oslo", "temp": 20.5, "reading": reading}).encode()
+
+
+def test_a_recording_past_the_policy_ttl_is_fetched_again(recorder, server):
+    record_at(recorder, OSLO, weather_json(100), time.time() - 3600)
+    pipeline = live(recorder, server, policies={Weather: Policy(ttl=60)})
+    result = pipeline.get_result(Weather, OSLO)
+    assert (result.value.reading, result.stale, len(server.hits)) == (1, False, 1)
+    # The new answer is recorded, and replayed while it is young.
+    assert live(recorder, server, policies={Weather: Policy(ttl=60)}).get(Weather, OSLO).reading == 1
+    assert len(server.hits) == 1
+
+
+def test_without_a_policy_the_old_recording_is_still_replayed(recorder, server):
+    record_at(recorder, OSLO, weather_json(100), time.time() - 3600)
+    assert live(recorder, server).get(Weather, OSLO).reading == 100 and server.hits == []
+
+
+def test_a_recording_within_max_stale_is_served_marked_stale_when_nothing_fresher_exists(recorder):
+    record_at(recorder, OSLO, weather_json(100), time.time() - 3600)
+    policy = {Weather: Policy(ttl=60, max_stale=7200)}
+    offline = DataPipeline([MemoryStore(), recorder], converters(), policies=policy)
+    result = offline.get_result(Weather, OSLO)
+    assert (result.value.reading, result.stale, result.source) == (100, True, repr(recorder))
+    too_old = DataPipeline([recorder], converters(), policies={Weather: Policy(ttl=60, max_stale=600)})
+    with pytest.raises(NotFoundError):
+        too_old.get(Weather, OSLO)
+
+
+def test_a_stale_recording_covers_a_failing_source(recorder):
+    record_at(recorder, OSLO, weather_json(100), time.time() - 3600)
+    with LocalServer({"/weather": Reply(503, {"error": "down"})}) as failing:
+        pipeline = live(recorder, failing, policies={Weather: Policy(ttl=60, max_stale=7200)})
+        result = pipeline.get_result(Weather, OSLO)
+    assert (result.value.reading, result.stale) == (100, True) and len(failing.hits) == 1
+
+
+def test_the_recorder_ttl_bounds_what_it_replays(tmp_path):
+    directory = tmp_path / "audit"
+    with AuditRecorder(directory) as writer:
+        record_at(writer, OSLO, b"old", time.time() - 3600)
+        record_at(writer, {"url": "mem://young"}, b"young", time.time() - 5)
+    with AuditRecorder(directory, ttl=datetime.timedelta(minutes=1)) as bounded:
+        with pytest.raises(NotFoundError, match=r"recorded 3\d\d\ds ago, past the ttl .* \(60s\)"):
+            bounded.get(RawResponse, OSLO)
+        assert bounded.get(RawResponse, {"url": "mem://young"}).payload == b"young"
+    with AuditRecorder(directory) as unbounded:
+        assert unbounded.get(RawResponse, OSLO).payload == b"old"
+
+
+# -- 4. replay pinned to a session or a time ---------------------------------------------
+
+
+def test_replay_as_of_a_time_serves_what_had_been_fetched_by_then(tmp_path):
+    directory = tmp_path / "audit"
+    start = time.time() - 3 * 86400
+    with AuditRecorder(directory) as writer:
+        for day in range(3):
+            record_at(writer, OSLO, weather_json(day), start + day * 86400)
+    second_day = datetime.datetime.fromtimestamp(start + 86400 + 60)
+    for as_of in (second_day, second_day.isoformat(), second_day.timestamp()):
+        with AuditRecorder(directory, as_of=as_of) as pinned:
+            assert json.loads(pinned.get(RawResponse, OSLO).payload)["reading"] == 1
+    with AuditRecorder(directory, as_of=start - 1) as before_any:
+        with pytest.raises(NotFoundError, match="never recorded fetched by"):
+            before_any.get(RawResponse, OSLO)
+
+
+def test_a_pinned_replay_measures_age_from_the_pin(tmp_path):
+    directory = tmp_path / "audit"
+    fetched = time.time() - 86400
+    with AuditRecorder(directory) as writer:
+        record_at(writer, OSLO, weather_json(7), fetched)
+    policy = {Weather: Policy(ttl=600)}
+    with AuditRecorder(directory, as_of=fetched + 60) as pinned:
+        result = DataPipeline([pinned], converters(), policies=policy).get_result(Weather, OSLO)
+        assert (result.value.reading, result.stale) == (7, False)
+    with AuditRecorder(directory) as now:
+        with pytest.raises(NotFoundError):
+            DataPipeline([now], converters(), policies=policy).get(Weather, OSLO)
+
+
+def test_replay_pinned_to_a_session_reproduces_that_run(recorder, server, tmp_path):
+    rome = {"path": "/weather", "params": {"city": "Rome"}}
+    pipeline = live(recorder, server, memory=False)
+    with pipeline.session("monday") as monday:
+        pipeline.get(Weather, OSLO)
+    with pipeline.session("tuesday"):
+        pipeline.get(Weather, OSLO, refresh=True)
+        pipeline.get(Weather, rome)
+    assert live(recorder, server, memory=False).get(Weather, OSLO).reading == 2
+    for pin in ("monday", monday, monday[:8]):
+        with AuditRecorder(recorder.directory, session=pin) as pinned:
+            offline = DataPipeline([pinned], converters())
+            assert offline.get(Weather, OSLO).reading == 1
+            with pytest.raises(NotFoundError):
+                offline.get(Weather, rome)
+            with pytest.raises(NotFoundError, match=f"never recorded in session {monday[:12]}"):
+                pinned.get(RawResponse, rome)
+    with pytest.raises(ConfigurationError, match="cannot pin replay to session 'friday': No session"):
+        AuditRecorder(recorder.directory, session="friday")
+    with pytest.raises(ConfigurationError, match="as_of must be an ISO 8601 time, got 'yesterday'"):
+        AuditRecorder(recorder.directory, as_of="yesterday")
+
+
+def test_a_batch_replays_only_fresh_recordings(recorder, server):
+    rome = {"path": "/weather", "params": {"city": "Rome"}}
+    record_at(recorder, OSLO, weather_json(100), time.time() - 3600)
+    record_at(recorder, rome, weather_json(200), time.time() - 5)
+    pipeline = live(recorder, server, policies={Weather: Policy(ttl=60)})
+    oslo, fresh_rome = pipeline.get_batch(Weather, [OSLO, rome])
+    assert (oslo.reading, fresh_rome.reading) == (1, 200)
+    assert [hit.params["city"] for hit in server.hits] == ["Oslo"]

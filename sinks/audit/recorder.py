@@ -27,13 +27,13 @@ from datapipelines.source import DataSource
 
 from .blobs import BLOBS, BlobStore
 from .inspection import Inspection
+from .replay import ReplayRule
 from .schema import (
     DATABASE,
     END_SESSION,
     HOST,
     INSERT_REQUEST,
     INSERT_RESPONSE,
-    REPLAY,
     Recorded,
     connect,
     create_tables,
@@ -96,6 +96,12 @@ class AuditRecorder(Inspection, DataSource, DataSink):
     everything queued; ``close_session``, ``close``, every read and a normal
     process exit flush first. A failed background commit is logged and raised by
     the next ``flush``/``put`` (AuditWriteError); its records are kept and retried.
+
+    Replay: ``ttl`` (seconds or a timedelta) is the oldest a recording may be to be
+    replayed; ``session`` (an id, unique id prefix or name) and ``as_of`` (a
+    datetime, ISO 8601 str or Unix seconds) pin replay to one session's answers or
+    to those fetched by then (see :class:`~.replay.ReplayRule`). Through a pipeline,
+    the requested type's Policy ttl also applies to a recording's age.
     """
 
     def __init__(
@@ -107,6 +113,9 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         write_behind: bool = False,
         max_pending: int = 10_000,
         flush_interval: float = 0.05,
+        ttl: Any = None,
+        as_of: Any = None,
+        session: str | None = None,
     ) -> None:
         if max_pending < 1 or flush_interval < 0:
             raise ConfigurationError(
@@ -128,6 +137,7 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         self._implicit: dict[int, str] = {}
         with self._transaction() as db:
             create_tables(db)
+        self._rule = self._replay_rule(ttl, as_of, session)
         _RECORDERS.add(self)
 
     def __repr__(self) -> str:
@@ -381,28 +391,58 @@ class AuditRecorder(Inspection, DataSource, DataSink):
     def _get_raw(self, query: Mapping[str, Any], context: PipelineContext | None = None) -> RawResponse:
         if not self.replay:
             raise NotFoundError(f"{self!r} records only (replay=False)")
-        try:
-            request_id = request_for(query).id
-        except RemoteQueryError as error:
-            raise NotFoundError(f"{self!r}: not a remote query ({error})") from None
-        return self.replayed(request_id, query)
+        return self.replayed(self._request_id(query), query)
 
     @get_many.register(RawResponse)
     def _get_many_raw(self, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
         raise NotFoundError(f"{self!r} replays one request per query, not many: {query!r}")
 
     def replayed(self, request_id: str, query: Any = None) -> RawResponse:
-        """The newest 2xx response recorded for ``request_id``, as a RawResponse."""
+        """The newest 2xx response recorded for ``request_id`` (within the pins and ttl), as a RawResponse."""
+        return self._replay(request_id, query)[0]
+
+    def lookup_entry(self, type: Any, query: Mapping[str, Any]) -> tuple[RawResponse, float]:
+        """``(response, age in seconds)`` replayed for ``query``, so a pipeline applies the type's Policy."""
+        if type is not RawResponse or not self.replay:
+            raise NotFoundError(f"{self!r} replays RawResponse only, and only with replay=True")
+        return self._replay(self._request_id(query), query)
+
+    def _request_id(self, query: Mapping[str, Any]) -> str:
+        try:
+            return request_for(query).id
+        except RemoteQueryError as error:
+            raise NotFoundError(f"{self!r}: not a remote query ({error})") from None
+
+    def _replay(self, request_id: str, query: Any) -> tuple[RawResponse, float]:
+        """The answer to replay and its age; NotFoundError naming why there is none."""
         writer = self._writer_here()
         if writer is not None and request_id in writer.pending_requests:
             writer.flush()
-        rows = self._select(REPLAY, (request_id,))
+        rule = self._rule
+        rows = self._select(rule.statement, rule.arguments(request_id))
         if not rows or not 200 <= rows[0][3] <= 299:
             why = f"only error answers (last: {rows[0][3]})" if rows else "never"
+            pins = f" {rule.describe()}" if rule.pinned else ""
             raise NotFoundError(
-                f"Request {request_id[:12]} ({query!r}) was {why} recorded in {self.directory}"
+                f"Request {request_id[:12]} ({query!r}) was {why} recorded{pins} in {self.directory}"
             )
-        return self._response(rows[0])
+        age = rule.age(rows[0][9])
+        if rule.expired(age):
+            raise NotFoundError(
+                f"Request {request_id[:12]} ({query!r}) was recorded {age:.0f}s ago, past the ttl of "
+                f"{self!r} ({rule.ttl:g}s): not replayed"
+            )
+        return self._response(rows[0]), age
+
+    def _replay_rule(self, ttl: Any, as_of: Any, session: str | None) -> ReplayRule:
+        """The rule for ``ttl`` / ``as_of`` / ``session``; a session that is not recorded is an error."""
+        if session is None:
+            return ReplayRule(ttl=ttl, as_of=as_of)
+        try:
+            found = self.find_session(session)
+        except NotFoundError as error:
+            raise ConfigurationError(f"{self!r} cannot pin replay to session {session!r}: {error}") from None
+        return ReplayRule(ttl=ttl, as_of=as_of, session_id=found["id"], session_end=found["ended_at"])
 
     def _response(self, row: tuple[Any, ...]) -> RawResponse:
         (

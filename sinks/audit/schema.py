@@ -76,11 +76,22 @@ _INSERT_SESSION = (
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 END_SESSION = "UPDATE sessions SET ended_at = ? WHERE id = ?"
-# Newest 2xx answer first; without one, the newest answer (whose status explains the miss).
-REPLAY = (
-    f"SELECT {_RESPONSE_COLUMNS} FROM responses r JOIN requests q ON q.id = r.request_id "
-    "WHERE r.request_id = ? ORDER BY r.status BETWEEN 200 AND 299 DESC, r.id DESC LIMIT 1"
-)
+
+
+def replay_statement(in_session: bool = False, as_of: bool = False) -> str:
+    """The SELECT of the answer to replay for a request id (then the session id, then the time).
+
+    Newest 2xx answer first; without one, the newest answer (whose status explains the miss).
+    ``in_session`` and ``as_of`` pin it to the answers of one session, or fetched by a time.
+    """
+    pins = (" AND r.session_id = ?" if in_session else "") + (" AND r.fetched_at <= ?" if as_of else "")
+    return (
+        f"SELECT {_RESPONSE_COLUMNS} FROM responses r JOIN requests q ON q.id = r.request_id "
+        f"WHERE r.request_id = ?{pins} ORDER BY r.status BETWEEN 200 AND 299 DESC, r.id DESC LIMIT 1"
+    )
+
+
+REPLAY = replay_statement()
 HOST = socket.gethostname()
 
 
