@@ -21,6 +21,7 @@ from .context import PipelineContext
 from .errors import (
     CALLER_ERRORS,
     ConfigurationError,
+    DamagedEntryError,
     NoConversionError,
     NotFoundError,
     element_name,
@@ -380,8 +381,10 @@ class DataPipeline(BatchReads):
                     found = route.source.lookup_entry(route.source_type, query)  # type: ignore[attr-defined]
                 else:
                     found = (route.source.get(route.source_type, dict(query), self._context(query)), None)
-            except NotFoundError:
+            except NotFoundError as missing:
                 found = MISSING
+                if isinstance(missing, DamagedEntryError):
+                    route.stats.damaged += 1
             route.stats.record_latency(time.perf_counter() - started)
             return found
 
@@ -585,7 +588,7 @@ class DataPipeline(BatchReads):
         ``{"tiers": {name: {...}}, "sources": {name: {...}}}``: tiers are the
         elements that are both sources and sinks (caches, stores), sources the rest.
         Each entry has hits, misses, puts, errors, skips, calls, joins, stale,
-        negative, p50_us and p99_us (latency in microseconds, None before any sample),
+        negative, damaged, p50_us and p99_us (latency in microseconds, None before any sample),
         and tiers the state of their circuit breaker.
         """
         report: dict[str, dict[str, dict[str, Any]]] = {"tiers": {}, "sources": {}}

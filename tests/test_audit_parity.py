@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from datapipelines import CacheMode, DataPipeline, NotFoundError, Policy
+from datapipelines.cli import main
 from datapipelines.errors import ConfigurationError
 from datapipelines.http import HttpSource
 from datapipelines.remote import (
@@ -23,7 +24,7 @@ from datapipelines.remote import (
     request_id,
     response_for,
 )
-from datapipelines.sinks.audit import AuditRecorder
+from datapipelines.sinks.audit import AuditRecorder, DamagedBlobError
 from datapipelines.sinks.memory import MemoryStore
 from datapipelines.testing import LocalServer, Reply
 from datapipelines.transformers import DataclassTransformer, RawTransformer
@@ -380,3 +381,37 @@ def test_a_batch_replays_only_fresh_recordings(recorder, server):
     oslo, fresh_rome = pipeline.get_batch(Weather, [OSLO, rome])
     assert (oslo.reading, fresh_rome.reading) == (1, 200)
     assert [hit.params["city"] for hit in server.hits] == ["Oslo"]
+
+
+# -- 7. damaged blobs are counted --------------------------------------------------------
+
+
+def test_a_damaged_blob_is_counted_in_stats_and_shown_by_audit_sessions(recorder, server, capsys):
+    run = live(recorder, server)
+    with run.session("nightly") as nightly:
+        run.get(Weather, OSLO)
+    ((sha256,),) = rows(recorder, "SELECT sha256 FROM responses")
+    recorder.blobs.path(sha256).write_bytes(b"rotten")
+    pipeline = live(recorder, server)
+    assert pipeline.get(Weather, OSLO).reading == 2  # fetched again, silently but counted
+    assert pipeline.stats()["tiers"][repr(recorder)]["damaged"] == 1 and recorder.damaged == 1
+    # The new answer differs, so the nightly recording stays damaged.
+    assert {s["name"]: s["damaged"] for s in recorder.sessions()}["nightly"] == 1
+    assert main(["audit", "--dir", str(recorder.directory), "--json", "sessions"]) == 0
+    listed = {s["id"]: s for s in json.loads(capsys.readouterr().out)}
+    assert listed[nightly]["damaged"] == 1
+    assert main(["audit", "--dir", str(recorder.directory), "sessions"]) == 0
+    header, _, row = capsys.readouterr().out.splitlines()[:3]
+    assert "damaged" in header.split() and row.startswith(nightly[:12])
+    assert row.split()[header.split().index("damaged") + 2] == "1"  # started and ended take two words each
+
+
+def test_a_repaired_blob_no_longer_counts(recorder):
+    record_at(recorder, OSLO, b"same bytes", time.time())
+    ((sha256,),) = rows(recorder, "SELECT sha256 FROM responses")
+    recorder.blobs.path(sha256).write_bytes(b"rotten")
+    with pytest.raises(DamagedBlobError):
+        recorder.get(RawResponse, OSLO)
+    assert sum(s["damaged"] for s in recorder.sessions()) == 1
+    record_at(recorder, OSLO, b"same bytes", time.time())  # the same bytes, written afresh
+    assert sum(s["damaged"] for s in recorder.sessions()) == 0

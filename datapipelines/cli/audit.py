@@ -32,9 +32,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-    commands.add_parser("sessions", help="list sessions with their request counts").set_defaults(
-        func=_sessions
-    )
+    commands.add_parser(
+        "sessions",
+        help="list sessions with their response, error and damaged-blob counts",
+        description="One row per session: responses recorded, error answers among them, responses "
+        "whose blob replay found damaged (moved aside, fetched again by a live pipeline; "
+        "'audit verify' checks every blob), and bytes.",
+    ).set_defaults(func=_sessions)
     show = commands.add_parser("show", help="a request and every response recorded for it")
     show.add_argument("request_id", help="a request id or a unique prefix of at least 6 characters")
     show.add_argument("--payload", action="store_true", help="write the newest payload's bytes to stdout")
@@ -88,11 +92,12 @@ def _sessions(args: argparse.Namespace) -> int:
             when(s["ended_at"]),
             s["responses"],
             s["errors"],
+            s["damaged"],
             s["bytes"],
         )
         for s in sessions
     ]
-    print(table(("session", "name", "started", "ended", "responses", "errors", "bytes"), rows))
+    print(table(("session", "name", "started", "ended", "responses", "errors", "damaged", "bytes"), rows))
     return 0
 
 

@@ -25,13 +25,14 @@ from datapipelines.remote import RawResponse, RemoteQueryError, request_for
 from datapipelines.sink import DataSink
 from datapipelines.source import DataSource
 
-from .blobs import BLOBS, BlobStore
+from .blobs import BLOBS, BlobStore, DamagedBlobError
 from .inspection import Inspection
 from .replay import ReplayRule
 from .schema import (
     DATABASE,
     END_SESSION,
     HOST,
+    INSERT_DAMAGED,
     INSERT_REQUEST,
     INSERT_RESPONSE,
     Recorded,
@@ -138,6 +139,7 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         with self._transaction() as db:
             create_tables(db)
         self._rule = self._replay_rule(ttl, as_of, session)
+        self.damaged = 0  # damaged blobs replay found in this process
         _RECORDERS.add(self)
 
     def __repr__(self) -> str:
@@ -432,7 +434,16 @@ class AuditRecorder(Inspection, DataSource, DataSink):
                 f"Request {request_id[:12]} ({query!r}) was recorded {age:.0f}s ago, past the ttl of "
                 f"{self!r} ({rule.ttl:g}s): not replayed"
             )
-        return self._response(rows[0]), age
+        try:
+            return self._response(rows[0]), age
+        except DamagedBlobError as damaged:
+            self._note_damaged(damaged.sha256, rows[0])
+            raise
+
+    def _note_damaged(self, sha256: str, row: tuple[Any, ...]) -> None:
+        """Write down that replay found ``sha256`` damaged (``audit sessions`` counts it)."""
+        self.damaged += 1
+        self._submit(Write(((INSERT_DAMAGED, (sha256, row[0], row[1], time.time())),)))
 
     def _replay_rule(self, ttl: Any, as_of: Any, session: str | None) -> ReplayRule:
         """The rule for ``ttl`` / ``as_of`` / ``session``; a session that is not recorded is an error."""

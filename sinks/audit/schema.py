@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS responses (
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL
 );
+-- Blobs replay found damaged: which response needed it, and when.
+CREATE TABLE IF NOT EXISTS damaged (
+    sha256 TEXT NOT NULL,
+    response_id INTEGER,
+    request_id TEXT,
+    found_at REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS responses_by_request ON responses(request_id, id);
 CREATE INDEX IF NOT EXISTS responses_by_session ON responses(session_id);
 """
@@ -76,6 +83,7 @@ _INSERT_SESSION = (
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 END_SESSION = "UPDATE sessions SET ended_at = ? WHERE id = ?"
+INSERT_DAMAGED = "INSERT INTO damaged (sha256, response_id, request_id, found_at) VALUES (?, ?, ?, ?)"
 
 
 def replay_statement(in_session: bool = False, as_of: bool = False) -> str:
