@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import datetime
+import gzip
 import itertools
 import json
 import sqlite3
 import time
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from datapipelines import CacheMode, DataPipeline, NotFoundError, Policy
 from datapipelines.cli import main
 from datapipelines.errors import ConfigurationError
-from datapipelines.http import HttpSource
+from datapipelines.http import HttpSource, body_headers
 from datapipelines.remote import (
     RawResponse,
     RemoteQueryError,
@@ -415,3 +417,47 @@ def test_a_repaired_blob_no_longer_counts(recorder):
     assert sum(s["damaged"] for s in recorder.sessions()) == 1
     record_at(recorder, OSLO, b"same bytes", time.time())  # the same bytes, written afresh
     assert sum(s["damaged"] for s in recorder.sessions()) == 0
+
+
+# -- 5. recorded bytes and headers agree -------------------------------------------------
+
+
+def agrees(response):
+    """Whether a response's headers describe its payload (no encoding left, the right length)."""
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    return "content-encoding" not in headers and headers.get("content-length") == str(len(response.payload))
+
+
+def test_a_gzip_answer_is_recorded_decoded_with_headers_that_say_so(recorder):
+    body = json.dumps({"city": "Oslo", "temp": 20.5, "reading": 1}).encode() * 20
+    wire = gzip.compress(body)
+    reply = Reply(200, wire, {"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    with LocalServer({"/zipped": reply}) as zipping:
+        fetched = HttpSource(zipping.url, max_attempts=1).get(RawResponse, {"path": "/zipped"})
+        with httpx.Client() as client:  # the wire really carried gzip, of the wire's length
+            raw = client.get(f"{zipping.url}/zipped")
+            assert raw.headers["content-encoding"] == "gzip" and raw.headers["content-length"] == str(
+                len(wire)
+            )
+        pipeline = DataPipeline([recorder, HttpSource(zipping.url, max_attempts=1)])
+        live_answer = pipeline.get(RawResponse, {"path": "/zipped"})
+    replayed = recorder.get(RawResponse, {"path": "/zipped"})
+    for response in (fetched, live_answer, replayed):
+        assert response.payload == body and agrees(response)
+        assert response.headers["content-type"] == "application/json"
+    assert replayed.replayed and replayed.headers == live_answer.headers
+    ((size, headers),) = rows(recorder, "SELECT size, headers FROM responses")
+    assert size == len(body) and json.loads(headers)["content-length"] == str(len(body))
+
+
+def test_plain_answers_keep_their_headers_as_sent():
+    plain = {"content-type": "text/plain", "content-length": "5"}
+    assert body_headers(plain, b"hello", "GET") == plain
+    assert body_headers({"Content-Encoding": "identity", "Content-Length": "2"}, b"hi", "GET") == {
+        "Content-Encoding": "identity",
+        "Content-Length": "2",
+    }
+    head = {"content-encoding": "gzip", "content-length": "31"}
+    assert body_headers(head, b"", "HEAD") == head
+    chunked = {"transfer-encoding": "chunked", "x-id": "7"}
+    assert body_headers(chunked, b"abc", "GET") == {"x-id": "7", "content-length": "3"}
