@@ -461,3 +461,27 @@ def test_plain_answers_keep_their_headers_as_sent():
     assert body_headers(head, b"", "HEAD") == head
     chunked = {"transfer-encoding": "chunked", "x-id": "7"}
     assert body_headers(chunked, b"abc", "GET") == {"x-id": "7", "content-length": "3"}
+
+
+def test_parameter_values_count_as_they_are_sent():
+    url = "http://h/x"
+    assert request_id({"url": url, "params": {"a": 1}}) == request_id({"url": url, "params": {"a": "1"}})
+    assert request_id({"url": url, "params": {"a": True}}) == request_id({"url": f"{url}?a=true"})
+    assert request_id({"url": url, "params": {"a": None}}) == request_id({"url": f"{url}?a="})
+    assert request_id({"url": url, "params": {"a": 1.0}}) != request_id({"url": url, "params": {"a": 1}})
+
+
+# -- 8. the CLI shows partitions and documents its JSON ----------------------------------
+
+
+def test_audit_show_names_the_partitions_and_help_names_the_json_shapes(recorder, capsys):
+    query = {"url": "mem://x", "as_of_bucket": "2026-12-01", "cache_tag": "de"}
+    recorder.record(response_for(request_for(query), payload=b"x", status_code=200))
+    assert main(["audit", "--dir", str(recorder.directory), "show", request_id(query)[:8]]) == 0
+    assert "recorded apart by as_of_bucket=2026-12-01 cache_tag=de (never sent)" in capsys.readouterr().out
+    assert main(["audit", "--dir", str(recorder.directory), "--json", "show", request_id(query)[:8]]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["as_of_bucket"], shown["cache_tag"]) == ("2026-12-01", "de")
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+    assert "sessions a list of {id, name, meta" in " ".join(capsys.readouterr().out.split())
