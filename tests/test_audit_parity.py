@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import datetime
 import gzip
-import itertools
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
 
 import httpx
 import pytest
+import test_audit
+from test_audit import OSLO, Weather, rows, transformers
 
 from datapipelines import CacheMode, DataPipeline, NotFoundError, Policy
 from datapipelines.cli import main
@@ -29,45 +29,19 @@ from datapipelines.remote import (
 from datapipelines.sinks.audit import AuditRecorder, DamagedBlobError
 from datapipelines.sinks.memory import MemoryStore
 from datapipelines.testing import LocalServer, Reply
-from datapipelines.transformers import DataclassTransformer, RawTransformer
 
-OSLO = {"path": "/weather", "params": {"city": "Oslo"}}
-
-
-@dataclass
-class Weather:
-    city: str
-    temp: float
-    reading: int
-
-
-@pytest.fixture
-def server():
-    readings = itertools.count(1)
-    route = {"/weather": lambda hit: {"city": hit.params["city"], "temp": 20.5, "reading": next(readings)}}
-    with LocalServer(route) as running:
-        yield running
-
-
-@pytest.fixture
-def recorder(tmp_path):
-    with AuditRecorder(tmp_path / "audit") as opened:
-        yield opened
+# The recorder and LocalServer fixtures of the audit tests.
+server, recorder = test_audit.server, test_audit.recorder
 
 
 def converters():
-    return [RawTransformer(), DataclassTransformer(Weather)]
+    return transformers()
 
 
 def live(recorder, server, *, memory=True, **options):
     http = HttpSource(server.url, max_attempts=1)
     elements = [MemoryStore(), recorder, http] if memory else [recorder, http]
     return DataPipeline(elements, converters(), **options)
-
-
-def rows(recorder, sql, *args):
-    with sqlite3.connect(recorder.path) as db:
-        return db.execute(sql, args).fetchall()
 
 
 # -- 1. partitions ---------------------------------------------------------------------
