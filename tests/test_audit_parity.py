@@ -382,6 +382,15 @@ def test_a_damaged_blob_is_counted_in_stats_and_shown_by_audit_sessions(recorder
     assert row.split()[header.split().index("damaged") + 2] == "1"  # started and ended take two words each
 
 
+def test_a_batch_counts_damaged_blobs_too(recorder, server):
+    record_at(recorder, OSLO, weather_json(100), time.time())
+    ((sha256,),) = rows(recorder, "SELECT sha256 FROM responses")
+    recorder.blobs.path(sha256).write_bytes(b"rotten")
+    pipeline = live(recorder, server)
+    assert [w.reading for w in pipeline.get_batch(Weather, [OSLO])] == [1]
+    assert pipeline.stats()["tiers"][repr(recorder)]["damaged"] == 1
+
+
 def test_a_repaired_blob_no_longer_counts(recorder):
     record_at(recorder, OSLO, b"same bytes", time.time())
     ((sha256,),) = rows(recorder, "SELECT sha256 FROM responses")
