@@ -570,7 +570,8 @@ class DataPipeline(BatchReads):
             self._refreshing.add(key)
             if self._refresher is None:
                 self._refresher = ThreadPoolExecutor(2, thread_name_prefix="datapipelines-refresh")
-        self._refresher.submit(self._refresh, key, type, dict(query))
+        # In the caller's context: the refresh is recorded in its session, with its partitions.
+        self._refresher.submit(contextvars.copy_context().run, self._refresh, key, type, dict(query))
 
     def _refresh(self, key: tuple[Any, str], type: Any, query: Mapping[str, Any]) -> None:
         try:

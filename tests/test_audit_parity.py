@@ -80,6 +80,27 @@ def test_a_session_partitions_every_request_made_inside_it(recorder, server):
     assert len(server.hits) == 3
 
 
+def test_a_background_refresh_is_recorded_in_the_session_and_partition_that_asked(
+    recorder, server, fake_clock
+):
+    memory = MemoryStore(clock=fake_clock)
+    http = HttpSource(server.url, max_attempts=1)
+    policy = {Weather: Policy(ttl=3600, soft_ttl=10)}
+    pipeline = DataPipeline([memory, recorder, http], converters(), policies=policy, clock=fake_clock)
+    with pipeline.session("daily", as_of_bucket="2026-12-01") as session_id:
+        assert pipeline.get(Weather, OSLO).reading == 1
+        fake_clock.advance(11)
+        assert pipeline.get(Weather, OSLO).reading == 1  # served at once, refreshed behind
+        deadline = time.monotonic() + 30
+        while len(rows(recorder, "SELECT id FROM responses")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    recorded = rows(
+        recorder,
+        "SELECT r.session_id, q.as_of_bucket FROM responses r JOIN requests q ON q.id = r.request_id",
+    )
+    assert recorded == [(session_id, "2026-12-01"), (session_id, "2026-12-01")]
+
+
 def test_the_query_partition_wins_over_the_session_one():
     with partition(as_of_bucket="2026-12-01", cache_tag="en"):
         assert request_for({**OSLO, "cache_tag": "de"}).partition == (
