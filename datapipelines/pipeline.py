@@ -306,11 +306,8 @@ class DataPipeline(BatchReads):
                     stats.misses += 1
                     return self._resolve(type, query, False, False, 1).value  # type: ignore[no-any-return]
             stats.lookups -= 1
-        if cache_mode is not None:
-            flags = mode_flags(cache_mode, refresh, only_cached)
-            found = self._resolve(type, query, flags.refresh, flags.only_cached, 0, flags.write_back)
-            return found.value  # type: ignore[no-any-return]
-        return self._resolve(type, query, refresh, only_cached, 0).value  # type: ignore[no-any-return]
+        found = self.get_result(type, query, refresh=refresh, only_cached=only_cached, cache_mode=cache_mode)
+        return found.value  # type: ignore[no-any-return]
 
     def get_result(
         self,
