@@ -279,7 +279,7 @@ class DataPipeline(BatchReads):
         ``cache_mode`` names either, or NEVER (see :class:`~datapipelines.cache_mode.CacheMode`).
         """
         route = self._fast.get(type)
-        if route is not None and not (refresh or only_cached or cache_mode):
+        if route is not None and not (refresh or only_cached) and cache_mode is None:
             stats = route.stats
             stats.lookups += 1
             # One hit in SAMPLE_EVERY takes the slow path, which measures latency;

@@ -489,3 +489,11 @@ def test_audit_show_names_the_partitions_and_help_names_the_json_shapes(recorder
     with pytest.raises(SystemExit):
         main(["audit", "--help"])
     assert "sessions a list of {id, name, meta" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_falsy_cache_mode_is_an_error_on_a_hit_too(recorder, server):
+    pipeline = live(recorder, server)
+    pipeline.get(Weather, OSLO)  # now in memory: the next call would be a hit
+    for mode in ("", False, 0):
+        with pytest.raises(ConfigurationError, match="Unknown cache_mode"):
+            pipeline.get(Weather, OSLO, cache_mode=mode)
