@@ -10,6 +10,7 @@ from typing import Any
 
 from .batch import BATCH_KEY
 from .breaker import CircuitBreaker
+from .cache_mode import CacheMode
 from .context import TYPE_WILDCARD, PipelineContext
 from .errors import (
     ConfigurationError,
@@ -61,6 +62,7 @@ __all__ = [
     "MISSING",
     "TYPE_WILDCARD",
     "BoundKeyExistenceError",
+    "CacheMode",
     "CircuitBreaker",
     "CompositeDataSink",
     "CompositeDataSource",

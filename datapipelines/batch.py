@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from .breaker import GUARD_FAILED
 from .context import PipelineContext
-from .errors import ConfigurationError, NotFoundError, element_name, type_name
+from .errors import ConfigurationError, DamagedEntryError, NotFoundError, element_name, type_name
 from .plan import Feed, Route, convert
 from .policy import Policy
 from .store import MISSING
@@ -22,6 +22,17 @@ BATCH_KEY = "queries"
 _MANY = PipelineContext.Keys.MANY
 _SOURCE = PipelineContext.Keys.SOURCE
 _EXPIRY = PipelineContext.Keys.EXPIRY
+
+
+def _fresh(route: Route, query: Mapping[str, Any], limit: float) -> Any:
+    """The route's value for ``query`` if it is younger than ``limit`` seconds, else MISSING."""
+    try:
+        value, age = route.source.lookup_entry(route.source_type, query)  # type: ignore[attr-defined]
+    except NotFoundError as missing:
+        if isinstance(missing, DamagedEntryError):
+            route.stats.damaged += 1
+        return MISSING
+    return MISSING if age is not None and age >= limit else value
 
 
 def _bulk_put(feed: Feed, expiry: Mapping[Any, float | None]) -> Callable[[Any, Any], None]:
@@ -123,6 +134,10 @@ class BatchReads:
             return [
                 MISSING if e is MISSING or (e[1] is not None and e[1] >= limit) else e[0] for e in entries
             ]
+        if route.aged:
+            # A tier that tells ages only one at a time (a recorder): fresh values only, too.
+            limit = policy.fresh_limit if policy is not None else float("inf")
+            return [_fresh(route, query, limit) for query in queries]
         many = getattr(type(source), "get_many", None)
         if getattr(source, "batch_get_many", False) and route.source_type in getattr(
             many, "registered_types", ()

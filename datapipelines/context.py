@@ -55,3 +55,5 @@ class PipelineContext(dict):  # type: ignore[type-arg]
         SOURCE = "source"
         # Set during write-back under a Policy: {type: seconds} overriding store expiry.
         EXPIRY = "expiry"
+        # Set (True) under CacheMode.NEVER: nothing is written back or recorded, errors included.
+        NO_WRITE_BACK = "no_write_back"

@@ -54,6 +54,10 @@ class NotFoundError(DataPipelinesError, ValueError):
         super().__init__(message)
 
 
+class DamagedEntryError(NotFoundError):
+    """A stored entry failed its integrity check: never served, a miss, counted as ``damaged`` in stats."""
+
+
 class NoConversionError(DataPipelinesError, ValueError):
     """No source provides a type, not even through a chain of transformers."""
 

@@ -32,6 +32,26 @@ _UNSAFE_RETRY_STATUSES = frozenset({429, 503})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
+def body_headers(headers: Mapping[str, str], payload: bytes, method: str) -> dict[str, str]:
+    """``headers`` made to describe ``payload``, the body as httpx hands it over (decoded).
+
+    Content-Encoding (gzip, deflate, br...) and Transfer-Encoding describe the wire
+    form, which is gone: they are dropped, and Content-Length becomes the length of
+    ``payload``. A HEAD answer has no body to describe and keeps its headers.
+    """
+    names = {name.lower(): name for name in headers}
+    encoded = names.get("content-encoding")
+    wire = [name for name in (encoded, names.get("transfer-encoding")) if name is not None]
+    if encoded is not None and headers[encoded].strip().lower() == "identity":
+        wire.remove(encoded)
+    length = names.get("content-length")
+    if method == "HEAD" or (not wire and (length is None or headers[length] == str(len(payload)))):
+        return dict(headers)
+    described = {name: value for name, value in headers.items() if name not in wire and name != length}
+    described["content-length"] = str(len(payload))
+    return described
+
+
 def retry_after_seconds(value: str | None, now: float) -> float | None:
     """Seconds a Retry-After header asks to wait (delta-seconds or HTTP-date), or None."""
     if not value:
@@ -200,7 +220,7 @@ class HttpAdapter:
                 payload=answer.content,
                 status_code=answer.status_code,
                 content_type=answer.headers.get("content-type"),
-                headers=dict(answer.headers),
+                headers=body_headers(answer.headers, answer.content, request.method),
                 url=str(answer.url),
                 elapsed=elapsed,
                 attempts=attempt,

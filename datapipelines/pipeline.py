@@ -16,10 +16,12 @@ from cachetools import LRUCache
 
 from .batch import BatchReads
 from .breaker import GUARD_FAILED, NO_BREAKER, CircuitBreaker, NoBreaker
+from .cache_mode import mode_flags
 from .context import PipelineContext
 from .errors import (
     CALLER_ERRORS,
     ConfigurationError,
+    DamagedEntryError,
     NoConversionError,
     NotFoundError,
     element_name,
@@ -29,6 +31,7 @@ from .flight import RedisLock, SingleFlight
 from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
 from .policy import Policy
+from .remote import partition
 from .sink import DataSink
 from .source import DataSource
 from .stats import SAMPLE_EVERY, ElementStats
@@ -45,6 +48,7 @@ _QUERIES = PipelineContext.Keys.QUERIES
 _MANY = PipelineContext.Keys.MANY
 _EXPIRY = PipelineContext.Keys.EXPIRY
 _SOURCE = PipelineContext.Keys.SOURCE
+_WRITE_BACK_OFF = PipelineContext.Keys.NO_WRITE_BACK
 _SAMPLE_MASK = SAMPLE_EVERY - 1
 _LOOKUP = "lookup"
 _WRITE_BACK = "write-back"
@@ -71,7 +75,9 @@ class Result(NamedTuple):
 class _Request:
     """One ``get`` on its way through the routes (the miss path's shared state)."""
 
-    __slots__ = ("type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses")
+    __slots__ = (
+        "type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses", "write_back",
+    )
 
     def __init__(
         self,
@@ -81,9 +87,14 @@ class _Request:
         context: PipelineContext,
         policy: Policy | None,
         refresh: bool,
+        write_back: bool = True,
     ) -> None:
         self.type, self.query, self.routes, self.context = type, query, routes, context
         self.policy, self.refresh = policy, refresh
+        # False under CacheMode.NEVER: the value goes to the caller only.
+        self.write_back = write_back
+        if not write_back:
+            context[_WRITE_BACK_OFF] = True
         # A value past its ttl but within max_stale, served if the sources fail.
         self.stale: Result | None = None
         # Tiers that answered "not here" (not skipped, not failed): safe to ask again.
@@ -217,7 +228,8 @@ class DataPipeline(BatchReads):
 
     def _enable_fast_path(self, type: Any) -> None:
         first = self._routes[type][0]
-        if first.cached and first.plain and first.source_type is type:
+        # A tier that only tells its ages through lookup_entry (a recorder) takes the slow path.
+        if first.cached and first.plain and first.source_type is type and first.keyed == first.aged:
             self._fast[type] = first
 
     def _feeds_for_put(self, type: Any) -> list[Feed]:
@@ -258,14 +270,16 @@ class DataPipeline(BatchReads):
         *,
         refresh: bool = False,
         only_cached: bool = False,
+        cache_mode: Any = None,
     ) -> T:
         """The value of ``type`` for ``query``.
 
         ``refresh=True`` skips every cache tier on the way in (the value is still
         written back); ``only_cached=True`` never calls a source that is not a store.
+        ``cache_mode`` names either, or NEVER (see :class:`~datapipelines.cache_mode.CacheMode`).
         """
         route = self._fast.get(type)
-        if route is not None and not (refresh or only_cached):
+        if route is not None and not (refresh or only_cached) and cache_mode is None:
             stats = route.stats
             stats.lookups += 1
             # One hit in SAMPLE_EVERY takes the slow path, which measures latency;
@@ -292,20 +306,36 @@ class DataPipeline(BatchReads):
                     stats.misses += 1
                     return self._resolve(type, query, False, False, 1).value  # type: ignore[no-any-return]
             stats.lookups -= 1
-        return self._resolve(type, query, refresh, only_cached, 0).value  # type: ignore[no-any-return]
+        found = self.get_result(type, query, refresh=refresh, only_cached=only_cached, cache_mode=cache_mode)
+        return found.value  # type: ignore[no-any-return]
 
     def get_result(
-        self, type: Any, query: Mapping[str, Any], *, refresh: bool = False, only_cached: bool = False
+        self,
+        type: Any,
+        query: Mapping[str, Any],
+        *,
+        refresh: bool = False,
+        only_cached: bool = False,
+        cache_mode: Any = None,
     ) -> Result:
         """Like ``get``, but says whether the value is stale and which element answered."""
-        return self._resolve(type, query, refresh, only_cached, 0)
+        if cache_mode is None:
+            return self._resolve(type, query, refresh, only_cached, 0)
+        flags = mode_flags(cache_mode, refresh, only_cached)
+        return self._resolve(type, query, flags.refresh, flags.only_cached, 0, flags.write_back)
 
     def _resolve(
-        self, type: Any, query: Mapping[str, Any], refresh: bool, only_cached: bool, start: int
+        self,
+        type: Any,
+        query: Mapping[str, Any],
+        refresh: bool,
+        only_cached: bool,
+        start: int,
+        write_back: bool = True,
     ) -> Result:
         """Ask the routes from ``start`` on: cache tiers first-come, then the sources."""
         policy = self._policies.get(type)
-        request = _Request(type, query, self.routes(type), self._context(query), policy, refresh)
+        request = _Request(type, query, self.routes(type), self._context(query), policy, refresh, write_back)
         # The fast path only hands over (start=1) after a clean miss in the first tier.
         request.clean_misses = request.routes[:start]
         for index in range(start, len(request.routes)):
@@ -344,12 +374,14 @@ class DataPipeline(BatchReads):
         def ask() -> Any:
             started = time.perf_counter()
             try:
-                if route.keyed:
+                if route.aged:
                     found = route.source.lookup_entry(route.source_type, query)  # type: ignore[attr-defined]
                 else:
                     found = (route.source.get(route.source_type, dict(query), self._context(query)), None)
-            except NotFoundError:
+            except NotFoundError as missing:
                 found = MISSING
+                if isinstance(missing, DamagedEntryError):
+                    route.stats.damaged += 1
             route.stats.record_latency(time.perf_counter() - started)
             return found
 
@@ -406,6 +438,9 @@ class DataPipeline(BatchReads):
 
     def _fetch(self, request: _Request, index: int) -> Result:
         """Ask the sources from ``routes[index]`` on, once per key however many callers wait."""
+        if not request.write_back:
+            # Its own call: a caller joining it would miss the write-back it expects.
+            return self._ask_sources(request, index, None)
         try:
             key = key_for(request.type, request.query)
         except TypeError:
@@ -495,6 +530,8 @@ class DataPipeline(BatchReads):
                 raise
             finally:
                 stats.record_latency(time.perf_counter() - started)
+            if not request.write_back:
+                return Result(convert(route.chain, value, context), False, route.source_name)
             if policy is not None and policy.ttl is not None:
                 context[_EXPIRY] = {type: policy.lifetime()}
             return Result(self._deliver(route, value, context), False, route.source_name)
@@ -530,7 +567,8 @@ class DataPipeline(BatchReads):
             self._refreshing.add(key)
             if self._refresher is None:
                 self._refresher = ThreadPoolExecutor(2, thread_name_prefix="datapipelines-refresh")
-        self._refresher.submit(self._refresh, key, type, dict(query))
+        # In the caller's context: the refresh is recorded in its session, with its partitions.
+        self._refresher.submit(contextvars.copy_context().run, self._refresh, key, type, dict(query))
 
     def _refresh(self, key: tuple[Any, str], type: Any, query: Mapping[str, Any]) -> None:
         try:
@@ -548,7 +586,7 @@ class DataPipeline(BatchReads):
         ``{"tiers": {name: {...}}, "sources": {name: {...}}}``: tiers are the
         elements that are both sources and sinks (caches, stores), sources the rest.
         Each entry has hits, misses, puts, errors, skips, calls, joins, stale,
-        negative, p50_us and p99_us (latency in microseconds, None before any sample),
+        negative, damaged, p50_us and p99_us (latency in microseconds, None before any sample),
         and tiers the state of their circuit breaker.
         """
         report: dict[str, dict[str, dict[str, Any]]] = {"tiers": {}, "sources": {}}
@@ -687,12 +725,21 @@ class DataPipeline(BatchReads):
 
     # -- sessions -------------------------------------------------------------------
     @contextlib.contextmanager
-    def session(self, name: str, meta: Mapping[str, Any] | None = None) -> Iterator[Any]:
-        """Group the calls made inside the block into one named session.
+    def session(
+        self,
+        name: str,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        as_of_bucket: Any = None,
+        cache_tag: Any = None,
+    ) -> Iterator[Any]:
+        """Group the calls made inside the block into one named session; yields its id (a str).
 
         Every element with ``open_session(session_id, name, meta)`` and
         ``close_session(session_id)`` (the audit recorder) records it; calls made
         inside the block see the id through :func:`current_session`.
+        ``as_of_bucket`` / ``cache_tag`` partition every remote request made inside
+        (see :func:`datapipelines.remote.partition`): recorded apart, sent alike.
         """
         recorders = [e for e in self._elements if callable(getattr(e, "open_session", None))]
         session_id = uuid.uuid4().hex
@@ -700,7 +747,8 @@ class DataPipeline(BatchReads):
             recorder.open_session(session_id, name, dict(meta or {}))  # type: ignore[union-attr]
         token = _current_session.set(session_id)
         try:
-            yield session_id
+            with partition(as_of_bucket=as_of_bucket, cache_tag=cache_tag):
+                yield session_id
         finally:
             _current_session.reset(token)
             for recorder in recorders:

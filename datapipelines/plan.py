@@ -120,7 +120,7 @@ class Route:
 
     __slots__ = (
         "source", "source_type", "chain", "before", "after", "keyed", "cached", "plain", "name",
-        "source_name", "stats", "breaker", "lookup", "lookup_fresh", "max_age",
+        "source_name", "stats", "breaker", "lookup", "lookup_fresh", "max_age", "aged",
     )
 
     def __init__(
@@ -134,6 +134,8 @@ class Route:
         self.keyed = isinstance(source, Store)
         # A cache tier is anything that is both a source and a sink (a "data store").
         self.cached = isinstance(source, DataSink)
+        # It tells the age of what it answers (lookup_entry), so a Policy applies to it.
+        self.aged = self.keyed or (self.cached and callable(getattr(source, "lookup_entry", None)))
         # Nothing to convert and nobody to write back to: return the value as it is.
         self.plain = not chain and not before and not after
         self.source_name = element_name(source)

@@ -9,6 +9,8 @@ A query names one remote request with these keys (only ``url`` or ``path`` is re
 ``params``  the query-string parameters, a mapping of scalars or lists of scalars
 ``body``    the request body: bytes, str (UTF-8), or a dict/list sent as JSON
 ``headers`` the request headers that change the answer (``Accept``, ``Accept-Language``...)
+``as_of_bucket``, ``cache_tag``  partitions: part of the request id, never sent (see
+            :func:`partition`)
 
 :func:`request_for` turns a query into a :class:`RemoteRequest` without knowing the
 source, so the recorder computes the same request id as the source that fetched it.
@@ -16,24 +18,31 @@ source, so the recorder computes the same request id as the source that fetched 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import datetime
 import functools
 import hashlib
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .context import PipelineContext
 from .errors import ConfigurationError, DataPipelinesError, NotFoundError
 from .source import DataSource
 
 DEFAULT_SOURCE = "http"
-QUERY_KEYS = frozenset({"source", "method", "url", "path", "params", "body", "headers"})
+# Keys that separate recordings of one wire request (mxm-dataio's names): in the id, never sent.
+PARTITION_KEYS = ("as_of_bucket", "cache_tag")
+QUERY_KEYS = frozenset({"source", "method", "url", "path", "params", "body", "headers", *PARTITION_KEYS})
 # Header values never written to the audit store (they still count in the request id).
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 _PARAM_SCALARS = (str, int, float, bool, type(None))
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -64,16 +73,20 @@ class RemoteRequest:
 
     source: str
     method: str
-    target: str  # the URL or the path, exactly as the query names it
-    params: Pairs = ()
+    target: str  # the URL (canonical: see canonical_url) or the path, without its query string
+    params: Pairs = ()  # the query string's parameters and the query's, sorted by name
     body: bytes | None = None
     headers: Pairs = ()  # lower-case names, sorted
     is_path: bool = False
+    partition: Pairs = ()  # (as_of_bucket / cache_tag, value) pairs that are set: never sent
 
     @functools.cached_property
     def id(self) -> str:
         body = hashlib.sha256(self.body).hexdigest() if self.body is not None else None
         canonical = [self.source, self.method, self.target, list(self.params), body, list(self.headers)]
+        if self.partition:
+            # Only when set, so the ids of requests without partitions stay what they were.
+            canonical.append(list(self.partition))
         text = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -126,6 +139,79 @@ def _params(raw: Any, query: Mapping[str, Any]) -> Pairs:
     return tuple(sorted(pairs, key=lambda pair: pair[0]))
 
 
+def canonical_url(url: str) -> tuple[str, Pairs]:
+    """``url`` without its query string and fragment, and the parameters of that query string.
+
+    Scheme and host are lower-cased and a default port (80 for http, 443 for
+    https) is dropped; the path keeps its case and spelling. A URL already in
+    that form without a query string comes back unchanged.
+    """
+    try:
+        split = urlsplit(url)
+        port = split.port
+    except ValueError as error:
+        raise RemoteQueryError(f"{url!r} is not a valid URL: {error}") from None
+    netloc = split.netloc
+    if split.hostname is not None:
+        userinfo, _, _ = netloc.rpartition("@")
+        host = f"[{split.hostname}]" if ":" in split.hostname else split.hostname
+        if port is not None and port != _DEFAULT_PORTS.get(split.scheme):
+            host = f"{host}:{port}"
+        netloc = f"{userinfo}@{host}" if userinfo else host
+    target = urlunsplit((split.scheme, netloc, split.path, "", ""))
+    return target, tuple(parse_qsl(split.query, keep_blank_values=True))
+
+
+def _split_path(path: str) -> tuple[str, Pairs]:
+    """A ``path`` without its query string and fragment, and the parameters of that query string."""
+    path, _, query = path.partition("#")[0].partition("?")
+    return path, tuple(parse_qsl(query, keep_blank_values=True))
+
+
+def _partition_value(name: str, value: Any, query: Any) -> str:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    raise RemoteQueryError(f"{name!r} must be a non-empty str or a date, got {value!r} in query {query!r}")
+
+
+def _partition(query: Mapping[str, Any], session: Pairs) -> Pairs:
+    """The query's partitions, over those of the current :func:`partition` block."""
+    given = dict(session)
+    for name in PARTITION_KEYS:
+        value = query.get(name)
+        if value is not None:
+            given[name] = _partition_value(name, value, query)
+    return tuple((name, given[name]) for name in PARTITION_KEYS if name in given)
+
+
+_session_partition: contextvars.ContextVar[Pairs] = contextvars.ContextVar(
+    "datapipelines_partition", default=()
+)
+
+
+@contextlib.contextmanager
+def partition(*, as_of_bucket: Any = None, cache_tag: Any = None) -> Iterator[Pairs]:
+    """Inside the block, requests carry these partitions unless their query names its own.
+
+    ``as_of_bucket`` (e.g. the day: ``"2026-12-02"``) and ``cache_tag`` (e.g. a
+    locale) separate recordings of the same wire request: they are part of the
+    request id and are never sent. ``pipeline.session(..., as_of_bucket=...)``
+    opens one of these blocks. None leaves a partition as the enclosing block has it.
+    """
+    outer = dict(_session_partition.get())
+    for name, value in (("as_of_bucket", as_of_bucket), ("cache_tag", cache_tag)):
+        if value is not None:
+            outer[name] = _partition_value(name, value, {name: value})
+    pairs = tuple((name, outer[name]) for name in PARTITION_KEYS if name in outer)
+    token = _session_partition.set(pairs)
+    try:
+        yield pairs
+    finally:
+        _session_partition.reset(token)
+
+
 def _body(raw: Any, query: Mapping[str, Any]) -> tuple[bytes | None, bool]:
     """The body bytes, and whether they are JSON we encoded."""
     if raw is None:
@@ -148,12 +234,13 @@ def request_for(query: Mapping[str, Any]) -> RemoteRequest:
     source), so requests without a body are memoised by the query's repr, which
     keeps value types apart.
     """
+    session = _session_partition.get()
     if isinstance(query, Mapping) and query.get("body") is not None:
-        return _canonical_request(query)  # bodies can be large: not worth keeping their repr
-    memo_key = repr(query)
+        return _canonical_request(query, session)  # bodies can be large: not worth keeping their repr
+    memo_key: Any = (repr(query), session) if session else repr(query)
     request = _requests.get(memo_key)
     if request is None:
-        request = _canonical_request(query)
+        request = _canonical_request(query, session)
         if len(_requests) >= _REQUEST_MEMO_LIMIT:
             _requests.clear()
         _requests[memo_key] = request
@@ -161,10 +248,10 @@ def request_for(query: Mapping[str, Any]) -> RemoteRequest:
 
 
 _REQUEST_MEMO_LIMIT = 16_384
-_requests: dict[str, RemoteRequest] = {}
+_requests: dict[Any, RemoteRequest] = {}
 
 
-def _canonical_request(query: Mapping[str, Any]) -> RemoteRequest:
+def _canonical_request(query: Mapping[str, Any], session: Pairs = ()) -> RemoteRequest:
     if not isinstance(query, Mapping):
         raise RemoteQueryError(f"A remote query must be a mapping, got {type(query).__name__}")
     unknown = set(query) - QUERY_KEYS
@@ -179,18 +266,23 @@ def _canonical_request(query: Mapping[str, Any]) -> RemoteRequest:
     target = url if url is not None else path
     if not isinstance(target, str) or not target:
         raise RemoteQueryError(f"'url'/'path' must be a non-empty str in query {query!r}")
+    target, in_target = canonical_url(target) if url is not None else _split_path(target)
     body, is_json = _body(query.get("body"), query)
     headers = {str(k).lower(): str(v) for k, v in (query.get("headers") or {}).items()}
     if is_json:
         headers.setdefault("content-type", "application/json")
+    params = _params(query.get("params"), query)
+    if in_target:
+        params = tuple(sorted(in_target + params, key=lambda pair: pair[0]))
     return RemoteRequest(
         source=str(query.get("source", DEFAULT_SOURCE)),
         method=str(query.get("method", "GET")).upper(),
         target=target,
-        params=_params(query.get("params"), query),
+        params=params,
         body=body,
         headers=tuple(sorted(headers.items())),
         is_path=url is None,
+        partition=_partition(query, session),
     )
 
 
@@ -219,6 +311,7 @@ class RawResponse:
     attempts: int = 1
     fetched_at: float = 0.0  # Unix time the answer arrived
     replayed: bool = False  # served from an audit store rather than fetched
+    partition: Pairs = ()  # the request's as_of_bucket / cache_tag, never sent
 
     @property
     def ok(self) -> bool:
@@ -246,6 +339,7 @@ def response_for(request: RemoteRequest, **fields: Any) -> RawResponse:
         target=request.target,
         request_body=request.body,
         request_headers=dict(request.headers),
+        partition=request.partition,
         **fields,
     )
 
@@ -371,6 +465,8 @@ class RemoteSource(DataSource):
                 "state, so call send(query) instead"
             )
         pipeline = context.get(PipelineContext.Keys.PIPELINE) if context is not None else None
+        if context is not None and context.get(PipelineContext.Keys.NO_WRITE_BACK):
+            pipeline = None  # CacheMode.NEVER: not even an error answer is recorded
         return _checked(self.adapter.fetch(request), pipeline)
 
     @get_many.register(RawResponse)

@@ -29,11 +29,12 @@ class ElementStats:
     and skips (calls skipped while its breaker was open), each kept apart for
     lookups and writes. For a source: ``calls``, errors, ``joins`` (callers that
     shared another's single-flight call), ``stale`` (stale values served because
-    it failed), ``negative`` (misses answered from the negative cache).
+    it failed), ``negative`` (misses answered from the negative cache), ``damaged``
+    (lookups that found an entry failing its integrity check: a miss, fetched again).
     """
 
     __slots__ = ("name", "lookups", "misses", "puts", "lookup_errors", "put_errors", "lookup_skips",
-                 "put_skips", "calls", "joins", "stale", "negative", "_latencies")
+                 "put_skips", "calls", "joins", "stale", "negative", "damaged", "_latencies")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -42,7 +43,7 @@ class ElementStats:
     def reset(self) -> None:
         self.lookups = self.misses = self.puts = 0
         self.lookup_errors = self.put_errors = self.lookup_skips = self.put_skips = 0
-        self.calls = self.joins = self.stale = self.negative = 0
+        self.calls = self.joins = self.stale = self.negative = self.damaged = 0
         self._latencies: deque[float] = deque(maxlen=_WINDOW)
 
     def record_latency(self, seconds: float) -> None:
@@ -66,6 +67,7 @@ class ElementStats:
             "joins": self.joins,
             "stale": self.stale,
             "negative": self.negative,
+            "damaged": self.damaged,
             "p50_us": micro(0.5),
             "p99_us": micro(0.99),
         }

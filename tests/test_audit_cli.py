@@ -59,10 +59,11 @@ def test_sessions_table_and_json(directory, capsys):
         "ended",
         "responses",
         "errors",
+        "damaged",
         "bytes",
     ]
     assert (
-        set(rule) == {"-", " "} and "nightly" in nightly and nightly.split()[-3:] == ["3", "1", "59"]
+        set(rule) == {"-", " "} and "nightly" in nightly and nightly.split()[-4:] == ["3", "1", "0", "59"]
     )  # 18 + 18 + 23 payload bytes
     code, out = run(capsys, "--dir", str(directory), "--json", "sessions")
     sessions = json.loads(out)

@@ -24,7 +24,15 @@ DEFAULT_DIR = os.environ.get("DATAPIPELINES_AUDIT_DIR", "audit")
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("audit", help="inspect and maintain an audit recorder directory")
+    parser = subparsers.add_parser(
+        "audit",
+        help="inspect and maintain an audit recorder directory",
+        epilog="With --json each command prints one JSON document: sessions a list of "
+        "{id, name, meta, started_at, ended_at, pid, host, implicit, responses, errors, damaged, bytes}; "
+        "show {id, source, method, target, params, headers, body_sha256, first_seen, as_of_bucket, "
+        "cache_tag, responses: [...]}; export {session, name, requests, responses, directory}; "
+        "verify {ok, missing, damaged}; gc {removed}. Times are Unix seconds. See docs/audit.md.",
+    )
     parser.add_argument(
         "--dir",
         default=DEFAULT_DIR,
@@ -32,10 +40,16 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-    commands.add_parser("sessions", help="list sessions with their request counts").set_defaults(
-        func=_sessions
+    commands.add_parser(
+        "sessions",
+        help="list sessions with their response, error and damaged-blob counts",
+        description="One row per session: responses recorded, error answers among them, responses "
+        "whose blob replay found damaged (moved aside, fetched again by a live pipeline; "
+        "'audit verify' checks every blob), and bytes.",
+    ).set_defaults(func=_sessions)
+    show = commands.add_parser(
+        "show", help="a request (with its as_of_bucket / cache_tag partitions) and every response to it"
     )
-    show = commands.add_parser("show", help="a request and every response recorded for it")
     show.add_argument("request_id", help="a request id or a unique prefix of at least 6 characters")
     show.add_argument("--payload", action="store_true", help="write the newest payload's bytes to stdout")
     show.set_defaults(func=_show)
@@ -88,11 +102,12 @@ def _sessions(args: argparse.Namespace) -> int:
             when(s["ended_at"]),
             s["responses"],
             s["errors"],
+            s["damaged"],
             s["bytes"],
         )
         for s in sessions
     ]
-    print(table(("session", "name", "started", "ended", "responses", "errors", "bytes"), rows))
+    print(table(("session", "name", "started", "ended", "responses", "errors", "damaged", "bytes"), rows))
     return 0
 
 
@@ -111,6 +126,9 @@ def _show(args: argparse.Namespace) -> int:
     print(f"request  {history['id']}")
     print(f"source   {history['source']}")
     print(f"call     {history['method']} {history['target']}{'?' + params if params else ''}")
+    partitions = [f"{name}={history[name]}" for name in ("as_of_bucket", "cache_tag") if history[name]]
+    if partitions:
+        print(f"recorded apart by {' '.join(partitions)} (never sent)")
     if history["headers"]:
         print(f"headers  {json.dumps(history['headers'], sort_keys=True)}")
     if history["body_sha256"]:

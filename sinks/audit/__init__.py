@@ -13,8 +13,10 @@ the request and to the session it was made in. Calls made outside
 
 As a sink it accepts RawResponse, so the pipeline hands it the exact bytes before
 they are parsed. As a source it provides RawResponse: the newest 2xx response
-recorded for the query's request id. Error answers are recorded (they explain a
-run) but never replayed. A blob whose bytes no longer match its sha256 is never
+recorded for the query's request id, no older than its ``ttl``, optionally pinned
+to one session or to what was fetched by a time (``session=``, ``as_of=``); it tells
+the pipeline each answer's age, so the type's Policy applies. Error answers are
+recorded (they explain a run) but never replayed. A blob whose bytes no longer match its sha256 is never
 served: it is moved aside to ``<sha256>.damaged`` and the request is not found,
 so a live pipeline fetches it again and an offline one raises NotFoundError.
 
@@ -22,7 +24,8 @@ By default a record is committed before ``put`` returns. ``write_behind=True``
 hands blobs and rows to one background thread per recorder and process, which
 commits them in batches shortly after (see :class:`AuditRecorder`).
 
-Modules: ``recorder`` (AuditRecorder: recording, replay, sessions), ``inspection``
+Modules: ``recorder`` (AuditRecorder: recording, replay, sessions), ``replay``
+(which answer replay picks, and its age), ``inspection``
 (reports, verify, gc, export), ``writer`` (the write-behind thread), ``schema``
 (SQLite tables, statements, connections), ``blobs`` (content-addressed files).
 """

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from datapipelines.errors import NotFoundError
+from datapipelines.errors import DamagedEntryError, NotFoundError
 
 # The package's logger: one name configures the whole recorder.
 LOGGER = logging.getLogger(__package__)
@@ -21,8 +21,10 @@ BLOBS = "blobs"
 FRESH_BLOB_SECONDS = 1.0
 
 
-class DamagedBlobError(NotFoundError):
+class DamagedBlobError(DamagedEntryError):
     """A recorded payload no longer matches its sha256; it was moved aside, never served."""
+
+    sha256: str = ""  # the blob's name
 
 
 class BlobStore:
@@ -83,7 +85,9 @@ class BlobStore:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, path.with_name(sha256 + ".damaged"))
             LOGGER.warning("Blob %s is damaged: moved aside to %s.damaged, not served", path, sha256)
-            raise DamagedBlobError(f"Recorded blob {sha256} is damaged (its bytes do not match); not served")
+            damaged = DamagedBlobError(f"Recorded blob {sha256} is damaged (its bytes differ): not served")
+            damaged.sha256 = sha256
+            raise damaged
         return data
 
     def check(self, sha256: str) -> str:

@@ -55,10 +55,23 @@ class Inspection:
             "bytes",
         )
         sessions = [dict(zip(keys, row, strict=False)) for row in rows]
+        damaged = self._damaged_by_session()
         for session in sessions:
             session["meta"] = json.loads(session["meta"])
             session["implicit"] = bool(session["implicit"])
+            session["damaged"] = damaged.get(session["id"], 0)
         return sessions
+
+    def _damaged_by_session(self) -> dict[str, int]:
+        """Per session, its responses whose blob replay found damaged and nothing has repaired since."""
+        found = {row[0] for row in self._read("SELECT DISTINCT sha256 FROM damaged")}
+        broken = sorted(sha256 for sha256 in found if self.blobs.check(sha256) != "ok")
+        if not broken:
+            return {}
+        marks = ", ".join("?" * len(broken))
+        counts = f"SELECT session_id, COUNT(*) FROM responses WHERE sha256 IN ({marks}) GROUP BY session_id"
+        rows = self._read(counts, broken)
+        return {session_id: count for session_id, count in rows}
 
     def find_session(self, name_or_id: str) -> dict[str, Any]:
         """The session with this id, unique id prefix, or name (the newest of that name)."""
@@ -99,9 +112,9 @@ class Inspection:
     def request_history(self, request_id: str) -> dict[str, Any]:
         """A request and every response recorded for it, oldest first."""
         request_id = self.find_request(request_id)
-        ((source, method, target, params, headers, body_sha256, first_seen),) = self._read(
-            "SELECT source, method, target, params, headers, body_sha256, first_seen "
-            "FROM requests WHERE id = ?",
+        ((source, method, target, params, headers, body_sha256, first_seen, *partition),) = self._read(
+            "SELECT source, method, target, params, headers, body_sha256, first_seen, as_of_bucket, "
+            "cache_tag FROM requests WHERE id = ?",
             (request_id,),
         )
         keys = (
@@ -137,6 +150,8 @@ class Inspection:
             "headers": json.loads(headers),
             "body_sha256": body_sha256,
             "first_seen": first_seen,
+            "as_of_bucket": partition[0],
+            "cache_tag": partition[1],
             "responses": responses,
         }
 

@@ -25,18 +25,20 @@ from datapipelines.remote import RawResponse, RemoteQueryError, request_for
 from datapipelines.sink import DataSink
 from datapipelines.source import DataSource
 
-from .blobs import BLOBS, BlobStore
+from .blobs import BLOBS, BlobStore, DamagedBlobError
 from .inspection import Inspection
+from .replay import ReplayRule
 from .schema import (
     DATABASE,
     END_SESSION,
     HOST,
+    INSERT_DAMAGED,
     INSERT_REQUEST,
     INSERT_RESPONSE,
-    REPLAY,
     Recorded,
     connect,
     create_tables,
+    partition_pairs,
     session_row,
 )
 from .writer import AuditWriteError, Write, Writer
@@ -95,6 +97,12 @@ class AuditRecorder(Inspection, DataSource, DataSink):
     everything queued; ``close_session``, ``close``, every read and a normal
     process exit flush first. A failed background commit is logged and raised by
     the next ``flush``/``put`` (AuditWriteError); its records are kept and retried.
+
+    Replay: ``ttl`` (seconds or a timedelta) is the oldest a recording may be to be
+    replayed; ``session`` (an id, unique id prefix or name) and ``as_of`` (a
+    datetime, ISO 8601 str or Unix seconds) pin replay to one session's answers or
+    to those fetched by then (see :class:`~.replay.ReplayRule`). Through a pipeline,
+    the requested type's Policy ttl also applies to a recording's age.
     """
 
     def __init__(
@@ -106,6 +114,9 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         write_behind: bool = False,
         max_pending: int = 10_000,
         flush_interval: float = 0.05,
+        ttl: Any = None,
+        as_of: Any = None,
+        session: str | None = None,
     ) -> None:
         if max_pending < 1 or flush_interval < 0:
             raise ConfigurationError(
@@ -127,6 +138,8 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         self._implicit: dict[int, str] = {}
         with self._transaction() as db:
             create_tables(db)
+        self._rule = self._replay_rule(ttl, as_of, session)
+        self.damaged = 0  # damaged blobs replay found in this process
         _RECORDERS.add(self)
 
     def __repr__(self) -> str:
@@ -316,6 +329,7 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             response.target,
         )
         params, headers, body = response.params, dict(response.request_headers), response.request_body
+        partition = response.partition
         if not request_id:
             # A response built by hand: the query it answered names the request.
             query = context.get(PipelineContext.Keys.QUERY) if context is not None else None
@@ -327,6 +341,7 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             request = request_for(query)
             request_id, source, method, target = request.id, request.source, request.method, request.target
             params, headers, body = request.params, dict(request.headers), request.body
+            partition = request.partition
         sha256 = hashlib.sha256(response.payload).hexdigest()
         body_sha256 = hashlib.sha256(body).hexdigest() if body is not None else None
         return Recorded(
@@ -342,6 +357,7 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             sha256,
             session_id,
             time.time(),
+            partition,
         )
 
     @DataSink.dispatch
@@ -377,28 +393,67 @@ class AuditRecorder(Inspection, DataSource, DataSink):
     def _get_raw(self, query: Mapping[str, Any], context: PipelineContext | None = None) -> RawResponse:
         if not self.replay:
             raise NotFoundError(f"{self!r} records only (replay=False)")
-        try:
-            request_id = request_for(query).id
-        except RemoteQueryError as error:
-            raise NotFoundError(f"{self!r}: not a remote query ({error})") from None
-        return self.replayed(request_id, query)
+        return self.replayed(self._request_id(query), query)
 
     @get_many.register(RawResponse)
     def _get_many_raw(self, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
         raise NotFoundError(f"{self!r} replays one request per query, not many: {query!r}")
 
     def replayed(self, request_id: str, query: Any = None) -> RawResponse:
-        """The newest 2xx response recorded for ``request_id``, as a RawResponse."""
+        """The newest 2xx response recorded for ``request_id`` (within the pins and ttl), as a RawResponse."""
+        return self._replay(request_id, query)[0]
+
+    def lookup_entry(self, type: Any, query: Mapping[str, Any]) -> tuple[RawResponse, float]:
+        """``(response, age in seconds)`` replayed for ``query``, so a pipeline applies the type's Policy."""
+        if type is not RawResponse or not self.replay:
+            raise NotFoundError(f"{self!r} replays RawResponse only, and only with replay=True")
+        return self._replay(self._request_id(query), query)
+
+    def _request_id(self, query: Mapping[str, Any]) -> str:
+        try:
+            return request_for(query).id
+        except RemoteQueryError as error:
+            raise NotFoundError(f"{self!r}: not a remote query ({error})") from None
+
+    def _replay(self, request_id: str, query: Any) -> tuple[RawResponse, float]:
+        """The answer to replay and its age; NotFoundError naming why there is none."""
         writer = self._writer_here()
         if writer is not None and request_id in writer.pending_requests:
             writer.flush()
-        rows = self._select(REPLAY, (request_id,))
+        rule = self._rule
+        rows = self._select(rule.statement, rule.arguments(request_id))
         if not rows or not 200 <= rows[0][3] <= 299:
             why = f"only error answers (last: {rows[0][3]})" if rows else "never"
+            pins = f" {rule.describe()}" if rule.pinned else ""
             raise NotFoundError(
-                f"Request {request_id[:12]} ({query!r}) was {why} recorded in {self.directory}"
+                f"Request {request_id[:12]} ({query!r}) was {why} recorded{pins} in {self.directory}"
             )
-        return self._response(rows[0])
+        age = rule.age(rows[0][9])
+        if rule.expired(age):
+            raise NotFoundError(
+                f"Request {request_id[:12]} ({query!r}) was recorded {age:.0f}s ago, past the ttl of "
+                f"{self!r} ({rule.ttl:g}s): not replayed"
+            )
+        try:
+            return self._response(rows[0]), age
+        except DamagedBlobError as damaged:
+            self._note_damaged(damaged.sha256, rows[0])
+            raise
+
+    def _note_damaged(self, sha256: str, row: tuple[Any, ...]) -> None:
+        """Write down that replay found ``sha256`` damaged (``audit sessions`` counts it)."""
+        self.damaged += 1
+        self._submit(Write(((INSERT_DAMAGED, (sha256, row[0], row[1], time.time())),)))
+
+    def _replay_rule(self, ttl: Any, as_of: Any, session: str | None) -> ReplayRule:
+        """The rule for ``ttl`` / ``as_of`` / ``session``; a session that is not recorded is an error."""
+        if session is None:
+            return ReplayRule(ttl=ttl, as_of=as_of)
+        try:
+            found = self.find_session(session)
+        except NotFoundError as error:
+            raise ConfigurationError(f"{self!r} cannot pin replay to session {session!r}: {error}") from None
+        return ReplayRule(ttl=ttl, as_of=as_of, session_id=found["id"], session_end=found["ended_at"])
 
     def _response(self, row: tuple[Any, ...]) -> RawResponse:
         (
@@ -421,6 +476,8 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             params,
             request_headers,
             body_sha256,
+            as_of_bucket,
+            cache_tag,
         ) = row
         return RawResponse(
             payload=self.blobs.read(sha256),
@@ -439,4 +496,5 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             attempts=attempts,
             fetched_at=fetched_at,
             replayed=True,
+            partition=partition_pairs(as_of_bucket, cache_tag),
         )

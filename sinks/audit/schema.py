@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from datapipelines.remote import RawResponse, mask_secrets
 
 DATABASE = "audit.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS requests (
     params TEXT NOT NULL,
     headers TEXT NOT NULL,
     body_sha256 TEXT,
-    first_seen REAL NOT NULL
+    first_seen REAL NOT NULL,
+    as_of_bucket TEXT,
+    cache_tag TEXT
 );
 CREATE TABLE IF NOT EXISTS responses (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -51,13 +53,22 @@ CREATE TABLE IF NOT EXISTS responses (
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL
 );
+-- Blobs replay found damaged: which response needed it, and when.
+CREATE TABLE IF NOT EXISTS damaged (
+    sha256 TEXT NOT NULL,
+    response_id INTEGER,
+    request_id TEXT,
+    found_at REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS responses_by_request ON responses(request_id, id);
 CREATE INDEX IF NOT EXISTS responses_by_session ON responses(session_id);
 """
 INSERT_REQUEST = (
-    "INSERT OR IGNORE INTO requests (id, source, method, target, params, headers, body_sha256, first_seen) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO requests (id, source, method, target, params, headers, body_sha256, first_seen, "
+    "as_of_bucket, cache_tag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Columns added after version 1, appended (ALTER TABLE) to directories made before them.
+_ADDED_COLUMNS = {"requests": ("as_of_bucket TEXT", "cache_tag TEXT")}
 INSERT_RESPONSE = (
     "INSERT INTO responses (request_id, session_id, status, content_type, headers, url, elapsed, attempts, "
     "fetched_at, recorded_at, sha256, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -65,18 +76,30 @@ INSERT_RESPONSE = (
 _RESPONSE_COLUMNS = (
     "r.id, r.request_id, r.session_id, r.status, r.content_type, r.headers, r.url, r.elapsed, r.attempts, "
     "r.fetched_at, r.recorded_at, r.sha256, r.size, q.source, q.method, q.target, q.params, q.headers, "
-    "q.body_sha256"
+    "q.body_sha256, q.as_of_bucket, q.cache_tag"
 )
 _INSERT_SESSION = (
     "INSERT OR IGNORE INTO sessions (id, name, meta, started_at, pid, host, implicit) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 END_SESSION = "UPDATE sessions SET ended_at = ? WHERE id = ?"
-# Newest 2xx answer first; without one, the newest answer (whose status explains the miss).
-REPLAY = (
-    f"SELECT {_RESPONSE_COLUMNS} FROM responses r JOIN requests q ON q.id = r.request_id "
-    "WHERE r.request_id = ? ORDER BY r.status BETWEEN 200 AND 299 DESC, r.id DESC LIMIT 1"
-)
+INSERT_DAMAGED = "INSERT INTO damaged (sha256, response_id, request_id, found_at) VALUES (?, ?, ?, ?)"
+
+
+def replay_statement(in_session: bool = False, as_of: bool = False) -> str:
+    """The SELECT of the answer to replay for a request id (then the session id, then the time).
+
+    Newest 2xx answer first; without one, the newest answer (whose status explains the miss).
+    ``in_session`` and ``as_of`` pin it to the answers of one session, or fetched by a time.
+    """
+    pins = (" AND r.session_id = ?" if in_session else "") + (" AND r.fetched_at <= ?" if as_of else "")
+    return (
+        f"SELECT {_RESPONSE_COLUMNS} FROM responses r JOIN requests q ON q.id = r.request_id "
+        f"WHERE r.request_id = ?{pins} ORDER BY r.status BETWEEN 200 AND 299 DESC, r.id DESC LIMIT 1"
+    )
+
+
+REPLAY = replay_statement()
 HOST = socket.gethostname()
 
 
@@ -106,7 +129,29 @@ def create_tables(db: sqlite3.Connection) -> None:
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+    _add_columns(db)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Bring a directory made by an older version up to date; its rows keep their values."""
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column.split()[0] not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+def partition_columns(partition: Any) -> tuple[str | None, str | None]:
+    """The ``as_of_bucket`` and ``cache_tag`` columns of a request's partition pairs."""
+    given = dict(partition)
+    return given.get("as_of_bucket"), given.get("cache_tag")
+
+
+def partition_pairs(as_of_bucket: str | None, cache_tag: str | None) -> tuple[tuple[str, str], ...]:
+    """The partition pairs of a request row's ``as_of_bucket`` and ``cache_tag`` columns."""
+    named = (("as_of_bucket", as_of_bucket), ("cache_tag", cache_tag))
+    return tuple((name, value) for name, value in named if value is not None)
 
 
 class Recorded(NamedTuple):
@@ -124,6 +169,7 @@ class Recorded(NamedTuple):
     sha256: str
     session_id: str
     recorded_at: float
+    partition: Any = ()
 
     def rows(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         """The request row and the response row."""
@@ -137,6 +183,7 @@ class Recorded(NamedTuple):
             _dumps(mask_secrets(self.headers)),
             self.body_sha256,
             now,
+            *partition_columns(self.partition),
         )
         response_row = (
             self.request_id,
