@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -77,3 +80,97 @@ def test_safe_to_share_between_threads() -> None:
     for thread in threads:
         thread.join()
     assert errors == [] and len(store) <= 64
+
+
+class _RecordingClock:
+    """time.monotonic that remembers, per thread, the last reading it gave."""
+
+    def __init__(self) -> None:
+        self._seen = threading.local()
+
+    def __call__(self) -> float:
+        self._seen.now = time.monotonic()
+        return self._seen.now  # type: ignore[no-any-return]
+
+    def last(self) -> float:
+        return self._seen.now  # type: ignore[no-any-return]
+
+
+def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model() -> None:
+    # Each key has one owner thread, which puts (with short, long or no expiry) and deletes it;
+    # every operation gets a per-key sequence number and a global tick when it completed. Readers
+    # tick before each lookup. Whatever a read returns must be MISSING or a value of that key
+    # that is not older than the last operation completed before the read began, and not past
+    # its deadline when the read began.
+    clock, ticks = _RecordingClock(), itertools.count()
+    store = MemoryStore(maxsize=40, clock=clock)
+    keys, writers, readers, steps = 160, 4, 4, 3000
+    history: dict[int, list[tuple[int, int, str, float]]] = {k: [] for k in range(keys)}  # seq, tick, op, deadline
+    observations: list[tuple[int, int, Any, float]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(writers + readers)
+
+    def write(owner: int) -> None:
+        rng, sequence = random.Random(owner), dict.fromkeys(range(owner, keys, writers), 0)
+        start.wait()
+        for _ in range(steps):
+            key = rng.randrange(owner, keys, writers)
+            sequence[key] += 1
+            seq = sequence[key]
+            if rng.random() < 0.15:
+                store.delete(tuple, {"id": key})
+                history[key].append((seq, next(ticks), "delete", 0.0))
+                continue
+            seconds = rng.choice([None, 0.0005, 0.01, 60])
+            store.store_many(tuple, [({"id": key}, (key, seq))], seconds=seconds)
+            deadline = float("inf") if seconds is None else clock.last() + seconds
+            history[key].append((seq, next(ticks), "put", deadline))
+
+    def read(reader: int) -> None:
+        rng, seen = random.Random(100 + reader), []
+        start.wait()
+        for _ in range(steps):
+            queries = [{"id": rng.randrange(keys)} for _ in range(rng.choice([1, 1, 5]))]
+            began, now = next(ticks), clock()
+            values = [store.lookup(tuple, queries[0])] if len(queries) == 1 else store.lookup_many(tuple, queries)
+            seen.extend((q["id"], began, v, now) for q, v in zip(queries, values))
+        observations.extend(seen)
+
+    def guarded(target: Any, n: int) -> threading.Thread:
+        def run() -> None:
+            try:
+                target(n)
+            except BaseException as error:  # collected: an assertion in a thread would be lost
+                errors.append(error)
+
+        return threading.Thread(target=run)
+
+    threads = [guarded(write, n) for n in range(writers)] + [guarded(read, n) for n in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store) <= 40
+
+    returned = 0
+    for key, began, value, now in observations:
+        done_before = [seq for seq, tick, _, _ in history[key] if tick < began]
+        if value is MISSING:
+            continue
+        returned += 1
+        found_key, seq = value
+        assert found_key == key, f"key {key} answered with the value of key {found_key}"
+        op = next(entry for entry in history[key] if entry[0] == seq)
+        assert op[2] == "put"
+        assert not done_before or seq >= max(done_before), f"key {key}: read {seq} after {max(done_before)}"
+        assert op[3] > now, f"key {key}: value {seq} returned past its deadline"
+    assert returned > 1000  # the readers did see values, not just misses
+
+    # At rest the store holds, for each key, at most the last value its owner put (if unexpired).
+    now = clock()
+    for key, ops in history.items():
+        value = store.lookup(tuple, {"id": key})
+        if value is not MISSING:
+            seq, _, op, deadline = ops[-1]
+            assert value == (key, seq) and op == "put" and deadline > now
