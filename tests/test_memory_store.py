@@ -105,7 +105,8 @@ def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model() -> No
     clock, ticks = _RecordingClock(), itertools.count()
     store = MemoryStore(maxsize=40, clock=clock)
     keys, writers, readers, steps = 160, 4, 4, 3000
-    history: dict[int, list[tuple[int, int, str, float]]] = {k: [] for k in range(keys)}  # seq, tick, op, deadline
+    # Per key: (sequence number, tick when done, "put" or "delete", deadline).
+    history: dict[int, list[tuple[int, int, str, float]]] = {k: [] for k in range(keys)}
     observations: list[tuple[int, int, Any, float]] = []
     errors: list[BaseException] = []
     start = threading.Barrier(writers + readers)
@@ -132,8 +133,11 @@ def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model() -> No
         for _ in range(steps):
             queries = [{"id": rng.randrange(keys)} for _ in range(rng.choice([1, 1, 5]))]
             began, now = next(ticks), clock()
-            values = [store.lookup(tuple, queries[0])] if len(queries) == 1 else store.lookup_many(tuple, queries)
-            seen.extend((q["id"], began, v, now) for q, v in zip(queries, values))
+            if len(queries) == 1:
+                values = [store.lookup(tuple, queries[0])]
+            else:
+                values = store.lookup_many(tuple, queries)
+            seen.extend((q["id"], began, v, now) for q, v in zip(queries, values, strict=True))
         observations.extend(seen)
 
     def guarded(target: Any, n: int) -> threading.Thread:
