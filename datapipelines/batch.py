@@ -82,6 +82,16 @@ class BatchReads:
                 break
             tried.append(route.name)
             found = self._fetch_batch(route, [queries[i] for i in pending], policy)
+            if route.plain:
+                # Nothing to convert or write back: the values are the results.
+                missed = []
+                for index, value in zip(pending, found, strict=True):
+                    if value is MISSING:
+                        missed.append(index)
+                    else:
+                        results[index] = value
+                pending = missed
+                continue
             hits = [(i, value) for i, value in zip(pending, found, strict=True) if value is not MISSING]
             if not hits:
                 continue
@@ -127,6 +137,8 @@ class BatchReads:
         self, route: Route, queries: list[Mapping[str, Any]], policy: Policy | None
     ) -> list[Any]:
         source = route.source
+        if route.keyed and policy is None:
+            return source.lookup_many(route.source_type, queries)  # type: ignore[attr-defined,no-any-return]
         if route.keyed:
             # A batch serves fresh values only: past its ttl a value is fetched again.
             limit = policy.fresh_limit if policy is not None else float("inf")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import marshal
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from datapipelines.keys import key_for
+from datapipelines.keys import key_for, on_keys_changed
 from datapipelines.store import MISSING, Store
 
 _FOREVER = float("inf")
@@ -59,6 +60,11 @@ class MemoryStore(Store):
             raise ValueError(f"MemoryStore maxsize must be positive, got {maxsize!r}")
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._get = self._entries.get
+        # (type, marshal bytes of a query) -> its key, for the queries this store has answered.
+        # Sized with the store rather than the process-wide key memo, so a hit costs the same
+        # with 10^6 keys in use as with 10^3; started over when it outgrows twice the store.
+        self._aliases: dict[tuple[Any, bytes], str] = {}
+        on_keys_changed(self, self._aliases.clear)
         self._getsizeof = getsizeof
         self._size = 0  # entries, or bytes with getsizeof
         self._lock = threading.Lock()
@@ -75,8 +81,16 @@ class MemoryStore(Store):
         return len(self._entries)
 
     def lookup(self, type_: Any, query: Mapping[str, Any]) -> Any:
-        # The pipeline's hit path: kept flat on purpose (no helper calls, no lock).
-        key = key_for(type_, query)
+        # The pipeline's hit path: kept flat on purpose (no helper calls, no lock). marshal
+        # writes exact built-in types only, each tagged, so equal bytes mean the same key
+        # (see keys.key_for); anything it cannot write takes the general path.
+        try:
+            alias = (type_, marshal.dumps(query if query.__class__ is dict else dict(query)))
+            key = self._aliases.get(alias)
+        except (ValueError, TypeError):
+            alias, key = None, None
+        if key is None:
+            return self._lookup_unaliased(type_, query, alias)
         entry = self._get(key)
         if entry is None:
             return MISSING
@@ -85,6 +99,51 @@ class MemoryStore(Store):
             return MISSING
         entry.referenced = True
         return entry.value
+
+    def _lookup_unaliased(self, type_: Any, query: Mapping[str, Any], alias: Any) -> Any:
+        # First read of this query's bytes: key it, and remember the bytes if a value is there.
+        key = key_for(type_, query)
+        value = self._load(key, type_)
+        if value is not MISSING and alias is not None:
+            self._remember_aliases([(alias, key)])
+        return value
+
+    def _remember_aliases(self, pairs: Sequence[tuple[Any, str]]) -> None:
+        aliases = self._aliases
+        if len(aliases) + len(pairs) > 2 * self.maxsize:
+            aliases.clear()
+        aliases.update(pairs)
+
+    def lookup_many(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
+        # The batch hit path: the same steps as lookup, in one pass without a lock.
+        self._check_type(type_)
+        aliased, get, now = self._aliases.get, self._get, self._clock()
+        found: list[Any] = []
+        learned = []
+        for query in queries:
+            try:
+                alias: Any = (type_, marshal.dumps(query if query.__class__ is dict else dict(query)))
+                key = aliased(alias)
+            except (ValueError, TypeError):
+                alias, key = None, None
+            if key is None:
+                key = key_for(type_, query)
+            else:
+                alias = None
+            entry = get(key)
+            if entry is None:
+                found.append(MISSING)
+            elif entry.deadline <= now:
+                self._expire(key, entry)
+                found.append(MISSING)
+            else:
+                entry.referenced = True
+                found.append(entry.value)
+                if alias is not None:
+                    learned.append((alias, key))
+        if learned:
+            self._remember_aliases(learned)
+        return found
 
     def lookup_fresh(self, type_: Any, query: Mapping[str, Any], max_age: float) -> Any:
         # The hit path of a type with a Policy: like lookup, plus the age check.
@@ -186,4 +245,5 @@ class MemoryStore(Store):
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._aliases.clear()
             self._size = 0
