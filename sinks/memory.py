@@ -13,6 +13,7 @@ from datapipelines.keys import key_for, on_keys_changed
 from datapipelines.store import MISSING, Store
 
 _FOREVER = float("inf")
+_dumps = marshal.dumps
 
 
 class _Entry:
@@ -64,6 +65,7 @@ class MemoryStore(Store):
         # Sized with the store rather than the process-wide key memo, so a hit costs the same
         # with 10^6 keys in use as with 10^3; started over when it outgrows twice the store.
         self._aliases: dict[tuple[Any, bytes], str] = {}
+        self._aliased = self._aliases.get
         on_keys_changed(self, self._aliases.clear)
         self._getsizeof = getsizeof
         self._size = 0  # entries, or bytes with getsizeof
@@ -85,8 +87,8 @@ class MemoryStore(Store):
         # writes exact built-in types only, each tagged, so equal bytes mean the same key
         # (see keys.key_for); anything it cannot write takes the general path.
         try:
-            alias = (type_, marshal.dumps(query if query.__class__ is dict else dict(query)))
-            key = self._aliases.get(alias)
+            alias = (type_, _dumps(query if query.__class__ is dict else dict(query)))
+            key = self._aliased(alias)
         except (ValueError, TypeError):
             alias, key = None, None
         if key is None:
@@ -117,12 +119,12 @@ class MemoryStore(Store):
     def lookup_many(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
         # The batch hit path: the same steps as lookup, in one pass without a lock.
         self._check_type(type_)
-        aliased, get, now = self._aliases.get, self._get, self._clock()
+        aliased, get, now = self._aliased, self._get, self._clock()
         found: list[Any] = []
         learned = []
         for query in queries:
             try:
-                alias: Any = (type_, marshal.dumps(query if query.__class__ is dict else dict(query)))
+                alias: Any = (type_, _dumps(query if query.__class__ is dict else dict(query)))
                 key = aliased(alias)
             except (ValueError, TypeError):
                 alias, key = None, None

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from test_store_contract import Item
 
-from datapipelines import MISSING
+from datapipelines import MISSING, keys, set_schema_version
 from datapipelines.sinks.memory import MemoryStore
 
 
@@ -178,3 +178,43 @@ def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model() -> No
         if value is not MISSING:
             seq, _, op, deadline = ops[-1]
             assert value == (key, seq) and op == "put" and deadline > now
+
+
+def test_a_hit_costs_no_key_computation_however_many_keys_are_in_use(monkeypatch: Any) -> None:
+    # More keys than the process-wide key memo holds: the store remembers its own queries' keys.
+    count = 70_000
+    store = MemoryStore(maxsize=count)
+    queries = [{"key": f"k{i}"} for i in range(count)]
+    store.store_many(str, [(q, q["key"]) for q in queries])
+    assert [store.lookup(str, q) for q in queries] == [q["key"] for q in queries]
+    computed = []
+    real = keys.compute_key
+    monkeypatch.setattr(keys, "compute_key", lambda *args: computed.append(args) or real(*args))
+    assert [store.lookup(str, q) for q in queries[::2]] == [q["key"] for q in queries[::2]]
+    assert store.lookup_many(str, queries[1::2]) == [q["key"] for q in queries[1::2]]
+    assert computed == []
+
+
+def test_remembered_keys_follow_a_schema_bump_and_a_clear() -> None:
+    class Versioned:
+        pass
+
+    store = MemoryStore()
+    store.store_many(Versioned, [({"id": 1}, "v1")])
+    assert store.lookup(Versioned, {"id": 1}) == "v1" and store.lookup_many(Versioned, [{"id": 1}]) == ["v1"]
+    set_schema_version(Versioned, 2)
+    assert store.lookup(Versioned, {"id": 1}) is MISSING
+    assert store.lookup_many(Versioned, [{"id": 1}]) == [MISSING]
+    store.store_many(Versioned, [({"id": 1}, "v2")])
+    assert store.lookup(Versioned, {"id": 1}) == "v2"
+    store.clear()
+    assert store.lookup(Versioned, {"id": 1}) is MISSING
+
+
+def test_typed_queries_stay_apart_on_the_remembered_path() -> None:
+    store = MemoryStore()
+    variants: list[Any] = [1, 1.0, "1", True]
+    store.store_many(str, [({"id": v}, repr(v)) for v in variants])
+    for _ in range(2):  # the second round is answered from the remembered keys
+        assert [store.lookup(str, {"id": v}) for v in variants] == ["1", "1.0", "'1'", "True"]
+        assert store.lookup_many(str, [{"id": v} for v in variants]) == ["1", "1.0", "'1'", "True"]
