@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshal
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -14,6 +14,9 @@ from datapipelines.store import MISSING, Store
 
 _FOREVER = float("inf")
 _dumps = marshal.dumps
+# Version 2 of marshal writes every str alike (no interning flag, no back-references), so the
+# bytes depend on the query's values and their types only; it is also the cheapest to write.
+_MARSHAL_VERSION = 2
 
 
 class _Entry:
@@ -61,11 +64,12 @@ class MemoryStore(Store):
             raise ValueError(f"MemoryStore maxsize must be positive, got {maxsize!r}")
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._get = self._entries.get
-        # (type, marshal bytes of a query) -> its key, for the queries this store has answered.
+        # type -> marshal bytes of a query -> its key, for the queries this store has answered.
         # Sized with the store rather than the process-wide key memo, so a hit costs the same
         # with 10^6 keys in use as with 10^3; started over when it outgrows twice the store.
-        self._aliases: dict[tuple[Any, bytes], str] = {}
-        self._aliased = self._aliases.get
+        self._aliases: defaultdict[Any, dict[bytes, str]] = defaultdict(dict)
+        self._aliased = 0
+        # The dict's own clear: a bound method of the store would keep the store alive.
         on_keys_changed(self, self._aliases.clear)
         self._getsizeof = getsizeof
         self._size = 0  # entries, or bytes with getsizeof
@@ -87,12 +91,13 @@ class MemoryStore(Store):
         # writes exact built-in types only, each tagged, so equal bytes mean the same key
         # (see keys.key_for); anything it cannot write takes the general path.
         try:
-            alias = (type_, _dumps(query if query.__class__ is dict else dict(query)))
-            key = self._aliased(alias)
+            key = self._aliases[type_].get(
+                _dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION)
+            )
         except (ValueError, TypeError):
-            alias, key = None, None
+            key = None
         if key is None:
-            return self._lookup_unaliased(type_, query, alias)
+            return self._lookup_unaliased(type_, query)
         entry = self._get(key)
         if entry is None:
             return MISSING
@@ -102,36 +107,44 @@ class MemoryStore(Store):
         entry.referenced = True
         return entry.value
 
-    def _lookup_unaliased(self, type_: Any, query: Mapping[str, Any], alias: Any) -> Any:
+    def _lookup_unaliased(self, type_: Any, query: Mapping[str, Any]) -> Any:
         # First read of this query's bytes: key it, and remember the bytes if a value is there.
         key = key_for(type_, query)
         value = self._load(key, type_)
-        if value is not MISSING and alias is not None:
-            self._remember_aliases([(alias, key)])
+        if value is not MISSING:
+            self._remember_aliases(type_, [(query, key)])
         return value
 
-    def _remember_aliases(self, pairs: Sequence[tuple[Any, str]]) -> None:
-        aliases = self._aliases
-        if len(aliases) + len(pairs) > 2 * self.maxsize:
-            aliases.clear()
-        aliases.update(pairs)
+    def _remember_aliases(self, type_: Any, pairs: Sequence[tuple[Mapping[str, Any], str]]) -> None:
+        learned = {}
+        for query, key in pairs:
+            try:
+                learned[_dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION)] = key
+            except (ValueError, TypeError):
+                continue
+        with self._lock:
+            if self._aliased + len(learned) > 2 * self.maxsize:
+                self._forget_aliases()
+            self._aliases[type_].update(learned)
+            self._aliased += len(learned)
+
+    def _forget_aliases(self) -> None:
+        self._aliases.clear()
+        self._aliased = 0
 
     def lookup_many(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
         # The batch hit path: the same steps as lookup, in one pass without a lock.
         self._check_type(type_)
-        aliased, get, now = self._aliased, self._get, self._clock()
+        aliased, get, now = self._aliases[type_].get, self._get, self._clock()
         found: list[Any] = []
         learned = []
         for query in queries:
             try:
-                alias: Any = (type_, _dumps(query if query.__class__ is dict else dict(query)))
-                key = aliased(alias)
+                known = aliased(_dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION))
             except (ValueError, TypeError):
-                alias, key = None, None
-            if key is None:
-                key = key_for(type_, query)
-            else:
-                alias = None
+                known = None
+            fresh = known is None
+            key = key_for(type_, query) if known is None else known
             entry = get(key)
             if entry is None:
                 found.append(MISSING)
@@ -141,10 +154,10 @@ class MemoryStore(Store):
             else:
                 entry.referenced = True
                 found.append(entry.value)
-                if alias is not None:
-                    learned.append((alias, key))
+                if fresh:
+                    learned.append((query, key))
         if learned:
-            self._remember_aliases(learned)
+            self._remember_aliases(type_, learned)
         return found
 
     def lookup_fresh(self, type_: Any, query: Mapping[str, Any], max_age: float) -> Any:
@@ -247,5 +260,5 @@ class MemoryStore(Store):
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-            self._aliases.clear()
+            self._forget_aliases()
             self._size = 0

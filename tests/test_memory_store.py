@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import random
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -209,6 +211,16 @@ def test_remembered_keys_follow_a_schema_bump_and_a_clear() -> None:
     assert store.lookup(Versioned, {"id": 1}) == "v2"
     store.clear()
     assert store.lookup(Versioned, {"id": 1}) is MISSING
+
+
+def test_a_store_nobody_holds_is_freed() -> None:
+    store = MemoryStore()
+    store.store_many(str, [({"id": 1}, "x")])
+    assert store.lookup(str, {"id": 1}) == "x"
+    freed = weakref.ref(store)
+    del store
+    gc.collect()
+    assert freed() is None
 
 
 def test_typed_queries_stay_apart_on_the_remembered_path() -> None:
