@@ -16,6 +16,7 @@ from .errors import (
     DataPipelinesError,
     NoConversionError,
     NotFoundError,
+    QueryKeyError,
     UnsupportedError,
 )
 from .flight import RedisLock
@@ -79,6 +80,7 @@ __all__ = [
     "PipelineContext",
     "Policy",
     "Query",
+    "QueryKeyError",
     "QueryValidationError",
     "QueryValidator",
     "QueryValidatorStructureError",
