@@ -69,7 +69,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.case:
         peak, kept = growth_mib(args.case)
-        print(f"{peak:.1f} {kept:.1f}" if args.quiet else f"{CASES[args.case]}: +{peak:.1f} / +{kept:.1f} MiB")
+        title = CASES[args.case]
+        print(f"{peak:.1f} {kept:.1f}" if args.quiet else f"{title}: peak +{peak:.1f}, kept +{kept:.1f} MiB")
         return
     print(f"key memo budget: {MEMO_BYTES / MIB:.0f} MiB per memo (two memos); "
           f"queries over {MEMO_ENTRY_BYTES} bytes are not memoised")

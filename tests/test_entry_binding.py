@@ -65,7 +65,7 @@ def backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Callable
         made.append(store)
         made.append(client)
         prefix = store.namespace + ":"
-        return store, Raw(lambda key: client.get(prefix + key), lambda key, blob: client.set(prefix + key, blob))
+        return store, Raw(lambda key: client.get(prefix + key), lambda key, b: client.set(prefix + key, b))
 
     yield make
     for thing in made:

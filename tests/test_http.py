@@ -306,7 +306,9 @@ def test_the_registry_names_unknown_and_duplicate_adapters(canned):
         unregister_adapter("ftp")
 
 
-@pytest.mark.parametrize("url", ["/x", "x.example.com/weather", "ftp://127.0.0.1/x", "http:///x", "mailto:a@b"])
+@pytest.mark.parametrize(
+    "url", ["/x", "x.example.com/weather", "ftp://127.0.0.1/x", "http:///x", "mailto:a@b"]
+)
 def test_a_url_that_is_not_absolute_http_is_refused_before_any_attempt(url, sleeps):
     attempts = []
     transport = httpx.MockTransport(lambda request: attempts.append(request) or httpx.Response(200))
