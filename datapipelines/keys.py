@@ -218,14 +218,13 @@ def key_for(type_: Any, query: Mapping[str, Any]) -> str:
     ``MEMO_ENTRY_BYTES``, so large or many distinct queries never pile up.
     """
     try:
-        data = marshal.dumps(query if query.__class__ is dict else dict(query))
+        memo_key = (type_, marshal.dumps(query if query.__class__ is dict else dict(query)))
     except (ValueError, TypeError):
         return _key_by_items(type_, query)
-    memo_key = (type_, data)
     key = _memo_get(memo_key)
     if key is None:
         key = compute_key(type_, query)
-        _memo.remember(memo_key, key, sys.getsizeof(data) + sys.getsizeof(key) + _ENTRY_OVERHEAD)
+        _memo.remember(memo_key, key, sys.getsizeof(memo_key[1]) + sys.getsizeof(key) + _ENTRY_OVERHEAD)
     return key
 
 
