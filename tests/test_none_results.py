@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from datapipelines import MISSING, DataPipeline, DataSource
+from datapipelines import MISSING, DataPipeline, DataSink, DataSource, NotFoundError
 from datapipelines.sinks import DiskStore, MemoryStore, RedisStore
 
 
@@ -106,3 +106,38 @@ def test_none_is_never_written_back_through_three_tiers(make_tier: Callable[[str
     assert pipeline.get(Profile, {"name": "nobody"}) is None
     assert source.calls == 2
     assert [tier.lookup(Profile, {"name": "nobody"}) for tier in tiers] == [MISSING] * 3
+
+
+class Notebook(DataSource, DataSink):
+    """A 1.x-style sink: it writes down whatever it is handed."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    @DataSource.dispatch
+    def get(self, type: Any, query: Any, context: Any = None) -> Any: ...
+
+    @DataSource.dispatch
+    def get_many(self, type: Any, query: Any, context: Any = None) -> Any: ...
+
+    @DataSink.dispatch
+    def put(self, type: Any, item: Any, context: Any = None) -> None: ...
+
+    @DataSink.dispatch
+    def put_many(self, type: Any, items: Any, context: Any = None) -> None: ...
+
+    @get.register(Profile)
+    def _nothing(self, query: Any, context: Any = None) -> Any:
+        raise NotFoundError("a notebook never answers")
+
+    @put.register(Profile)
+    def _note(self, item: Any, context: Any = None) -> None:
+        self.seen.append(item)
+
+
+def test_a_1x_sink_still_receives_the_none_as_1x_handed_it() -> None:
+    notebook, memory = Notebook(), MemoryStore()
+    pipeline = DataPipeline([memory, notebook, Sometimes()])
+    assert pipeline.get(Profile, {"name": "nobody"}) is None
+    assert notebook.seen == [None]
+    assert memory.lookup(Profile, {"name": "nobody"}) is MISSING
