@@ -17,6 +17,7 @@ from .errors import (
     DataPipelinesError,
     NoConversionError,
     NotFoundError,
+    QueryKeyError,
     UnsupportedError,
 )
 from .flight import RedisLock
@@ -81,6 +82,7 @@ __all__ = [
     "PipelineContext",
     "Policy",
     "Query",
+    "QueryKeyError",
     "QueryValidationError",
     "QueryValidator",
     "QueryValidatorStructureError",

@@ -385,7 +385,11 @@ class DataPipeline(BatchReads):
             route.stats.record_latency(time.perf_counter() - started)
             return found
 
-        found = self._guarded(route.source, route.stats, route.breaker, _LOOKUP, ask)
+        try:
+            found = self._guarded(route.source, route.stats, route.breaker, _LOOKUP, ask)
+        except CALLER_ERRORS:
+            route.stats.lookups -= 1  # a query the tier cannot key is the caller's mistake, not a lookup
+            raise
         if found is GUARD_FAILED:
             return None
         if found is MISSING:

@@ -19,6 +19,7 @@ from .serializers import (
     SerializationError,
     Serializer,
     SignedPickleSerializer,
+    SignedSerializer,
     make_serializer,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "SerializationError",
     "Serializer",
     "SignedPickleSerializer",
+    "SignedSerializer",
     "make_serializer",
 ]
 

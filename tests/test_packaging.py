@@ -18,7 +18,7 @@ SOURCES = ("pyproject.toml", "setup.cfg", "README.md", "LICENSE", "datapipelines
 
 
 @pytest.fixture(scope="module")
-def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("tree")
     for name in SOURCES:
         source = ROOT / name
@@ -38,7 +38,12 @@ def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         timeout=240,
     )
     assert done.returncode == 0, f"wheel build failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    (wheel,) = out.glob("*.whl")
+    (built,) = out.glob("*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel_names(wheel: Path) -> list[str]:
     with zipfile.ZipFile(wheel) as archive:
         return archive.namelist()
 
@@ -72,3 +77,17 @@ def test_wheel_ships_every_package_of_the_source_tree(wheel_names: list[str]) ->
             expected.add(f"{prefix}/{folder}/__init__.py".replace("/./", "/"))
     missing = sorted(expected - set(wheel_names))
     assert not missing, f"packages missing from the wheel (add them to pyproject.toml): {missing}"
+
+
+@pytest.mark.timeout(300)
+def test_wheel_ships_the_mit_licence_and_says_so_in_its_metadata(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (licence,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        text = archive.read(licence).decode("utf-8")
+        headers = archive.read(metadata).decode("utf-8").split("\n\n", 1)[0].splitlines()
+    assert text == (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License") and "datapipelines developers" in text
+    assert "License-Expression: MIT" in headers
+    assert "License-File: LICENSE" in headers
