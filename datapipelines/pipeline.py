@@ -71,7 +71,7 @@ class Result(NamedTuple):
 class _Request:
     """One ``get`` on its way through the routes (the miss path's shared state)."""
 
-    __slots__ = ("type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses")
+    __slots__ = ("type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses", "trace")
 
     def __init__(
         self,
@@ -88,6 +88,8 @@ class _Request:
         self.stale: Result | None = None
         # Tiers that answered "not here" (not skipped, not failed): safe to ask again.
         self.clean_misses: list[Route] = []
+        # The spans of this request, when a tracing bridge is installed (datapipelines.otel).
+        self.trace: Any = None
 
 
 class DataPipeline(BatchReads):
@@ -111,6 +113,7 @@ class DataPipeline(BatchReads):
     - ``invalidation``: an object with ``attach(pipeline)`` and ``publish(keys)``
       (see :mod:`datapipelines.invalidation`) that tells other processes' memory
       tiers about invalidations and puts.
+    - ``name``: how metrics and spans name this pipeline.
 
     A pipeline is safe to share between threads.
     """
@@ -128,6 +131,7 @@ class DataPipeline(BatchReads):
         invalidation: Any = None,
         negative_cache_size: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "default",
     ) -> None:
         if not elements:
             raise ConfigurationError("A DataPipeline needs a non-empty sequence of DataSources and DataSinks")
@@ -136,6 +140,7 @@ class DataPipeline(BatchReads):
                 raise ConfigurationError(
                     f"Pipeline elements must be DataSources or DataSinks; got {type(element).__name__}"
                 )
+        self.name = name
         self._elements = list(elements)
         self._transformers = list(transformers or ())
         self._graph = TypeGraph(self._transformers)
@@ -179,6 +184,34 @@ class DataPipeline(BatchReads):
         self._policies: dict[Any, Policy] = {}
         for policy_type, policy in (policies or {}).items():
             self.set_policy(policy_type, policy)
+        # Set by datapipelines.otel; read on the miss path only, never on a hit.
+        self._tracer: Any = None
+
+    @classmethod
+    def from_config(cls, config: Any, **options: Any) -> DataPipeline:
+        """A pipeline from a TOML file (a path) or a dict: see :mod:`datapipelines.config`."""
+        from .config import pipeline_from_config
+
+        return pipeline_from_config(config, **options)
+
+    def cached(self, type: Any, *, query: Callable[..., Mapping[str, Any]] | None = None) -> Any:
+        """Decorator: the function's results of ``type`` go through this pipeline's tiers.
+
+        See :func:`datapipelines.functions.cached`.
+        """
+        from .functions import cached
+
+        return cached(self, type, query)
+
+    def _append_source(self, source: DataSource) -> None:
+        """Put ``source`` after every element (every sink is then before it) and plan again."""
+        self._elements.append(source)
+        self._ordered_sources.append((source, list(self._ordered_sinks)))
+        self._sources.append((source, set(self._ordered_sinks)))
+        self._stats[id(source)] = ElementStats(element_name(source))
+        self._routes.clear()
+        self._fast.clear()
+        self._stores_by_type.clear()
 
     def set_policy(self, type: Any, policy: Policy | None) -> None:
         """Give ``type`` a :class:`Policy` (None removes it)."""
@@ -308,13 +341,22 @@ class DataPipeline(BatchReads):
         request = _Request(type, query, self.routes(type), self._context(query), policy, refresh)
         # The fast path only hands over (start=1) after a clean miss in the first tier.
         request.clean_misses = request.routes[:start]
+        if self._tracer is not None:
+            # Spans for this get, opened only once it is known to be a miss.
+            return self._tracer.resolve(self, request, start, only_cached, self._walk)  # type: ignore[no-any-return]
+        return self._walk(request, start, only_cached)
+
+    def _walk(self, request: _Request, start: int, only_cached: bool) -> Result:
+        type, query, refresh, policy = request.type, request.query, request.refresh, request.policy
+        ask = self._ask_tier if request.trace is None else request.trace.lookup(self._ask_tier)
+        deliver = self._deliver if request.trace is None else request.trace.write_back(self._deliver)
         for index in range(start, len(request.routes)):
             route = request.routes[index]
             if (refresh and route.cached) or (only_cached and not route.cached):
                 continue
             if not route.cached:
                 return self._fetch(request, index)
-            found = self._ask_tier(route, type, query)
+            found = ask(route, type, query)
             if found is MISSING:
                 request.clean_misses.append(route)
                 continue
@@ -329,7 +371,7 @@ class DataPipeline(BatchReads):
                     continue
                 if age >= policy.soft_limit:
                     self._refresh_later(type, query)
-            return Result(self._deliver(route, value, request.context), False, route.source_name)
+            return Result(deliver(route, value, request.context), False, route.source_name)
         if request.stale is not None:
             return request.stale
         raise NotFoundError(
@@ -473,6 +515,8 @@ class DataPipeline(BatchReads):
 
     def _ask_sources(self, request: _Request, index: int, key: str | None) -> Result:
         type, routes, context, policy = request.type, request.routes, request.context, request.policy
+        trace = request.trace
+        deliver = self._deliver if trace is None else trace.write_back(self._deliver)
         tried = [] if request.refresh else [r.name for r in routes[:index] if r.cached]
         for route in routes[index:]:
             if route.cached:
@@ -481,8 +525,9 @@ class DataPipeline(BatchReads):
             stats = route.stats
             stats.calls += 1
             started = time.perf_counter()
+            get = route.source.get if trace is None else trace.fetch(route)
             try:
-                value = route.source.get(route.source_type, dict(request.query), context)
+                value = get(route.source_type, dict(request.query), context)
             except NotFoundError:
                 stats.misses += 1
                 continue
@@ -497,7 +542,7 @@ class DataPipeline(BatchReads):
                 stats.record_latency(time.perf_counter() - started)
             if policy is not None and policy.ttl is not None:
                 context[_EXPIRY] = {type: policy.lifetime()}
-            return Result(self._deliver(route, value, context), False, route.source_name)
+            return Result(deliver(route, value, context), False, route.source_name)
         if policy is not None and policy.negative_ttl and key is not None:
             with self._negative_lock:
                 self._negative[(type, key)] = self._clock() + policy.negative_ttl
@@ -530,7 +575,8 @@ class DataPipeline(BatchReads):
             self._refreshing.add(key)
             if self._refresher is None:
                 self._refresher = ThreadPoolExecutor(2, thread_name_prefix="datapipelines-refresh")
-        self._refresher.submit(self._refresh, key, type, dict(query))
+        # In the caller's context, so what it set (a session, a cached call's arguments) holds there too.
+        self._refresher.submit(contextvars.copy_context().run, self._refresh, key, type, dict(query))
 
     def _refresh(self, key: tuple[Any, str], type: Any, query: Mapping[str, Any]) -> None:
         try:

@@ -33,7 +33,7 @@ class ElementStats:
     """
 
     __slots__ = ("name", "lookups", "misses", "puts", "lookup_errors", "put_errors", "lookup_skips",
-                 "put_skips", "calls", "joins", "stale", "negative", "_latencies")
+                 "put_skips", "calls", "joins", "stale", "negative", "sampled", "_latencies")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -43,10 +43,22 @@ class ElementStats:
         self.lookups = self.misses = self.puts = 0
         self.lookup_errors = self.put_errors = self.lookup_skips = self.put_skips = 0
         self.calls = self.joins = self.stale = self.negative = 0
+        # Latency samples ever recorded, so a metrics bridge can tell which ones it has not seen.
+        self.sampled = 0
         self._latencies: deque[float] = deque(maxlen=_WINDOW)
 
     def record_latency(self, seconds: float) -> None:
         self._latencies.append(seconds)
+        self.sampled += 1
+
+    def latencies_since(self, mark: int) -> tuple[int, list[float]]:
+        """``(new mark, the samples recorded after mark that the window still holds)``.
+
+        A mark from before ``reset`` counts from zero again.
+        """
+        window, sampled = list(self._latencies), self.sampled
+        new = sampled - mark if mark <= sampled else sampled
+        return sampled, window[len(window) - min(new, len(window)):]
 
     def snapshot(self) -> dict[str, Any]:
         ordered = sorted(self._latencies)

@@ -1,0 +1,105 @@
+"""What the metrics bridges export, read from ``pipeline.stats()`` snapshots.
+
+The OpenTelemetry bridge (:mod:`datapipelines.otel`) and the Prometheus collector
+(:mod:`datapipelines.prometheus`) both turn a snapshot into the same
+:class:`Sample` rows, so the two always agree with ``stats()`` and with each
+other. Nothing here runs on a get: the counters are read when a reader collects.
+
+- ``tier.<counter>`` for every tier (attributes ``pipeline``, ``tier``),
+- ``source.<counter>`` for every source (``pipeline``, ``source``),
+- ``ingest.files`` for each integer in ``stats()["ingest"]`` (``outcome`` its
+  key, ``scope`` the keys above it joined by dots), and ``ingest.gauge`` for the
+  rest of that section's numbers (``name`` their dotted path),
+- ``tier.duration`` / ``source.duration`` (seconds): the sampled latencies.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+from .sink import DataSink
+from .source import DataSource
+
+TIER_COUNTERS = ("hits", "misses", "puts", "errors", "skips")
+SOURCE_COUNTERS = ("calls", "misses", "errors", "joins", "stale", "negative")
+GROUPS = (("tiers", "tier", TIER_COUNTERS), ("sources", "source", SOURCE_COUNTERS))
+# Keys of stats()["ingest"] that hold a level, not a count of files, even when an integer.
+INGEST_GAUGE_KEYS = ("in_flight", "paused")
+INGEST_GAUGE_SUFFIXES = ("_age", "_age_s", "_seconds", "_us")
+# Latency histogram bounds in seconds: 1 µs (a memory hit) up to 10 s (a slow remote).
+DURATION_BUCKETS = (
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
+    1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Sample(NamedTuple):
+    """One exported value: metric ``name`` (without the ``datapipelines.`` prefix)."""
+
+    name: str
+    value: float
+    attributes: dict[str, str]
+
+
+def counter_samples(pipeline: Any, snapshot: Mapping[str, Any] | None = None) -> Iterator[Sample]:
+    """The counters of ``pipeline`` (or of a ``snapshot`` of its ``stats()``), one Sample each."""
+    report = pipeline.stats() if snapshot is None else snapshot
+    for group, role, counters in GROUPS:
+        for element, entry in report.get(group, {}).items():
+            attributes = {"pipeline": pipeline.name, role: element}
+            for counter in counters:
+                yield Sample(f"{role}.{counter}", entry[counter], attributes)
+            if "breaker" in entry:
+                yield Sample(f"{role}.breaker_open", float(entry["breaker"] == "open"), attributes)
+    ingest = report.get("ingest")
+    if isinstance(ingest, Mapping):
+        yield from _ingest_samples(pipeline.name, ingest, ())
+
+
+def _is_gauge(key: str, value: Any) -> bool:
+    return not isinstance(value, int) or isinstance(value, bool) or key in INGEST_GAUGE_KEYS or (
+        key.endswith(INGEST_GAUGE_SUFFIXES)
+    )
+
+
+def _ingest_samples(pipeline: str, section: Mapping[str, Any], path: tuple[str, ...]) -> Iterator[Sample]:
+    for key, value in section.items():
+        key = str(key)
+        if isinstance(value, Mapping):
+            yield from _ingest_samples(pipeline, value, (*path, key))
+        elif isinstance(value, (int, float)):
+            if _is_gauge(key, value):
+                name = ".".join((*path, key))
+                yield Sample("ingest.gauge", float(value), {"pipeline": pipeline, "name": name})
+            else:
+                attributes = {"pipeline": pipeline, "outcome": key}
+                if path:
+                    attributes["scope"] = ".".join(path)
+                yield Sample("ingest.files", value, attributes)
+
+
+class LatencyDrain:
+    """Hands out each element's latency samples once: those recorded since the last drain.
+
+    Pipelines are held weakly; the window of each element keeps its last 2,048
+    samples, so a reader collecting less often than that many calls sees only
+    the most recent ones.
+    """
+
+    def __init__(self) -> None:
+        self._marks: weakref.WeakKeyDictionary[Any, dict[int, int]] = weakref.WeakKeyDictionary()
+
+    def drain(self, pipeline: Any) -> Iterator[tuple[str, dict[str, str], list[float]]]:
+        """``(metric name, attributes, new samples in seconds)`` per element with new samples."""
+        marks = self._marks.setdefault(pipeline, {})
+        for element in pipeline.elements:
+            stats = pipeline._stats[id(element)]
+            mark, samples = stats.latencies_since(marks.get(id(stats), 0))
+            marks[id(stats)] = mark
+            if samples:
+                # The grouping of pipeline.stats(): a tier is both a source and a sink.
+                tier = isinstance(element, DataSource) and isinstance(element, DataSink)
+                role = "tier" if tier else "source"
+                yield f"{role}.duration", {"pipeline": pipeline.name, role: stats.name}, samples

@@ -1,0 +1,279 @@
+"""The OpenTelemetry bridge: exported values equal stats(), spans on the miss path only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from datapipelines import DataPipeline, DataSource, NotFoundError
+from datapipelines.otel import instrument
+from datapipelines.sinks import MemoryStore
+
+
+@dataclass(frozen=True)
+class Weather:
+    city: str
+    celsius: float
+
+
+class Api(DataSource):
+    """Knows Oslo and Bergen; Atlantis is not found; Mordor fails."""
+
+    def __repr__(self) -> str:
+        return "api"
+
+    @property
+    def provides(self) -> Any:
+        return {Weather}
+
+    def get(self, type: Any, query: Any, context: Any = None) -> Any:
+        if query["city"] == "Atlantis":
+            raise NotFoundError("no such city")
+        if query["city"] == "Mordor":
+            raise RuntimeError("the API is down")
+        return Weather(query["city"], 3.5)
+
+    def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
+        raise NotImplementedError
+
+
+def scripted_run(pipeline: DataPipeline) -> None:
+    for city in ("Oslo", "Oslo", "Bergen", "Oslo", "Atlantis"):
+        try:
+            pipeline.get(Weather, {"city": city})
+        except NotFoundError:
+            pass
+    with pytest.raises(RuntimeError):
+        pipeline.get(Weather, {"city": "Mordor"})
+    for _ in range(200):
+        pipeline.get(Weather, {"city": "Bergen"})
+
+
+def exported(reader: InMemoryMetricReader) -> dict[str, dict[tuple, Any]]:
+    """metric name -> {sorted attributes: data point}."""
+    found: dict[str, dict[tuple, Any]] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data is not None else ():
+        for scope in resource.scope_metrics:
+            assert scope.scope.name == "datapipelines"
+            for metric in scope.metrics:
+                points = found.setdefault(metric.name, {})
+                for point in metric.data.data_points:
+                    points[tuple(sorted(point.attributes.items()))] = point
+    return found
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def providers(reader: InMemoryMetricReader, spans: InMemorySpanExporter) -> dict[str, Any]:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    return {"meter_provider": MeterProvider(metric_readers=[reader]), "tracer_provider": tracer_provider}
+
+
+def test_exported_counters_equal_stats_after_a_scripted_run(
+    providers: dict[str, Any], reader: InMemoryMetricReader
+) -> None:
+    pipeline = DataPipeline([MemoryStore(), Api()], name="weather")
+    instrument(pipeline, **providers)
+    scripted_run(pipeline)
+    stats = pipeline.stats()
+    metrics = exported(reader)
+
+    for group, role, counters in (
+        ("tiers", "tier", ("hits", "misses", "puts", "errors", "skips")),
+        ("sources", "source", ("calls", "misses", "errors", "joins", "stale", "negative")),
+    ):
+        for element, entry in stats[group].items():
+            attributes = tuple(sorted({"pipeline": "weather", role: element}.items()))
+            for counter in counters:
+                assert metrics[f"datapipelines.{role}.{counter}"][attributes].value == entry[counter], counter
+    tier = (("pipeline", "weather"), ("tier", "MemoryStore(maxsize=10000)"))
+    assert metrics["datapipelines.tier.hits"][tier].value == 202  # 2 Oslo, 200 Bergen
+    assert metrics["datapipelines.tier.breaker_open"][tier].value == 0
+    source = (("pipeline", "weather"), ("source", "api"))
+    assert metrics["datapipelines.source.calls"][source].value == 4
+    assert metrics["datapipelines.source.errors"][source].value == 1
+
+
+def test_duration_histograms_count_every_sampled_latency_once(
+    providers: dict[str, Any], reader: InMemoryMetricReader
+) -> None:
+    pipeline = DataPipeline([MemoryStore(), Api()], name="weather")
+    instrument(pipeline, **providers)
+    scripted_run(pipeline)
+    source = (("pipeline", "weather"), ("source", "api"))
+    first = exported(reader)["datapipelines.source.duration"][source]
+    assert first.count == 4  # every source call is timed
+    assert first.sum > 0 and first.max < 1.0
+    tier_points = exported(reader)["datapipelines.tier.duration"]
+    memory = pipeline._stats[id(pipeline.elements[0])]
+    assert sum(p.count for p in tier_points.values()) == memory.sampled  # cumulative, nothing twice
+    pipeline.get(Weather, {"city": "Tromsø"})
+    assert exported(reader)["datapipelines.source.duration"][source].count == 5
+
+
+def test_several_pipelines_are_told_apart_by_name(
+    providers: dict[str, Any], reader: InMemoryMetricReader
+) -> None:
+    first, second = DataPipeline([MemoryStore(), Api()], name="a"), DataPipeline([Api()], name="b")
+    instrument(first, second, **providers)
+    first.get(Weather, {"city": "Oslo"})
+    for city in ("Oslo", "Bergen", "Oslo"):
+        second.get(Weather, {"city": city})
+    calls = exported(reader)["datapipelines.source.calls"]
+    assert calls[(("pipeline", "a"), ("source", "api"))].value == 1
+    assert calls[(("pipeline", "b"), ("source", "api"))].value == 3
+
+
+class IngestingPipeline(DataPipeline):
+    """Stands in for a pipeline with an ingest section in its stats (its shape as ingest reports it)."""
+
+    ingest: dict[str, Any] = {}
+
+    def stats(self) -> dict[str, Any]:
+        report: dict[str, Any] = super().stats()
+        report["ingest"] = self.ingest
+        return report
+
+
+def test_ingest_counters_are_exported_when_present(
+    providers: dict[str, Any], reader: InMemoryMetricReader
+) -> None:
+    pipeline = IngestingPipeline([MemoryStore(), Api()], name="inbox")
+    pipeline.ingest = {
+        "listeners": {"incoming": {"received": 12, "claimed": 11, "in_flight": 3, "paused": False}},
+        "steps": {"resize": {"processed": 9, "failed": 2, "p50_us": 1500.0}},
+        "rescans": 1,
+    }
+    instrument(pipeline, **providers)
+    metrics = exported(reader)
+    files = {dict(key).get("scope", ""): {} for key in metrics["datapipelines.ingest.files"]}
+    for key, point in metrics["datapipelines.ingest.files"].items():
+        attributes = dict(key)
+        assert attributes["pipeline"] == "inbox"
+        files[attributes.get("scope", "")][attributes["outcome"]] = point.value
+    assert files == {
+        "listeners.incoming": {"received": 12, "claimed": 11},
+        "steps.resize": {"processed": 9, "failed": 2},
+        "": {"rescans": 1},
+    }
+    gauges = {dict(k)["name"]: p.value for k, p in metrics["datapipelines.ingest.gauge"].items()}
+    assert gauges == {
+        "listeners.incoming.in_flight": 3, "listeners.incoming.paused": 0, "steps.resize.p50_us": 1500
+    }
+
+    pipeline.ingest["listeners"]["incoming"]["received"] = 15
+    again = exported(reader)["datapipelines.ingest.files"]
+    key = (("outcome", "received"), ("pipeline", "inbox"), ("scope", "listeners.incoming"))
+    assert again[key].value == 15
+
+
+def test_a_plain_pipeline_exports_no_ingest_metrics(
+    providers: dict[str, Any], reader: InMemoryMetricReader
+) -> None:
+    pipeline = DataPipeline([MemoryStore(), Api()])
+    instrument(pipeline, **providers)
+    pipeline.get(Weather, {"city": "Oslo"})
+    metrics = exported(reader)
+    assert not metrics.get("datapipelines.ingest.files")
+    assert metrics["datapipelines.source.calls"][(("pipeline", "default"), ("source", "api"))].value == 1
+
+
+def tree(spans: InMemorySpanExporter) -> list[tuple[str, str | None]]:
+    """(span name, parent span name) in the order the spans started."""
+    finished = spans.get_finished_spans()
+    names = {s.context.span_id: s.name for s in finished}
+    ordered = sorted(finished, key=lambda s: s.start_time)
+    return [(s.name, names.get(s.parent.span_id) if s.parent else None) for s in ordered]
+
+
+def test_a_miss_is_traced_from_get_through_lookup_fetch_and_write_back(
+    providers: dict[str, Any], spans: InMemorySpanExporter
+) -> None:
+    pipeline = DataPipeline([MemoryStore(), Api()], name="weather")
+    instrument(pipeline, **providers)
+    pipeline.get(Weather, {"city": "Oslo"})  # first ever get: planned, then the slow path
+    assert tree(spans) == [
+        ("datapipelines.get", None),
+        ("datapipelines.lookup", "datapipelines.get"),
+        ("datapipelines.fetch", "datapipelines.get"),
+        ("datapipelines.write_back", "datapipelines.get"),
+    ]
+    root = next(s for s in spans.get_finished_spans() if s.name == "datapipelines.get")
+    assert root.attributes["datapipelines.pipeline"] == "weather"
+    assert root.attributes["datapipelines.type"] == "Weather"
+    assert root.attributes["datapipelines.answered_by"] == "api"
+    lookup = next(s for s in spans.get_finished_spans() if s.name == "datapipelines.lookup")
+    assert lookup.attributes["datapipelines.outcome"] == "miss"
+    assert root.start_time <= lookup.start_time <= lookup.end_time <= root.end_time
+
+    spans.clear()
+    pipeline.get(Weather, {"city": "Bergen"})  # a miss handed over by the fast path
+    assert [name for name, _ in tree(spans)] == [
+        "datapipelines.get", "datapipelines.fetch", "datapipelines.write_back"
+    ]
+    root = next(s for s in spans.get_finished_spans() if s.name == "datapipelines.get")
+    assert [e.name for e in root.events] == ["datapipelines.lookup"]
+
+
+def test_hits_make_no_spans_and_ask_no_tracer(providers: dict[str, Any], spans: InMemorySpanExporter) -> None:
+    pipeline = DataPipeline([MemoryStore(), Api()])
+    instrument(pipeline, **providers)
+    pipeline.get(Weather, {"city": "Oslo"})
+    spans.clear()
+
+    class NoTracer:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"a hit used the tracer: {name}")
+
+    pipeline._tracer.tracer = NoTracer()
+    for _ in range(500):  # the sampled hits (one in 64) take the slow path too
+        assert pipeline.get(Weather, {"city": "Oslo"}) == Weather("Oslo", 3.5)
+    assert spans.get_finished_spans() == ()
+
+
+def test_failures_and_not_found_are_told_apart_on_spans(
+    providers: dict[str, Any], spans: InMemorySpanExporter
+) -> None:
+    pipeline = DataPipeline([MemoryStore(), Api()])
+    instrument(pipeline, **providers)
+    with pytest.raises(NotFoundError):
+        pipeline.get(Weather, {"city": "Atlantis"})
+    with pytest.raises(RuntimeError):
+        pipeline.get(Weather, {"city": "Mordor"})
+    fetches = [s for s in spans.get_finished_spans() if s.name == "datapipelines.fetch"]
+    assert fetches[0].attributes["datapipelines.outcome"] == "not_found"
+    assert fetches[0].status.is_ok
+    assert not fetches[1].status.is_ok and "the API is down" in fetches[1].status.description
+    assert fetches[1].events[0].name == "exception"
+
+
+def test_removed_pipelines_are_neither_traced_nor_exported(
+    providers: dict[str, Any], reader: InMemoryMetricReader, spans: InMemorySpanExporter
+) -> None:
+    pipeline = DataPipeline([MemoryStore(), Api()], name="gone")
+    bridge = instrument(pipeline, **providers)
+    bridge.remove(pipeline)
+    pipeline.get(Weather, {"city": "Oslo"})
+    assert spans.get_finished_spans() == ()
+    assert not exported(reader).get("datapipelines.source.calls")
