@@ -34,6 +34,28 @@ DURATION_BUCKETS = (
     1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 
+# The metrics every bridge exports, and what each counts.
+GAUGES = ("tier.breaker_open", "ingest.gauge")
+COUNTERS = tuple(f"{role}.{c}" for _, role, counters in GROUPS for c in counters) + ("ingest.files",)
+DESCRIPTIONS = {
+    "tier.hits": "lookups a tier answered",
+    "tier.misses": "lookups a tier did not have",
+    "tier.puts": "values written into a tier",
+    "tier.errors": "failed tier lookups and writes",
+    "tier.skips": "tier calls skipped while its circuit breaker was open",
+    "tier.breaker_open": "1 while the tier's circuit breaker is open",
+    "source.calls": "calls to a source",
+    "source.misses": "source calls answered NotFoundError",
+    "source.errors": "source calls that failed",
+    "source.joins": "callers that shared another's single-flight call",
+    "source.stale": "stale values served because the source failed",
+    "source.negative": "misses answered from the negative cache",
+    "ingest.files": "incoming files, by outcome",
+    "ingest.gauge": "ingest levels (in flight, ages, pause)",
+    "tier.duration": "sampled tier call latency",
+    "source.duration": "sampled source call latency",
+}
+
 
 class Sample(NamedTuple):
     """One exported value: metric ``name`` (without the ``datapipelines.`` prefix)."""

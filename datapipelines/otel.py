@@ -42,27 +42,8 @@ except ImportError as error:  # pragma: no cover - exercised in a venv without t
     ) from error
 
 from .errors import NotFoundError, type_name
-from .metrics import DURATION_BUCKETS, GROUPS, LatencyDrain, Sample, counter_samples
+from .metrics import COUNTERS, DESCRIPTIONS, DURATION_BUCKETS, GAUGES, LatencyDrain, Sample, counter_samples
 from .store import MISSING
-
-_GAUGES = ("tier.breaker_open", "ingest.gauge")
-_COUNTERS = tuple(f"{role}.{c}" for _, role, counters in GROUPS for c in counters) + ("ingest.files",)
-_DESCRIPTIONS = {
-    "tier.hits": "lookups a tier answered",
-    "tier.misses": "lookups a tier did not have",
-    "tier.puts": "values written into a tier",
-    "tier.errors": "failed tier lookups and writes",
-    "tier.skips": "tier calls skipped while its circuit breaker was open",
-    "tier.breaker_open": "1 while the tier's circuit breaker is open",
-    "source.calls": "calls to a source",
-    "source.misses": "source calls answered NotFoundError",
-    "source.errors": "source calls that failed",
-    "source.joins": "callers that shared another's single-flight call",
-    "source.stale": "stale values served because the source failed",
-    "source.negative": "misses answered from the negative cache",
-    "ingest.files": "incoming files, by outcome",
-    "ingest.gauge": "ingest levels (in flight, ages, pause)",
-}
 
 
 class OpenTelemetryBridge:
@@ -85,16 +66,16 @@ class OpenTelemetryBridge:
         self._tracing = _Tracing(tracer) if traces else None
         self._durations = {
             name: meter.create_histogram(
-                f"datapipelines.{name}", unit="s", description=f"sampled {name.split('.')[0]} call latency",
+                f"datapipelines.{name}", unit="s", description=DESCRIPTIONS[name],
                 explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
             )
             for name in ("tier.duration", "source.duration")
         }  # fmt: skip
-        for index, name in enumerate(_COUNTERS + _GAUGES):
+        for index, name in enumerate(COUNTERS + GAUGES):
             # The first callback of a collection takes the snapshots; the others read them.
             callbacks = [self._collect, self._observer(name)] if index == 0 else [self._observer(name)]
-            create = meter.create_observable_gauge if name in _GAUGES else meter.create_observable_counter
-            create(f"datapipelines.{name}", callbacks=callbacks, unit="1", description=_DESCRIPTIONS[name])
+            create = meter.create_observable_gauge if name in GAUGES else meter.create_observable_counter
+            create(f"datapipelines.{name}", callbacks=callbacks, unit="1", description=DESCRIPTIONS[name])
 
     def add(self, pipeline: Any) -> OpenTelemetryBridge:
         """Export ``pipeline`` too (and trace its misses, unless ``traces=False``)."""

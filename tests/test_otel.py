@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,49 +13,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from test_metrics_support import Api, IngestingPipeline, Weather, scripted_run
 
-from datapipelines import DataPipeline, DataSource, NotFoundError
+from datapipelines import DataPipeline, NotFoundError
 from datapipelines.otel import instrument
 from datapipelines.sinks import MemoryStore
-
-
-@dataclass(frozen=True)
-class Weather:
-    city: str
-    celsius: float
-
-
-class Api(DataSource):
-    """Knows Oslo and Bergen; Atlantis is not found; Mordor fails."""
-
-    def __repr__(self) -> str:
-        return "api"
-
-    @property
-    def provides(self) -> Any:
-        return {Weather}
-
-    def get(self, type: Any, query: Any, context: Any = None) -> Any:
-        if query["city"] == "Atlantis":
-            raise NotFoundError("no such city")
-        if query["city"] == "Mordor":
-            raise RuntimeError("the API is down")
-        return Weather(query["city"], 3.5)
-
-    def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
-        raise NotImplementedError
-
-
-def scripted_run(pipeline: DataPipeline) -> None:
-    for city in ("Oslo", "Oslo", "Bergen", "Oslo", "Atlantis"):
-        try:
-            pipeline.get(Weather, {"city": city})
-        except NotFoundError:
-            pass
-    with pytest.raises(RuntimeError):
-        pipeline.get(Weather, {"city": "Mordor"})
-    for _ in range(200):
-        pipeline.get(Weather, {"city": "Bergen"})
 
 
 def exported(reader: InMemoryMetricReader) -> dict[str, dict[tuple, Any]]:
@@ -143,17 +104,6 @@ def test_several_pipelines_are_told_apart_by_name(
     calls = exported(reader)["datapipelines.source.calls"]
     assert calls[(("pipeline", "a"), ("source", "api"))].value == 1
     assert calls[(("pipeline", "b"), ("source", "api"))].value == 3
-
-
-class IngestingPipeline(DataPipeline):
-    """Stands in for a pipeline with an ingest section in its stats (its shape as ingest reports it)."""
-
-    ingest: dict[str, Any] = {}
-
-    def stats(self) -> dict[str, Any]:
-        report: dict[str, Any] = super().stats()
-        report["ingest"] = self.ingest
-        return report
 
 
 def test_ingest_counters_are_exported_when_present(
@@ -277,3 +227,31 @@ def test_removed_pipelines_are_neither_traced_nor_exported(
     pipeline.get(Weather, {"city": "Oslo"})
     assert spans.get_finished_spans() == ()
     assert not exported(reader).get("datapipelines.source.calls")
+
+
+def test_httpx_spans_nest_under_the_fetch_span(
+    providers: dict[str, Any], spans: InMemorySpanExporter
+) -> None:
+    instrumentation = pytest.importorskip("opentelemetry.instrumentation.httpx")
+    from datapipelines.http import HttpSource
+    from datapipelines.testing import LocalServer
+    from datapipelines.transformers import DataclassTransformer, RawTransformer
+
+    instrumentor = instrumentation.HTTPXClientInstrumentor()
+    instrumentor.instrument(tracer_provider=providers["tracer_provider"])
+    try:
+        with LocalServer({"/weather": lambda hit: {"city": hit.params["city"], "celsius": 3.5}}) as server:
+            source = HttpSource(server.url)
+            converters = [RawTransformer(), DataclassTransformer(Weather)]
+            pipeline = DataPipeline([MemoryStore(), source], converters, name="remote")
+            instrument(pipeline, **providers)
+            query = {"path": "/weather", "params": {"city": "Oslo"}}
+            assert pipeline.get(Weather, query) == Weather("Oslo", 3.5)
+            source.close()
+    finally:
+        instrumentor.uninstrument()
+    finished = spans.get_finished_spans()
+    fetch = next(s for s in finished if s.name == "datapipelines.fetch")
+    (http,) = [s for s in finished if not s.name.startswith("datapipelines.")]
+    assert http.parent is not None and http.parent.span_id == fetch.context.span_id
+    assert http.context.trace_id == fetch.context.trace_id
