@@ -102,13 +102,14 @@ class PipelineCollector(Collector):
                 family.add_metric([row.attributes.get(label, "") for label in labels], row.value)
             yield family
         for name in ("tier.duration", "source.duration"):
-            rows = [h for h in histograms if h[0] == name]
-            labels = sorted({label for row in rows for label in row[1]})
-            histogram_name = _prometheus_name(name) + "_seconds"
-            family = HistogramMetricFamily(histogram_name, DESCRIPTIONS[name], labels=labels)
-            for _, attributes, buckets, total in rows:
-                family.add_metric([attributes.get(label, "") for label in labels], buckets, sum_value=total)
-            yield family
+            entries = [h for h in histograms if h[0] == name]
+            keys = sorted({label for entry in entries for label in entry[1]})
+            histogram_family = HistogramMetricFamily(
+                _prometheus_name(name) + "_seconds", DESCRIPTIONS[name], labels=keys
+            )
+            for _, attributes, buckets, total in entries:
+                histogram_family.add_metric([attributes.get(k, "") for k in keys], buckets, sum_value=total)
+            yield histogram_family
 
 
 class MetricsServer:
