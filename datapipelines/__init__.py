@@ -19,6 +19,15 @@ from .errors import (
     UnsupportedError,
 )
 from .flight import RedisLock
+from .functions import (
+    CachedFunction,
+    FunctionSink,
+    FunctionSource,
+    FunctionTransformer,
+    sink,
+    source,
+    transformer,
+)
 from .keys import key_for, set_schema_version
 from .pipeline import DataPipeline, Result, current_session
 from .policy import Policy
@@ -58,6 +67,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BATCH_KEY",
+    "CachedFunction",
+    "FunctionSink",
+    "FunctionSource",
+    "FunctionTransformer",
     "MISSING",
     "TYPE_WILDCARD",
     "BoundKeyExistenceError",
@@ -94,5 +107,8 @@ __all__ = [
     "key_for",
     "register_adapter",
     "set_schema_version",
+    "sink",
+    "source",
+    "transformer",
     "validate_query",
 ]
