@@ -55,7 +55,8 @@ def _print(pipeline: Any, as_json: bool) -> None:
     print(table(("role", "element", *counters), rows))
 
 
-def _wait_for_interrupt() -> None:
+def wait_for_interrupt() -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -98,7 +99,7 @@ def _stats(args: argparse.Namespace) -> int:
         _print(pipeline, args.json)
         if server is not None:
             print("serving until interrupted (Ctrl-C)", flush=True)
-            _wait_for_interrupt()
+            wait_for_interrupt()
     finally:
         if server is not None:
             server.close()
