@@ -134,7 +134,7 @@ class _Tracing:
     def resolve(
         self, pipeline: Any, request: Any, start: int, only_cached: bool, walk: Callable[..., Any]
     ) -> Any:
-        trace_ = request.trace = _Trace(self.tracer, pipeline.name, type_name(request.type))
+        trace_ = request.trace = _Trace(self.tracer, pipeline.name, request.type)
         if start:
             # The fast path already missed in the first tier: this is a miss.
             trace_.open()
@@ -166,23 +166,28 @@ def _failed(span: Any, error: BaseException) -> None:
 
 class _Trace:
     """The spans of one get. Tier lookups made before anything missed are only timed:
-    they become spans when the get turns out to be a miss, and are dropped on a hit."""
+    they become spans when the get turns out to be a miss, and cost a clock reading on a hit."""
 
-    __slots__ = ("tracer", "attributes", "begun", "pending", "root", "token")
+    __slots__ = ("tracer", "pipeline", "type", "last", "pending", "root", "token", "ask", "deliver")
 
-    def __init__(self, tracer: Any, pipeline: str, type: str) -> None:
-        self.tracer = tracer
-        self.attributes = {"datapipelines.pipeline": pipeline, "datapipelines.type": type}
-        self.begun = time.time_ns()
+    def __init__(self, tracer: Any, pipeline: str, type: Any) -> None:
+        self.tracer, self.pipeline, self.type = tracer, pipeline, type
+        # When the get began, then when the last untraced lookup ended: where the next one starts.
+        self.last = time.time_ns()
         self.pending: list[tuple[Any, int, int, str]] = []
         self.root: Any = None
         self.token: Any = None
+        # The pipeline's own tier lookup and write-back, handed over by lookup() and write_back().
+        self.ask: Any = None
+        self.deliver: Any = None
 
     def open(self) -> None:
         if self.root is not None:
             return
         start_span = self.tracer.start_span
-        self.root = start_span("datapipelines.get", start_time=self.begun, attributes=self.attributes)
+        begun = self.pending[0][1] if self.pending else self.last
+        attributes = {"datapipelines.pipeline": self.pipeline, "datapipelines.type": type_name(self.type)}
+        self.root = start_span("datapipelines.get", start_time=begun, attributes=attributes)
         self.token = otel_context.attach(trace.set_span_in_context(self.root))
         for route, started, ended, outcome in self.pending:
             span = start_span("datapipelines.lookup", start_time=started, attributes=_tier(route, outcome))
@@ -201,21 +206,21 @@ class _Trace:
 
     def lookup(self, ask: Callable[..., Any]) -> Callable[..., Any]:
         """``ask`` (the pipeline's tier lookup), timed, and a span once the get is a miss."""
+        self.ask = ask
+        return self._lookup
 
-        def traced(route: Any, type: Any, query: Any) -> Any:
-            if self.root is None:
-                started = time.time_ns()
-                found = ask(route, type, query)
-                self.pending.append((route, started, time.time_ns(), _outcome(found)))
-                if found is MISSING or found is None:
-                    self.open()
-                return found
-            with self.tracer.start_as_current_span("datapipelines.lookup", attributes=_tier(route)) as span:
-                found = ask(route, type, query)
-                span.set_attribute("datapipelines.outcome", _outcome(found))
+    def _lookup(self, route: Any, type: Any, query: Any) -> Any:
+        if self.root is None:
+            found = self.ask(route, type, query)
+            started, self.last = self.last, time.time_ns()
+            self.pending.append((route, started, self.last, _outcome(found)))
+            if found is MISSING or found is None:
+                self.open()
             return found
-
-        return traced
+        with self.tracer.start_as_current_span("datapipelines.lookup", attributes=_tier(route)) as span:
+            found = self.ask(route, type, query)
+            span.set_attribute("datapipelines.outcome", _outcome(found))
+        return found
 
     def fetch(self, route: Any) -> Callable[..., Any]:
         """``route.source.get`` under a current ``datapipelines.fetch`` span."""
@@ -239,14 +244,14 @@ class _Trace:
 
     def write_back(self, deliver: Callable[..., Any]) -> Callable[..., Any]:
         """``deliver`` (write-back and conversion) under a ``datapipelines.write_back`` span."""
+        self.deliver = deliver
+        return self._write_back
 
-        def traced(route: Any, value: Any, context: Any) -> Any:
-            if not (route.before or route.after):
-                return deliver(route, value, context)
-            self.open()
-            sinks = len(route.before) + len(route.after)
-            attributes = {"datapipelines.answered_by": route.source_name, "datapipelines.sinks": sinks}
-            with self.tracer.start_as_current_span("datapipelines.write_back", attributes=attributes):
-                return deliver(route, value, context)
-
-        return traced
+    def _write_back(self, route: Any, value: Any, context: Any) -> Any:
+        if not (route.before or route.after):
+            return self.deliver(route, value, context)
+        self.open()
+        sinks = len(route.before) + len(route.after)
+        attributes = {"datapipelines.answered_by": route.source_name, "datapipelines.sinks": sinks}
+        with self.tracer.start_as_current_span("datapipelines.write_back", attributes=attributes):
+            return self.deliver(route, value, context)

@@ -153,7 +153,7 @@ def tree(spans: InMemorySpanExporter) -> list[tuple[str, str | None]]:
     """(span name, parent span name) in the order the spans started."""
     finished = spans.get_finished_spans()
     names = {s.context.span_id: s.name for s in finished}
-    ordered = sorted(finished, key=lambda s: s.start_time)
+    ordered = sorted(finished, key=lambda s: (s.start_time, s.parent is not None))  # parents first on ties
     return [(s.name, names.get(s.parent.span_id) if s.parent else None) for s in ordered]
 
 
