@@ -5,8 +5,9 @@ The OpenTelemetry bridge (:mod:`datapipelines.otel`) and the Prometheus collecto
 :class:`Sample` rows, so the two always agree with ``stats()`` and with each
 other. Nothing here runs on a get: the counters are read when a reader collects.
 
-- ``tier.<counter>`` for every tier (attributes ``pipeline``, ``tier``),
-- ``source.<counter>`` for every source (``pipeline``, ``source``),
+- ``tier.<counter>`` for every tier (attributes ``pipeline``, ``tier``, and ``type``
+  when the pipeline counts by type),
+- ``source.<counter>`` for every source (``pipeline``, ``source``, ``type``),
 - ``ingest.files`` for each integer in ``stats()["ingest"]`` (``outcome`` its
   key, ``scope`` the keys above it joined by dots), and ``ingest.gauge`` for the
   rest of that section's numbers (``name`` their dotted path),
@@ -19,6 +20,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+from .errors import type_name
 from .sink import DataSink
 from .source import DataSource
 
@@ -65,16 +67,44 @@ class Sample(NamedTuple):
     attributes: dict[str, str]
 
 
-def counter_samples(pipeline: Any, snapshot: Mapping[str, Any] | None = None) -> Iterator[Sample]:
-    """The counters of ``pipeline`` (or of a ``snapshot`` of its ``stats()``), one Sample each."""
-    report = pipeline.stats() if snapshot is None else snapshot
+def counted(pipeline: Any) -> Iterator[tuple[str, Any, str | None]]:
+    """``(role, ElementStats, type name or None)`` for every set of counters the pipeline keeps:
+    one per element, and one per element and type when it counts by type."""
+    roles = {}
+    for element in pipeline.elements:
+        # The grouping of pipeline.stats(): a tier is both a source and a sink.
+        tier = isinstance(element, DataSource) and isinstance(element, DataSink)
+        roles[id(element)] = "tier" if tier else "source"
+        yield roles[id(element)], pipeline._stats[id(element)], None
+    for (owner, type_), stats in list((pipeline._type_stats or {}).items()):
+        yield roles[owner], stats, type_name(type_)
+
+
+def counter_samples(pipeline: Any) -> Iterator[Sample]:
+    """The counters of ``pipeline``, one Sample each, read from ``pipeline.stats()``.
+
+    A pipeline built with ``stats_by_type=True`` gets one series per element and
+    type (attribute ``type``), plus ``type=""`` for what it did outside any type.
+    """
+    report = pipeline.stats()
+    by_type = pipeline._type_stats is not None
     for group, role, counters in GROUPS:
         for element, entry in report.get(group, {}).items():
             attributes = {"pipeline": pipeline.name, role: element}
-            for counter in counters:
-                yield Sample(f"{role}.{counter}", entry[counter], attributes)
             if "breaker" in entry:
                 yield Sample(f"{role}.breaker_open", float(entry["breaker"] == "open"), attributes)
+            if not by_type:
+                for counter in counters:
+                    yield Sample(f"{role}.{counter}", entry[counter], attributes)
+    if by_type:
+        for role, stats, type_ in counted(pipeline):
+            entry = stats.snapshot()
+            counters = TIER_COUNTERS if role == "tier" else SOURCE_COUNTERS
+            if type_ is None and not any(entry[counter] for counter in counters):
+                continue
+            attributes = {"pipeline": pipeline.name, role: stats.name, "type": type_ or ""}
+            for counter in counters:
+                yield Sample(f"{role}.{counter}", entry[counter], attributes)
     ingest = report.get("ingest")
     if isinstance(ingest, Mapping):
         yield from _ingest_samples(pipeline.name, ingest, ())
@@ -114,14 +144,13 @@ class LatencyDrain:
         self._marks: weakref.WeakKeyDictionary[Any, dict[int, int]] = weakref.WeakKeyDictionary()
 
     def drain(self, pipeline: Any) -> Iterator[tuple[str, dict[str, str], list[float]]]:
-        """``(metric name, attributes, new samples in seconds)`` per element with new samples."""
+        """``(metric name, attributes, new samples in seconds)`` per set of counters with new samples."""
         marks = self._marks.setdefault(pipeline, {})
-        for element in pipeline.elements:
-            stats = pipeline._stats[id(element)]
+        for role, stats, type_ in counted(pipeline):
             mark, samples = stats.latencies_since(marks.get(id(stats), 0))
             marks[id(stats)] = mark
             if samples:
-                # The grouping of pipeline.stats(): a tier is both a source and a sink.
-                tier = isinstance(element, DataSource) and isinstance(element, DataSink)
-                role = "tier" if tier else "source"
-                yield f"{role}.duration", {"pipeline": pipeline.name, role: stats.name}, samples
+                attributes = {"pipeline": pipeline.name, role: stats.name}
+                if type_ is not None:
+                    attributes["type"] = type_
+                yield f"{role}.duration", attributes, samples

@@ -114,6 +114,8 @@ class DataPipeline(BatchReads):
       (see :mod:`datapipelines.invalidation`) that tells other processes' memory
       tiers about invalidations and puts.
     - ``name``: how metrics and spans name this pipeline.
+    - ``stats_by_type``: also count per requested type (:meth:`stats_by_type`, and a
+      ``type`` attribute on every metric); off by default, as each type adds series.
 
     A pipeline is safe to share between threads.
     """
@@ -132,6 +134,7 @@ class DataPipeline(BatchReads):
         negative_cache_size: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         name: str = "default",
+        stats_by_type: bool = False,
     ) -> None:
         if not elements:
             raise ConfigurationError("A DataPipeline needs a non-empty sequence of DataSources and DataSinks")
@@ -160,6 +163,8 @@ class DataPipeline(BatchReads):
         self._strict = strict
         self._clock = clock
         self._stats = {id(e): ElementStats(element_name(e)) for e in self._elements}
+        # (element id, requested type) -> its counters, when counting by type.
+        self._type_stats: dict[tuple[int, Any], ElementStats] | None = {} if stats_by_type else None
         self._breakers: dict[int, CircuitBreaker | NoBreaker] = {
             id(e): breaker() if breaker is not None else NO_BREAKER
             for e in self._elements
@@ -241,9 +246,9 @@ class DataPipeline(BatchReads):
                 )
             policy = self._policies.get(type)
             for route in routes:
-                route.attach(self._stats[id(route.source)], self._breaker(route.source), policy)
+                route.attach(self._stats_for(route.source, type), self._breaker(route.source), policy)
                 for feed in route.before + route.after:
-                    feed.attach(self._stats[id(feed.sink)], self._breaker(feed.sink))
+                    feed.attach(self._stats_for(feed.sink, type), self._breaker(feed.sink))
             self._routes[type] = routes
             self._enable_fast_path(type)
         return routes
@@ -258,7 +263,7 @@ class DataPipeline(BatchReads):
         if feeds is None:
             _, feeds = feeds_for(self._graph, self._ordered_sinks, type, type)
             for feed in feeds:
-                feed.attach(self._stats[id(feed.sink)], self._breaker(feed.sink))
+                feed.attach(self._stats_for(feed.sink, type), self._breaker(feed.sink))
             self._put_feeds[type] = feeds
         return feeds
 
@@ -266,6 +271,16 @@ class DataPipeline(BatchReads):
         """The query that identifies ``item``, from ``query_from``; None if there is no function."""
         function = self._query_from.get(type)
         return None if function is None else function(item)
+
+    def _stats_for(self, element: Any, type: Any) -> ElementStats:
+        """The counters a route or feed of ``type`` updates: the element's, or its own per type."""
+        if self._type_stats is None:
+            return self._stats[id(element)]
+        key = (id(element), type)
+        stats = self._type_stats.get(key)
+        if stats is None:
+            stats = self._type_stats[key] = ElementStats(self._stats[id(element)].name)
+        return stats
 
     def _breaker(self, element: Any) -> CircuitBreaker | NoBreaker:
         """The element's breaker; pure sources (not tiers) have none."""
@@ -598,8 +613,11 @@ class DataPipeline(BatchReads):
         and tiers the state of their circuit breaker.
         """
         report: dict[str, dict[str, dict[str, Any]]] = {"tiers": {}, "sources": {}}
+        per_type = self._type_stats.items() if self._type_stats is not None else ()
         for element in self._elements:
-            entry = self._stats[id(element)].snapshot()
+            stats = self._stats[id(element)]
+            parts = [s for (owner, _), s in per_type if owner == id(element)]
+            entry = (ElementStats.combined([stats, *parts]) if parts else stats).snapshot()
             breaker = self._breakers.get(id(element))
             if breaker is not None:
                 entry["breaker"] = breaker.state
@@ -608,9 +626,24 @@ class DataPipeline(BatchReads):
             report[group][self._stats[id(element)].name] = entry
         return report
 
+    def stats_by_type(self) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+        """``stats()`` split by requested type: ``{"tiers": {name: {type name: {...}}}, "sources": ...}``.
+
+        Needs ``DataPipeline(..., stats_by_type=True)``; what an element did outside
+        any type (a failed invalidation) stays in ``stats()`` only.
+        """
+        if self._type_stats is None:
+            raise ConfigurationError("stats_by_type() needs DataPipeline(..., stats_by_type=True)")
+        report: dict[str, dict[str, dict[str, dict[str, Any]]]] = {"tiers": {}, "sources": {}}
+        groups = {id(e): "tiers" if isinstance(e, DataSource) and isinstance(e, DataSink) else "sources"
+                  for e in self._elements}  # fmt: skip
+        for (owner, type), stats in list(self._type_stats.items()):
+            report[groups[owner]].setdefault(stats.name, {})[type_name(type)] = stats.snapshot()
+        return report
+
     def reset_stats(self) -> None:
         """Set every counter back to zero and forget latency samples."""
-        for stats in self._stats.values():
+        for stats in [*self._stats.values(), *(self._type_stats or {}).values()]:
             stats.reset()
 
     def get_many(self, type: type[T] | Any, query: Mapping[str, Any], streaming: bool = False) -> Iterable[T]:

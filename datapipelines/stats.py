@@ -51,6 +51,17 @@ class ElementStats:
         self._latencies.append(seconds)
         self.sampled += 1
 
+    @classmethod
+    def combined(cls, parts: list[ElementStats]) -> ElementStats:
+        """One ElementStats adding up ``parts`` (an element's counters kept per type)."""
+        total = cls(parts[0].name)
+        for field in cls.__slots__:
+            if field not in ("name", "_latencies"):
+                setattr(total, field, sum(getattr(part, field) for part in parts))
+        for part in parts:
+            total._latencies.extend(part._latencies)
+        return total
+
     def latencies_since(self, mark: int) -> tuple[int, list[float]]:
         """``(new mark, the samples recorded after mark that the window still holds)``.
 

@@ -8,6 +8,8 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+from dataclasses import dataclass
+
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -15,7 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from test_metrics_support import Api, IngestingPipeline, Weather, scripted_run
 
-from datapipelines import DataPipeline, NotFoundError
+from datapipelines import ConfigurationError, DataPipeline, NotFoundError
 from datapipelines.otel import instrument
 from datapipelines.sinks import MemoryStore
 
@@ -129,7 +131,9 @@ def test_ingest_counters_are_exported_when_present(
     }
     gauges = {dict(k)["name"]: p.value for k, p in metrics["datapipelines.ingest.gauge"].items()}
     assert gauges == {
-        "listeners.incoming.in_flight": 3, "listeners.incoming.paused": 0, "steps.resize.p50_us": 1500
+        "listeners.incoming.in_flight": 3,
+        "listeners.incoming.paused": 0,
+        "steps.resize.p50_us": 1500,
     }
 
     pipeline.ingest["listeners"]["incoming"]["received"] = 15
@@ -180,7 +184,9 @@ def test_a_miss_is_traced_from_get_through_lookup_fetch_and_write_back(
     spans.clear()
     pipeline.get(Weather, {"city": "Bergen"})  # a miss handed over by the fast path
     assert [name for name, _ in tree(spans)] == [
-        "datapipelines.get", "datapipelines.fetch", "datapipelines.write_back"
+        "datapipelines.get",
+        "datapipelines.fetch",
+        "datapipelines.write_back",
     ]
     root = next(s for s in spans.get_finished_spans() if s.name == "datapipelines.get")
     assert [e.name for e in root.events] == ["datapipelines.lookup"]
@@ -255,3 +261,66 @@ def test_httpx_spans_nest_under_the_fetch_span(
     (http,) = [s for s in finished if not s.name.startswith("datapipelines.")]
     assert http.parent is not None and http.parent.span_id == fetch.context.span_id
     assert http.context.trace_id == fetch.context.trace_id
+
+
+def test_counting_by_type_is_opt_in_and_adds_a_type_attribute(
+    providers: dict[str, Any], reader: InMemoryMetricReader
+) -> None:
+    @dataclass(frozen=True)
+    class Forecast:
+        city: str
+
+    class Both(Api):
+        @property
+        def provides(self) -> Any:
+            return {Weather, Forecast}
+
+        def get(self, type: Any, query: Any, context: Any = None) -> Any:
+            return Forecast(query["city"]) if type is Forecast else super().get(type, query, context)
+
+    def script(pipeline: DataPipeline) -> None:
+        scripted_run(pipeline)
+        for city in ("Oslo", "Oslo", "Bergen"):
+            pipeline.get(Forecast, {"city": city})
+
+    typed, plain = (
+        DataPipeline([MemoryStore(), Both()], name="typed", stats_by_type=True),
+        DataPipeline([MemoryStore(), Both()]),
+    )
+    with pytest.raises(ConfigurationError, match="stats_by_type=True"):
+        plain.stats_by_type()
+    instrument(typed, plain, **providers)
+    script(typed)
+    script(plain)
+
+    def counters(report: dict[str, Any]) -> dict[str, Any]:
+        return {g: {n: {k: v for k, v in e.items() if not k.endswith("_us")} for n, e in report[g].items()}
+                for g in ("tiers", "sources")}  # fmt: skip
+
+    assert counters(typed.stats()) == counters(plain.stats())  # the totals do not change
+    by_type = typed.stats_by_type()
+    memory = "MemoryStore(maxsize=10000)"
+    assert by_type["tiers"][memory]["Weather"]["hits"] == 202
+    assert (
+        by_type["tiers"][memory][
+            "test_counting_by_type_is_opt_in_and_adds_a_type_attribute.<locals>.Forecast"
+        ]["hits"]
+        == 1
+    )
+    assert by_type["sources"]["api"]["Weather"]["calls"] == 4
+
+    metrics = exported(reader)
+    hits = {dict(k).get("type"): p.value for k, p in metrics["datapipelines.tier.hits"].items()
+            if dict(k)["pipeline"] == "typed"}  # fmt: skip
+    assert hits == {
+        "Weather": 202,
+        "test_counting_by_type_is_opt_in_and_adds_a_type_attribute.<locals>.Forecast": 1,
+    }
+    untyped = [dict(k) for k in metrics["datapipelines.tier.hits"] if dict(k)["pipeline"] == "default"]
+    assert untyped == [{"pipeline": "default", "tier": memory}]
+    durations = metrics["datapipelines.source.duration"]
+    assert durations[(("pipeline", "typed"), ("source", "api"), ("type", "Weather"))].count == 4
+
+    typed.reset_stats()
+    assert typed.stats()["sources"]["api"]["calls"] == 0
+    assert typed.stats_by_type()["sources"]["api"]["Weather"]["calls"] == 0
