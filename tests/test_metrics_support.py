@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,3 +59,16 @@ class IngestingPipeline(DataPipeline):
         report: dict[str, Any] = super().stats()
         report["ingest"] = self.ingest
         return report
+
+
+def expected_counters(pipeline: DataPipeline) -> Iterator[tuple[str, tuple[tuple[str, str], ...], int]]:
+    """Every counter the bridges must export, straight from stats(): (name, sorted labels, value)."""
+    stats = pipeline.stats()
+    for group, role, counters in (
+        ("tiers", "tier", ("hits", "misses", "puts", "errors", "skips")),
+        ("sources", "source", ("calls", "misses", "errors", "joins", "stale", "negative")),
+    ):
+        for element, entry in stats[group].items():
+            labels = tuple(sorted({"pipeline": pipeline.name, role: element}.items()))
+            for counter in counters:
+                yield f"{role}.{counter}", labels, entry[counter]

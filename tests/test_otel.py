@@ -15,7 +15,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from test_metrics_support import Api, IngestingPipeline, Weather, scripted_run
+from test_metrics_support import Api, IngestingPipeline, Weather, expected_counters, scripted_run
 
 from datapipelines import ConfigurationError, DataPipeline, NotFoundError
 from datapipelines.otel import instrument
@@ -59,17 +59,9 @@ def test_exported_counters_equal_stats_after_a_scripted_run(
     pipeline = DataPipeline([MemoryStore(), Api()], name="weather")
     instrument(pipeline, **providers)
     scripted_run(pipeline)
-    stats = pipeline.stats()
     metrics = exported(reader)
-
-    for group, role, counters in (
-        ("tiers", "tier", ("hits", "misses", "puts", "errors", "skips")),
-        ("sources", "source", ("calls", "misses", "errors", "joins", "stale", "negative")),
-    ):
-        for element, entry in stats[group].items():
-            attributes = tuple(sorted({"pipeline": "weather", role: element}.items()))
-            for counter in counters:
-                assert metrics[f"datapipelines.{role}.{counter}"][attributes].value == entry[counter], counter
+    for name, labels, value in expected_counters(pipeline):
+        assert metrics[f"datapipelines.{name}"][labels].value == value, name
     tier = (("pipeline", "weather"), ("tier", "MemoryStore(maxsize=10000)"))
     assert metrics["datapipelines.tier.hits"][tier].value == 202  # 2 Oslo, 200 Bergen
     assert metrics["datapipelines.tier.breaker_open"][tier].value == 0

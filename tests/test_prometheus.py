@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("prometheus_client")
 
 from prometheus_client.parser import text_string_to_metric_families
-from test_metrics_support import Api, IngestingPipeline, Weather, scripted_run
+from test_metrics_support import Api, IngestingPipeline, Weather, expected_counters, scripted_run
 
 from datapipelines import DataPipeline, NotFoundError
 from datapipelines.prometheus import PipelineCollector, serve_metrics
@@ -35,15 +35,8 @@ def test_a_scrape_equals_stats_after_a_scripted_run() -> None:
     with serve_metrics(pipeline, port=0) as server:
         assert server.url.startswith("http://127.0.0.1:")
         metrics = scrape(server.url)
-    stats = pipeline.stats()
-    for group, role, counters in (
-        ("tiers", "tier", ("hits", "misses", "puts", "errors", "skips")),
-        ("sources", "source", ("calls", "misses", "errors", "joins", "stale", "negative")),
-    ):
-        for element, entry in stats[group].items():
-            labels = tuple(sorted({"pipeline": "weather", role: element}.items()))
-            for counter in counters:
-                assert metrics[f"datapipelines_{role}_{counter}_total"][labels] == entry[counter], counter
+    for name, labels, value in expected_counters(pipeline):
+        assert metrics[f"datapipelines_{name.replace('.', '_')}_total"][labels] == value, name
     source = (("pipeline", "weather"), ("source", "api"))
     assert metrics["datapipelines_source_calls_total"][source] == 4
     assert metrics["datapipelines_source_duration_seconds_count"][source] == 4
