@@ -21,8 +21,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from .errors import type_name
-from .sink import DataSink
-from .source import DataSource
+from .pipeline import is_tier
 
 TIER_COUNTERS = ("hits", "misses", "puts", "errors", "skips")
 SOURCE_COUNTERS = ("calls", "misses", "errors", "joins", "stale", "negative")
@@ -72,9 +71,7 @@ def counted(pipeline: Any) -> Iterator[tuple[str, Any, str | None]]:
     one per element, and one per element and type when it counts by type."""
     roles = {}
     for element in pipeline.elements:
-        # The grouping of pipeline.stats(): a tier is both a source and a sink.
-        tier = isinstance(element, DataSource) and isinstance(element, DataSink)
-        roles[id(element)] = "tier" if tier else "source"
+        roles[id(element)] = "tier" if is_tier(element) else "source"
         yield roles[id(element)], pipeline._stats[id(element)], None
     for (owner, type_), stats in list((pipeline._type_stats or {}).items()):
         yield roles[owner], stats, type_name(type_)

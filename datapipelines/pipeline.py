@@ -55,6 +55,11 @@ _WRITES = (_WRITE_BACK, _INVALIDATE)
 _current_session: contextvars.ContextVar[Any] = contextvars.ContextVar("datapipelines_session", default=None)
 
 
+def is_tier(element: Any) -> bool:
+    """Whether ``stats()`` counts an element among the tiers: it is both a source and a sink."""
+    return isinstance(element, DataSource) and isinstance(element, DataSink)
+
+
 def current_session() -> Any:
     """The id of the session opened by ``pipeline.session(...)`` in this context, or None."""
     return _current_session.get()
@@ -621,8 +626,7 @@ class DataPipeline(BatchReads):
             breaker = self._breakers.get(id(element))
             if breaker is not None:
                 entry["breaker"] = breaker.state
-            is_tier = isinstance(element, DataSource) and isinstance(element, DataSink)
-            group = "tiers" if is_tier else "sources"
+            group = "tiers" if is_tier(element) else "sources"
             report[group][self._stats[id(element)].name] = entry
         return report
 
@@ -635,8 +639,7 @@ class DataPipeline(BatchReads):
         if self._type_stats is None:
             raise ConfigurationError("stats_by_type() needs DataPipeline(..., stats_by_type=True)")
         report: dict[str, dict[str, dict[str, dict[str, Any]]]] = {"tiers": {}, "sources": {}}
-        groups = {id(e): "tiers" if isinstance(e, DataSource) and isinstance(e, DataSink) else "sources"
-                  for e in self._elements}  # fmt: skip
+        groups = {id(e): "tiers" if is_tier(e) else "sources" for e in self._elements}
         for (owner, type), stats in list(self._type_stats.items()):
             report[groups[owner]].setdefault(stats.name, {})[type_name(type)] = stats.snapshot()
         return report

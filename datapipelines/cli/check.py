@@ -35,10 +35,10 @@ def close_elements(pipeline: Any) -> None:
 
 
 def _role(element: Any) -> str:
-    from ..sink import DataSink
+    from ..pipeline import is_tier
     from ..source import DataSource
 
-    if isinstance(element, DataSource) and isinstance(element, DataSink):
+    if is_tier(element):
         return "tier"
     return "source" if isinstance(element, DataSource) else "sink"
 
