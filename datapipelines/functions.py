@@ -320,6 +320,8 @@ def cached(
     other source's. ``query`` maps the call's arguments to the query (default:
     the arguments by parameter name, defaults filled in).
     ``wrapper.invalidate(*args, **kwargs)`` drops a result from every tier.
-    Sync functions only: this release has no async pipeline yet.
+    Sync functions only: this release has no async pipeline yet. Decorate before
+    other threads use the pipeline (at import time, say): adding a source plans
+    every type again.
     """
     return lambda function: CachedFunction(pipeline, type, function, query)
