@@ -261,7 +261,7 @@ def test_cached_function_calls_once_for_concurrent_identical_calls() -> None:
     @pipeline.cached(Weather, query=lambda city: {"city": city})
     def weather(city: str) -> Weather:
         calls.append(city)
-        time.sleep(0.2)
+        time.sleep(1.0)  # long enough for the other callers to arrive, even on a loaded machine
         return Weather(city, 1.0)
 
     results: list[Weather] = []
