@@ -66,7 +66,24 @@ def _name(function: Function) -> str:
     return getattr(function, "__qualname__", None) or repr(function)
 
 
-class FunctionSource(DataSource):
+class _Wrapper:
+    """What the function elements share: named after their function, and still callable as it."""
+
+    _function: Function
+    _name: str
+
+    def _wrap(self, function: Function, name: str | None = None) -> None:
+        self._function, self._name = function, name or _name(function)
+        functools.update_wrapper(self, function)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return self._name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._function(*args, **kwargs)
+
+
+class FunctionSource(_Wrapper, DataSource):
     """A DataSource of one type whose ``get`` (and ``get_many``) are plain functions.
 
     Calling it calls the ``get`` function. ``@weather.many`` adds ``get_many``.
@@ -83,17 +100,9 @@ class FunctionSource(DataSource):
         if get is None and get_many is None:
             raise ConfigurationError("A FunctionSource needs a get or a get_many function")
         self.type = type
-        self._function: Function = get or get_many  # type: ignore[assignment]
         self._get = None if get is None else _with_optional_context(get, "source")
         self._get_many = None if get_many is None else _with_optional_context(get_many, "source.many")
-        self._name = name or _name(self._function)
-        functools.update_wrapper(self, self._function)  # type: ignore[arg-type]
-
-    def __repr__(self) -> str:
-        return self._name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._function(*args, **kwargs)
+        self._wrap(get or get_many, name)  # type: ignore[arg-type]
 
     @property
     def provides(self) -> Any:
@@ -116,7 +125,7 @@ class FunctionSource(DataSource):
         return self._handler(type, self._get_many, "get_many")(query, context)  # type: ignore[no-any-return]
 
 
-class FunctionSink(DataSink):
+class FunctionSink(_Wrapper, DataSink):
     """A DataSink whose ``put`` (or ``put_many``) is a plain function; the other follows from it."""
 
     def __init__(
@@ -125,16 +134,9 @@ class FunctionSink(DataSink):
         if put is None and put_many is None:
             raise ConfigurationError("A FunctionSink needs a put or a put_many function")
         self.types = frozenset(types)
-        self._function: Function = put or put_many  # type: ignore[assignment]
         self._put = None if put is None else _with_optional_context(put, "sink")
         self._put_many = None if put_many is None else _with_optional_context(put_many, "sink.many")
-        functools.update_wrapper(self, self._function)  # type: ignore[arg-type]
-
-    def __repr__(self) -> str:
-        return _name(self._function)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._function(*args, **kwargs)
+        self._wrap(put or put_many)  # type: ignore[arg-type]
 
     @property
     def accepts(self) -> Any:
@@ -160,20 +162,13 @@ class FunctionSink(DataSink):
             self._put_many(list(items), context)
 
 
-class FunctionTransformer(DataTransformer):
+class FunctionTransformer(_Wrapper, DataTransformer):
     """A DataTransformer of one conversion, ``from_type`` -> ``to_type``, done by a plain function."""
 
     def __init__(self, from_type: Any, to_type: Any, function: Function, cost: int = 1) -> None:
         self.from_type, self.to_type, self._cost = from_type, to_type, cost
-        self._function = function
         self._transform = _with_optional_context(function, "transformer")
-        functools.update_wrapper(self, function)  # type: ignore[arg-type]
-
-    def __repr__(self) -> str:
-        return _name(self._function)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._function(*args, **kwargs)
+        self._wrap(function)
 
     @property
     def transforms(self) -> Mapping[Any, Iterable[Any]]:
