@@ -316,3 +316,37 @@ def test_counting_by_type_is_opt_in_and_adds_a_type_attribute(
     typed.reset_stats()
     assert typed.stats()["sources"]["api"]["calls"] == 0
     assert typed.stats_by_type()["sources"]["api"]["Weather"]["calls"] == 0
+
+
+def test_a_failing_tier_shows_as_errors_skips_and_an_open_breaker(
+    providers: dict[str, Any], reader: InMemoryMetricReader
+) -> None:
+    from datapipelines import DataSink, DataSource
+
+    class DownCache(DataSource, DataSink):
+        def __repr__(self) -> str:
+            return "down"
+
+        def get(self, type: Any, query: Any, context: Any = None) -> Any:
+            raise ConnectionError("cache is down")
+
+        def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
+            raise ConnectionError("cache is down")
+
+        def put(self, type: Any, item: Any, context: Any = None) -> None:
+            raise ConnectionError("cache is down")
+
+        def put_many(self, type: Any, items: Any, context: Any = None) -> None:
+            raise ConnectionError("cache is down")
+
+    pipeline = DataPipeline([DownCache(), Api()], name="faulty")
+    instrument(pipeline, **providers)
+    for _ in range(6):
+        assert pipeline.get(Weather, {"city": "Oslo"}) == Weather("Oslo", 3.5)
+    metrics = exported(reader)
+    tier = (("pipeline", "faulty"), ("tier", "down"))
+    entry = pipeline.stats()["tiers"]["down"]
+    assert entry["breaker"] == "open"
+    assert metrics["datapipelines.tier.breaker_open"][tier].value == 1
+    assert metrics["datapipelines.tier.errors"][tier].value == entry["errors"] > 0
+    assert metrics["datapipelines.tier.skips"][tier].value == entry["skips"] > 0
