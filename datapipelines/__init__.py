@@ -21,6 +21,15 @@ from .errors import (
     UnsupportedError,
 )
 from .flight import RedisLock
+from .functions import (
+    CachedFunction,
+    FunctionSink,
+    FunctionSource,
+    FunctionTransformer,
+    sink,
+    source,
+    transformer,
+)
 from .keys import key_for, set_schema_version
 from .pipeline import DataPipeline, Result, current_session
 from .policy import Policy
@@ -60,6 +69,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BATCH_KEY",
+    "CachedFunction",
+    "FunctionSink",
+    "FunctionSource",
+    "FunctionTransformer",
     "MISSING",
     "TYPE_WILDCARD",
     "BoundKeyExistenceError",
@@ -98,5 +111,8 @@ __all__ = [
     "key_for",
     "register_adapter",
     "set_schema_version",
+    "sink",
+    "source",
+    "transformer",
     "validate_query",
 ]

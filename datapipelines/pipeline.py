@@ -59,6 +59,11 @@ _WRITES = (_WRITE_BACK, _INVALIDATE)
 _current_session: contextvars.ContextVar[Any] = contextvars.ContextVar("datapipelines_session", default=None)
 
 
+def is_tier(element: Any) -> bool:
+    """Whether ``stats()`` counts an element among the tiers: it is both a source and a sink."""
+    return isinstance(element, DataSource) and isinstance(element, DataSink)
+
+
 def current_session() -> Any:
     """The id of the session opened by ``pipeline.session(...)`` in this context, or None."""
     return _current_session.get()
@@ -77,6 +82,7 @@ class _Request:
 
     __slots__ = (
         "type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses", "write_back",
+        "trace",
     )
 
     def __init__(
@@ -99,6 +105,8 @@ class _Request:
         self.stale: Result | None = None
         # Tiers that answered "not here" (not skipped, not failed): safe to ask again.
         self.clean_misses: list[Route] = []
+        # The spans of this request, when a tracing bridge is installed (datapipelines.otel).
+        self.trace: Any = None
 
 
 class DataPipeline(BatchReads):
@@ -122,6 +130,9 @@ class DataPipeline(BatchReads):
     - ``invalidation``: an object with ``attach(pipeline)`` and ``publish(keys)``
       (see :mod:`datapipelines.invalidation`) that tells other processes' memory
       tiers about invalidations and puts.
+    - ``name``: how metrics and spans name this pipeline.
+    - ``stats_by_type``: also count per requested type (:meth:`stats_by_type`, and a
+      ``type`` attribute on every metric); off by default, as each type adds series.
 
     A pipeline is safe to share between threads.
     """
@@ -139,6 +150,8 @@ class DataPipeline(BatchReads):
         invalidation: Any = None,
         negative_cache_size: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "default",
+        stats_by_type: bool = False,
     ) -> None:
         if not elements:
             raise ConfigurationError("A DataPipeline needs a non-empty sequence of DataSources and DataSinks")
@@ -147,6 +160,7 @@ class DataPipeline(BatchReads):
                 raise ConfigurationError(
                     f"Pipeline elements must be DataSources or DataSinks; got {type(element).__name__}"
                 )
+        self.name = name
         self._elements = list(elements)
         self._transformers = list(transformers or ())
         self._graph = TypeGraph(self._transformers)
@@ -166,6 +180,8 @@ class DataPipeline(BatchReads):
         self._strict = strict
         self._clock = clock
         self._stats = {id(e): ElementStats(element_name(e)) for e in self._elements}
+        # (element id, requested type) -> its counters, when counting by type.
+        self._type_stats: dict[tuple[int, Any], ElementStats] | None = {} if stats_by_type else None
         self._breakers: dict[int, CircuitBreaker | NoBreaker] = {
             id(e): breaker() if breaker is not None else NO_BREAKER
             for e in self._elements
@@ -190,6 +206,34 @@ class DataPipeline(BatchReads):
         self._policies: dict[Any, Policy] = {}
         for policy_type, policy in (policies or {}).items():
             self.set_policy(policy_type, policy)
+        # Set by datapipelines.otel; read on the miss path only, never on a hit.
+        self._tracer: Any = None
+
+    @classmethod
+    def from_config(cls, config: Any, **options: Any) -> DataPipeline:
+        """A pipeline from a TOML file (a path) or a dict: see :mod:`datapipelines.config`."""
+        from .config import pipeline_from_config
+
+        return pipeline_from_config(config, **options)
+
+    def cached(self, type: Any, *, query: Callable[..., Mapping[str, Any]] | None = None) -> Any:
+        """Decorator: the function's results of ``type`` go through this pipeline's tiers.
+
+        See :func:`datapipelines.functions.cached`.
+        """
+        from .functions import cached
+
+        return cached(self, type, query)
+
+    def _append_source(self, source: DataSource) -> None:
+        """Put ``source`` after every element (every sink is then before it) and plan again."""
+        self._elements.append(source)
+        self._ordered_sources.append((source, list(self._ordered_sinks)))
+        self._sources.append((source, set(self._ordered_sinks)))
+        self._stats[id(source)] = ElementStats(element_name(source))
+        self._routes.clear()
+        self._fast.clear()
+        self._stores_by_type.clear()
 
     def set_policy(self, type: Any, policy: Policy | None) -> None:
         """Give ``type`` a :class:`Policy` (None removes it)."""
@@ -219,9 +263,9 @@ class DataPipeline(BatchReads):
                 )
             policy = self._policies.get(type)
             for route in routes:
-                route.attach(self._stats[id(route.source)], self._breaker(route.source), policy)
+                route.attach(self._stats_for(route.source, type), self._breaker(route.source), policy)
                 for feed in route.before + route.after:
-                    feed.attach(self._stats[id(feed.sink)], self._breaker(feed.sink))
+                    feed.attach(self._stats_for(feed.sink, type), self._breaker(feed.sink))
             self._routes[type] = routes
             self._enable_fast_path(type)
         return routes
@@ -237,7 +281,7 @@ class DataPipeline(BatchReads):
         if feeds is None:
             _, feeds = feeds_for(self._graph, self._ordered_sinks, type, type)
             for feed in feeds:
-                feed.attach(self._stats[id(feed.sink)], self._breaker(feed.sink))
+                feed.attach(self._stats_for(feed.sink, type), self._breaker(feed.sink))
             self._put_feeds[type] = feeds
         return feeds
 
@@ -245,6 +289,16 @@ class DataPipeline(BatchReads):
         """The query that identifies ``item``, from ``query_from``; None if there is no function."""
         function = self._query_from.get(type)
         return None if function is None else function(item)
+
+    def _stats_for(self, element: Any, type: Any) -> ElementStats:
+        """The counters a route or feed of ``type`` updates: the element's, or its own per type."""
+        if self._type_stats is None:
+            return self._stats[id(element)]
+        key = (id(element), type)
+        stats = self._type_stats.get(key)
+        if stats is None:
+            stats = self._type_stats[key] = ElementStats(self._stats[id(element)].name)
+        return stats
 
     def _breaker(self, element: Any) -> CircuitBreaker | NoBreaker:
         """The element's breaker; pure sources (not tiers) have none."""
@@ -338,13 +392,22 @@ class DataPipeline(BatchReads):
         request = _Request(type, query, self.routes(type), self._context(query), policy, refresh, write_back)
         # The fast path only hands over (start=1) after a clean miss in the first tier.
         request.clean_misses = request.routes[:start]
+        if self._tracer is not None:
+            # Spans for this get, opened only once it is known to be a miss.
+            return self._tracer.resolve(self, request, start, only_cached, self._walk)  # type: ignore[no-any-return]
+        return self._walk(request, start, only_cached)
+
+    def _walk(self, request: _Request, start: int, only_cached: bool) -> Result:
+        type, query, refresh, policy = request.type, request.query, request.refresh, request.policy
+        ask = self._ask_tier if request.trace is None else request.trace.lookup(self._ask_tier)
+        deliver = self._deliver if request.trace is None else request.trace.write_back(self._deliver)
         for index in range(start, len(request.routes)):
             route = request.routes[index]
             if (refresh and route.cached) or (only_cached and not route.cached):
                 continue
             if not route.cached:
                 return self._fetch(request, index)
-            found = self._ask_tier(route, type, query)
+            found = ask(route, type, query)
             if found is MISSING:
                 request.clean_misses.append(route)
                 continue
@@ -359,7 +422,7 @@ class DataPipeline(BatchReads):
                     continue
                 if age >= policy.soft_limit:
                     self._refresh_later(type, query)
-            return Result(self._deliver(route, value, request.context), False, route.source_name)
+            return Result(deliver(route, value, request.context), False, route.source_name)
         if request.stale is not None:
             return request.stale
         raise NotFoundError(
@@ -512,6 +575,8 @@ class DataPipeline(BatchReads):
 
     def _ask_sources(self, request: _Request, index: int, key: str | None) -> Result:
         type, routes, context, policy = request.type, request.routes, request.context, request.policy
+        trace = request.trace
+        deliver = self._deliver if trace is None else trace.write_back(self._deliver)
         tried = [] if request.refresh else [r.name for r in routes[:index] if r.cached]
         for route in routes[index:]:
             if route.cached:
@@ -520,8 +585,9 @@ class DataPipeline(BatchReads):
             stats = route.stats
             stats.calls += 1
             started = time.perf_counter()
+            get = route.source.get if trace is None else trace.fetch(route)
             try:
-                value = route.source.get(route.source_type, dict(request.query), context)
+                value = get(route.source_type, dict(request.query), context)
             except NotFoundError:
                 stats.misses += 1
                 continue
@@ -538,7 +604,7 @@ class DataPipeline(BatchReads):
                 return Result(convert(route.chain, value, context), False, route.source_name)
             if policy is not None and policy.ttl is not None:
                 context[_EXPIRY] = {type: policy.lifetime()}
-            return Result(self._deliver(route, value, context), False, route.source_name)
+            return Result(deliver(route, value, context), False, route.source_name)
         if policy is not None and policy.negative_ttl and key is not None:
             with self._negative_lock:
                 self._negative[(type, key)] = self._clock() + policy.negative_ttl
@@ -571,7 +637,8 @@ class DataPipeline(BatchReads):
             self._refreshing.add(key)
             if self._refresher is None:
                 self._refresher = ThreadPoolExecutor(2, thread_name_prefix="datapipelines-refresh")
-        # In the caller's context: the refresh is recorded in its session, with its partitions.
+        # In the caller's context, so what it set (a session and its partitions, a cached call's
+        # arguments) holds there too.
         self._refresher.submit(contextvars.copy_context().run, self._refresh, key, type, dict(query))
 
     def _refresh(self, key: tuple[Any, str], type: Any, query: Mapping[str, Any]) -> None:
@@ -594,19 +661,35 @@ class DataPipeline(BatchReads):
         and tiers the state of their circuit breaker.
         """
         report: dict[str, dict[str, dict[str, Any]]] = {"tiers": {}, "sources": {}}
+        per_type = self._type_stats.items() if self._type_stats is not None else ()
         for element in self._elements:
-            entry = self._stats[id(element)].snapshot()
+            stats = self._stats[id(element)]
+            parts = [s for (owner, _), s in per_type if owner == id(element)]
+            entry = (ElementStats.combined([stats, *parts]) if parts else stats).snapshot()
             breaker = self._breakers.get(id(element))
             if breaker is not None:
                 entry["breaker"] = breaker.state
-            is_tier = isinstance(element, DataSource) and isinstance(element, DataSink)
-            group = "tiers" if is_tier else "sources"
+            group = "tiers" if is_tier(element) else "sources"
             report[group][self._stats[id(element)].name] = entry
+        return report
+
+    def stats_by_type(self) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+        """``stats()`` split by requested type: ``{"tiers": {name: {type name: {...}}}, "sources": ...}``.
+
+        Needs ``DataPipeline(..., stats_by_type=True)``; what an element did outside
+        any type (a failed invalidation) stays in ``stats()`` only.
+        """
+        if self._type_stats is None:
+            raise ConfigurationError("stats_by_type() needs DataPipeline(..., stats_by_type=True)")
+        report: dict[str, dict[str, dict[str, dict[str, Any]]]] = {"tiers": {}, "sources": {}}
+        groups = {id(e): "tiers" if is_tier(e) else "sources" for e in self._elements}
+        for (owner, type), stats in list(self._type_stats.items()):
+            report[groups[owner]].setdefault(stats.name, {})[type_name(type)] = stats.snapshot()
         return report
 
     def reset_stats(self) -> None:
         """Set every counter back to zero and forget latency samples."""
-        for stats in self._stats.values():
+        for stats in [*self._stats.values(), *(self._type_stats or {}).values()]:
             stats.reset()
 
     def get_many(self, type: type[T] | Any, query: Mapping[str, Any], streaming: bool = False) -> Iterable[T]:
