@@ -80,6 +80,66 @@ def test_can_have_and_means_all_or_none() -> None:
         validator({"end": 1})
 
 
+def test_and_after_or_binds_to_the_alternative_just_named() -> None:
+    # can_have("test").or_("cat").and_("dog") reads: test, or else cat and dog together.
+    validator = Query.can_have("test").or_("cat").and_("dog")
+    assert validator({})
+    assert validator({"test": 1})
+    assert validator({"cat": 1, "dog": 2})
+    for half in ({"dog": 2}, {"cat": 1}):
+        with pytest.raises(QueryValidationError, match="cat and dog"):
+            validator(half)
+
+
+# How datapipelines 1.0.7 answers every subset of the keys a-d, recorded by running it:
+# "." accepted, "M" MissingKeyError, "B" BoundKeyExistenceError; subsets in SUBSETS order.
+SUBSETS = ["", "a", "ab", "abc", "abcd", "abd", "ac", "acd", "ad", "b", "bc", "bcd", "bd", "c", "cd", "d"]
+AS_1X_ANSWERS = [
+    ("can_have(a).and_(b).and_(c).or_(d)", ".BB...BBBBBBBBBB"),
+    ("can_have(a).and_(b).or_(c)", ".B......BBBBBBB."),
+    ("can_have(a).and_(b).or_(c).and_(d)", "B.....B.BBBBBBBB"),
+    ("can_have(a).or_(b).also.can_have(c).and_(d)", "...B.BB.B.B.BB.B"),
+    ("can_have(a).or_(b).and_(c)", ".........B..BBB."),
+    ("can_have(a).or_(b).and_(c).and_(d)", ".........BB.BBBB"),
+    ("can_have(a).or_(b).and_(c).or_(d)", ".........B...BBB"),
+    ("can_have(a).or_(b).or_(c).and_(d)", ".............B.B"),
+    ("has(a).also.can_have(b).or_(c).and_(d)", "M.....B.BMMMMMMM"),
+    ("has(a).and_(b).and_(c).or_(d)", "MMM...MMMMMMMMMM"),
+    ("has(a).and_(b).or_(c)", "MM......MMMMMMMM"),
+    ("has(a).and_(b).or_(c).and_(d)", "MM....M.MMMMMMMM"),
+    ("has(a).or_(b).also.has(c)", "MMM..M..MM..MMMM"),
+    ("has(a).or_(b).and_(c)", "M........M..MMMM"),
+    ("has(a).or_(b).and_(c).or_(d)", "M........M...MMM"),
+    ("has(a).or_(b).or_(c).and_(d)", "M............M.M"),
+]
+OUTCOMES = {".": None, "M": MissingKeyError, "B": BoundKeyExistenceError}
+
+
+def _build(chain: str) -> Any:
+    """Query.<chain>, where chain is e.g. "has(a).or_(b).also.has(c)"."""
+    validator: Any = Query
+    for step in chain.split("."):
+        if step == "also":
+            validator = validator.also
+        else:
+            verb, key = step.rstrip(")").split("(")
+            validator = getattr(validator, verb)(key)
+    return validator
+
+
+@pytest.mark.parametrize(("chain", "answers"), AS_1X_ANSWERS)
+def test_and_or_also_combinations_answer_as_1x_does(chain: str, answers: str) -> None:
+    validator = _build(chain)
+    for keys, answer in zip(SUBSETS, answers, strict=True):
+        expected = OUTCOMES[answer]
+        query = dict.fromkeys(keys, 1)
+        if expected is None:
+            assert validator(query), (chain, keys)
+        else:
+            with pytest.raises(expected):
+                validator(query)
+
+
 def test_also_starts_an_independent_rule() -> None:
     validator = Query.has("id").as_(int).also.can_have("region").as_(Region).also.has("kind")
     assert validator({"id": 1, "kind": "x"})
