@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from venvs import make_venv, need_index
 
 ROOT = Path(__file__).resolve().parent.parent
 PINS = ("cassiopeia==5.1.3", "cassiopeia-diskstore==1.1.3")
@@ -33,52 +34,14 @@ def _stamp() -> str:
     return json.dumps({"pins": PINS, "python": sys.version, "project": str(ROOT), "pyproject": pyproject})
 
 
-def _pip(python: Path | str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(python), "-m", "pip", "--disable-pip-version-check", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _index_unreachable(scratch: Path) -> str | None:
-    """Why the package index cannot be reached, or None when it can (one quick download)."""
-    probe = _pip(
-        sys.executable,
-        "download",
-        "--no-deps",
-        "--timeout",
-        "10",
-        "--retries",
-        "0",
-        "--dest",
-        str(scratch),
-        PINS[1],
-        timeout=60,
-    )
-    if probe.returncode == 0:
-        return None
-    return (probe.stderr.strip().splitlines() or [f"pip download exited {probe.returncode}"])[-1]
-
-
 def _make_venv(scratch: Path) -> Path:
-    python = VENV / "bin" / "python"
     stamp_file = VENV / ".installed"
     if stamp_file.exists() and stamp_file.read_text() == _stamp():
-        return python
-    reason = _index_unreachable(scratch)
-    if reason is not None:
-        message = f"the package index cannot be reached to install {', '.join(PINS)}: {reason}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        return VENV / "bin" / "python"
+    need_index(PINS[1], scratch)
     shutil.rmtree(VENV, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=120)
     # Cassiopeia first (it pulls datapipelines 1.x), then this project over it.
-    for args in (PINS, ("-e", str(ROOT))):
-        done = _pip(python, "install", "--quiet", *args, timeout=600)
-        assert done.returncode == 0, f"pip install {' '.join(args)} failed:\n{done.stderr[-3000:]}"
+    python = make_venv(VENV, PINS, ("-e", str(ROOT)))
     stamp_file.write_text(_stamp())
     return python
 
