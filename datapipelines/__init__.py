@@ -45,6 +45,7 @@ _LAZY = {
     "HttpSource": ".http",
     "RawResponse": ".remote",
     "RemoteError": ".remote",
+    "ResponseRecorder": ".remote",
     "register_adapter": ".remote",
     "RedisInvalidation": ".invalidation",
 }
@@ -86,6 +87,7 @@ __all__ = [
     "RedisInvalidation",
     "RedisLock",
     "RemoteError",
+    "ResponseRecorder",
     "Result",
     "Store",
     "UnsupportedError",

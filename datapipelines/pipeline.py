@@ -29,6 +29,7 @@ from .flight import RedisLock, SingleFlight
 from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
 from .policy import Policy
+from .remote import ResponseRecorder
 from .sink import DataSink
 from .source import DataSource
 from .stats import SAMPLE_EVERY, ElementStats
@@ -690,18 +691,18 @@ class DataPipeline(BatchReads):
     def session(self, name: str, meta: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """Group the calls made inside the block into one named session.
 
-        Every element with ``open_session(session_id, name, meta)`` and
-        ``close_session(session_id)`` (the audit recorder) records it; calls made
-        inside the block see the id through :func:`current_session`.
+        Every :class:`~datapipelines.remote.ResponseRecorder` element (the audit
+        recorder) records it; calls made inside the block see the id through
+        :func:`current_session`.
         """
-        recorders = [e for e in self._elements if callable(getattr(e, "open_session", None))]
+        recorders = [e for e in self._elements if isinstance(e, ResponseRecorder)]
         session_id = uuid.uuid4().hex
         for recorder in recorders:
-            recorder.open_session(session_id, name, dict(meta or {}))  # type: ignore[union-attr]
+            recorder.open_session(session_id, name, dict(meta or {}))
         token = _current_session.set(session_id)
         try:
             yield session_id
         finally:
             _current_session.reset(token)
             for recorder in recorders:
-                recorder.close_session(session_id)  # type: ignore[union-attr]
+                recorder.close_session(session_id)
