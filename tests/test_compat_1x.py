@@ -4,6 +4,7 @@ section points here and at the tests it names."""
 
 from __future__ import annotations
 
+import enum
 import importlib
 import typing
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 
 import datapipelines
-from datapipelines import DataSource, PipelineContext
+from datapipelines import DataPipeline, DataSource, PipelineContext, Query
+from datapipelines.queries import WrongValueTypeError
 
 # datapipelines 1.0.7's __all__, and where each of its modules kept what.
 ALL_1X = [
@@ -90,3 +92,44 @@ def test_type_wildcard_is_its_own_object_not_typing_any() -> None:
     provided = Anything().provides
     assert provided is datapipelines.TYPE_WILDCARD and datapipelines.TYPE_WILDCARD in provided
     assert datapipelines.TYPE_WILDCARD is not typing.Any
+
+
+class Region(enum.Enum):
+    EUW = "EUW"
+
+
+@pytest.mark.parametrize(
+    ("validator", "query"),
+    [(Query.has("id").as_(int), {"id": "abc"}), (Query.has("region").as_(Region), {"region": "Mars"})],
+)
+def test_a_wrong_query_value_is_always_a_wrong_value_type_error(
+    validator: Any, query: dict[str, Any]
+) -> None:
+    # 1.0.7 raised a bare ValueError from int("abc") / Region("Mars") here.
+    with pytest.raises(WrongValueTypeError):
+        validator(query)
+
+
+class Echo(DataSource):
+    """Adds a key and appends to a nested list of the query it is handed."""
+
+    @DataSource.dispatch
+    def get(self, type: Any, query: Any, context: Any = None) -> Any:
+        pass
+
+    @DataSource.dispatch
+    def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
+        pass
+
+    @get.register(str)
+    def get_str(self, query: Any, context: Any = None) -> str:
+        query["added"] = True
+        query["nested"].append("touched")
+        return "echo"
+
+
+def test_the_pipeline_copies_the_query_shallowly_for_each_source() -> None:
+    query: dict[str, Any] = {"name": "x", "nested": []}
+    assert DataPipeline([Echo()]).get(str, query) == "echo"
+    assert "added" not in query  # a new or replaced key stays with the source
+    assert query["nested"] == ["touched"]  # an in-place change to a nested value does not (1.x deep-copied)
