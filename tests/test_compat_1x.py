@@ -111,21 +111,15 @@ def test_a_wrong_query_value_is_always_a_wrong_value_type_error(
 
 
 class Echo(DataSource):
-    """Adds a key and appends to a nested list of the query it is handed."""
+    """A wildcard source that adds a key and appends to a nested list of the query it is handed."""
 
-    @DataSource.dispatch
     def get(self, type: Any, query: Any, context: Any = None) -> Any:
-        pass
-
-    @DataSource.dispatch
-    def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
-        pass
-
-    @get.register(str)
-    def get_str(self, query: Any, context: Any = None) -> str:
         query["added"] = True
         query["nested"].append("touched")
         return "echo"
+
+    def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
+        return [self.get(type, query, context)]
 
 
 def test_the_pipeline_copies_the_query_shallowly_for_each_source() -> None:
