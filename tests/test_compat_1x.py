@@ -100,12 +100,16 @@ class Region(enum.Enum):
 
 @pytest.mark.parametrize(
     ("validator", "query"),
-    [(Query.has("id").as_(int), {"id": "abc"}), (Query.has("region").as_(Region), {"region": "Mars"})],
+    [
+        (Query.has("id").as_(int), {"id": "abc"}),
+        (Query.has("id").as_(int), {"id": None}),
+        (Query.has("region").as_(Region), {"region": "Mars"}),
+    ],
 )
 def test_a_wrong_query_value_is_always_a_wrong_value_type_error(
     validator: Any, query: dict[str, Any]
 ) -> None:
-    # 1.0.7 raised a bare ValueError from int("abc") / Region("Mars") here.
+    # 1.0.7 raised a bare ValueError or TypeError from int("abc"), int(None), Region("Mars") here.
     with pytest.raises(WrongValueTypeError):
         validator(query)
 

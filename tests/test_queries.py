@@ -140,6 +140,65 @@ def test_and_or_also_combinations_answer_as_1x_does(chain: str, answers: str) ->
                 validator(query)
 
 
+# Types and defaults inside and/or/also chains, with 1.0.7's answers (where 1.0.7 raised a
+# bare ValueError or TypeError from its own error message, the answer is WrongValueTypeError).
+TYPED_AS_1X = [
+    (lambda: Query.can_have("a").with_default(5).also.has("b"), {"b": "x"}, {"a": 5, "b": "x"}),
+    (lambda: Query.can_have("a").with_default(5).also.has("b"), {"a": "x", "b": 1}, WrongValueTypeError),
+    (lambda: Query.can_have("a").with_default(5).also.has("b"), {"a": 1}, MissingKeyError),
+    (lambda: Query.has("b").also.can_have("a").with_default(5).or_("c"), {"b": 1}, {"a": 5, "b": 1}),
+    (
+        lambda: Query.has("b").also.can_have("a").with_default(5).or_("c"),
+        {"b": 1, "c": "x"},
+        {"a": 5, "b": 1, "c": "x"},
+    ),
+    (lambda: Query.can_have("a").with_default(lambda q, c: 7, supplies_type=int).and_("b"), {}, {"a": 7}),
+    (
+        lambda: Query.can_have("a").with_default(lambda q, c: 7, supplies_type=int).and_("b"),
+        {"b": 1},
+        BoundKeyExistenceError,
+    ),
+    (lambda: Query.has("a").as_any_of([int, str]).or_("b").and_("c").as_(int), {"a": "x"}, {"a": "x"}),
+    (
+        lambda: Query.has("a").as_any_of([int, str]).or_("b").and_("c").as_(int),
+        {"b": 1, "c": 1},
+        {"b": 1, "c": 1},
+    ),
+    (
+        lambda: Query.has("a").as_any_of([int, str]).or_("b").and_("c").as_(int),
+        {"b": 1, "c": "x"},
+        WrongValueTypeError,
+    ),
+    (lambda: Query.has("a").as_any_of([int, str]).or_("b").and_("c").as_(int), {"b": 1}, MissingKeyError),
+    (lambda: Query.can_have("r").as_(Region).or_("b").as_(int), {"r": "EUW"}, {"r": Region.EUW}),
+    (lambda: Query.can_have("r").as_(Region).or_("b").as_(int), {"r": 1}, WrongValueTypeError),
+    (lambda: Query.can_have("r").as_(Region).or_("b").as_(int), {"b": "x"}, WrongValueTypeError),
+    (lambda: Query.can_have("r").as_(Region).or_("b").as_(int), {}, {}),
+    (
+        lambda: Query.has("a").or_("b").as_(int).also.can_have("c").as_(str).and_("d"),
+        {"a": 1, "c": "x"},
+        BoundKeyExistenceError,
+    ),
+    (
+        lambda: Query.has("a").or_("b").as_(int).also.can_have("c").as_(str).and_("d"),
+        {"b": "x"},
+        WrongValueTypeError,
+    ),
+]
+
+
+@pytest.mark.parametrize(("build", "query", "expected"), TYPED_AS_1X)
+def test_types_and_defaults_in_and_or_also_chains_answer_as_1x_does(
+    build: Any, query: Any, expected: Any
+) -> None:
+    validator, query = build(), dict(query)
+    if isinstance(expected, dict):
+        assert validator(query) and query == expected
+    else:
+        with pytest.raises(expected):
+            validator(query)
+
+
 def test_also_starts_an_independent_rule() -> None:
     validator = Query.has("id").as_(int).also.can_have("region").as_(Region).also.has("kind")
     assert validator({"id": 1, "kind": "x"})
@@ -239,8 +298,18 @@ def test_with_default_after_as_keeps_the_declared_type() -> None:
         lambda: Query.has("a").as_(5),
         lambda: Query.has("a").as_any_of([int, "str"]),
     ],
-    ids=["has-has", "has-can_have", "also-as", "also-also", "also-or", "also-and", "as-as", "has-default",
-         "as-not-a-type", "as_any_of-not-a-type"],
+    ids=[
+        "has-has",
+        "has-can_have",
+        "also-as",
+        "also-also",
+        "also-or",
+        "also-and",
+        "as-as",
+        "has-default",
+        "as-not-a-type",
+        "as_any_of-not-a-type",
+    ],
 )
 def test_malformed_validators_raise_structure_errors_when_built(build: Any) -> None:
     with pytest.raises(QueryValidatorStructureError):
@@ -268,7 +337,6 @@ VALIDATOR = Query.has("id").as_(int).also.can_have("region").as_(Region).also.ca
 
 
 class Items(DataSource):
-
     @DataSource.dispatch
     def get(self, type: Any, query: Any, context: Any = None) -> Any:
         pass
