@@ -84,7 +84,8 @@ def main() -> None:
 
     import cassiopeia as cass
     from cassiopeia import Summoner
-    from cassiopeia.datastores import Cache
+    from cassiopeia.datastores import Cache, Kernel
+    from cassiopeia.datastores.kernel.common import KernelSource
     from cassiopeia_diskstore import SimpleKVDiskStore
 
     import datapipelines
@@ -149,6 +150,16 @@ def main() -> None:
         exists = missing.exists
         report["missing"] = {"error": type(error).__name__, "exists": exists, "api_calls": api_calls()}
     report["paths"] = sorted({path for path, _ in FakeRiotAPI.calls})
+
+    # A Kernel (Cassiopeia's proxy-server source) re-pointed: it walks Kernel._sources.values().
+    kernel = Kernel(server_url="http://kernel.invalid", port=1)
+    kernel.set_server_url_and_port("http://127.0.0.1", 8999)
+    walked = {s for sources in kernel._sources.values() for s in sources}
+    kernel_sources = {s for s in walked if isinstance(s, KernelSource)}
+    report["kernel"] = {
+        "sources": len(kernel_sources),
+        "addresses": sorted({f"{s._server_url}:{s._port}" for s in kernel_sources}),
+    }
     server.shutdown()
     json.dump(report, sys.stdout)
 

@@ -112,3 +112,8 @@ def test_a_missing_summoner_is_not_found(report: dict[str, Any]) -> None:
         "/euw1.api.riotgames.com/lol/summoner/v4/summoners/by-puuid/puuid-ann",
         "/euw1.api.riotgames.com/lol/summoner/v4/summoners/by-puuid/puuid-nobody",
     ]
+
+
+@pytest.mark.timeout(900)
+def test_kernel_set_server_url_and_port_reaches_every_kernel_source(report: dict[str, Any]) -> None:
+    assert report["kernel"] == {"sources": 8, "addresses": ["http://127.0.0.1:8999"]}
