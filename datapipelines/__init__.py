@@ -56,6 +56,7 @@ _LAZY = {
     "HttpSource": ".http",
     "RawResponse": ".remote",
     "RemoteError": ".remote",
+    "ResponseRecorder": ".remote",
     "register_adapter": ".remote",
     "RedisInvalidation": ".invalidation",
 }
@@ -103,6 +104,7 @@ __all__ = [
     "RedisInvalidation",
     "RedisLock",
     "RemoteError",
+    "ResponseRecorder",
     "Result",
     "Store",
     "UnsupportedError",

@@ -18,9 +18,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from .errors import ConfigurationError
+from .extras import reraise_naming_extra
+
+try:
+    import httpx
+except ImportError as error:
+    reraise_naming_extra("HttpSource", error)
+
 from .remote import (
     DEFAULT_SOURCE,
     RawResponse,

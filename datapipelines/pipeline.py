@@ -31,7 +31,7 @@ from .flight import RedisLock, SingleFlight
 from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
 from .policy import Policy
-from .remote import partition
+from .remote import ResponseRecorder, partition
 from .sink import DataSink
 from .source import DataSource
 from .stats import SAMPLE_EVERY, ElementStats
@@ -822,16 +822,16 @@ class DataPipeline(BatchReads):
     ) -> Iterator[Any]:
         """Group the calls made inside the block into one named session; yields its id (a str).
 
-        Every element with ``open_session(session_id, name, meta)`` and
-        ``close_session(session_id)`` (the audit recorder) records it; calls made
-        inside the block see the id through :func:`current_session`.
-        ``as_of_bucket`` / ``cache_tag`` partition every remote request made inside
-        (see :func:`datapipelines.remote.partition`): recorded apart, sent alike.
+        Every :class:`~datapipelines.remote.ResponseRecorder` element (the audit
+        recorder) records it; calls made inside the block see the id through
+        :func:`current_session`. ``as_of_bucket`` / ``cache_tag`` partition every
+        remote request made inside (see :func:`datapipelines.remote.partition`):
+        recorded apart, sent alike.
         """
-        recorders = [e for e in self._elements if callable(getattr(e, "open_session", None))]
+        recorders = [e for e in self._elements if isinstance(e, ResponseRecorder)]
         session_id = uuid.uuid4().hex
         for recorder in recorders:
-            recorder.open_session(session_id, name, dict(meta or {}))  # type: ignore[union-attr]
+            recorder.open_session(session_id, name, dict(meta or {}))
         token = _current_session.set(session_id)
         try:
             with partition(as_of_bucket=as_of_bucket, cache_tag=cache_tag):
@@ -839,4 +839,4 @@ class DataPipeline(BatchReads):
         finally:
             _current_session.reset(token)
             for recorder in recorders:
-                recorder.close_session(session_id)  # type: ignore[union-attr]
+                recorder.close_session(session_id)

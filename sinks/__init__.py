@@ -3,6 +3,8 @@
 Each module holds one store. The tiers on the core dependencies import
 eagerly; the SQL-backed ones (``AuditRecorder`` needs only the standard
 library, ``Catalog`` and ``LocalState`` need SQLAlchemy) load on first use.
+The 1.x names of this module, ``DataSink`` and ``CompositeDataSink``, are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..sink import CompositeDataSink, DataSink
 from .disk import DiskStore
 from .memory import MemoryStore
 from .redis import RedisStore
@@ -33,7 +36,9 @@ _LAZY = {
 __all__ = [
     "AuditRecorder",
     "Catalog",
+    "CompositeDataSink",
     "DamagedBlobError",
+    "DataSink",
     "DiskStore",
     "JsonSerializer",
     "LocalState",

@@ -21,7 +21,7 @@ from typing import Any
 from datapipelines.context import PipelineContext
 from datapipelines.errors import ConfigurationError, NotFoundError, type_name
 from datapipelines.pipeline import current_session
-from datapipelines.remote import RawResponse, RemoteQueryError, request_for
+from datapipelines.remote import RawResponse, RemoteQueryError, ResponseRecorder, request_for
 from datapipelines.sink import DataSink
 from datapipelines.source import DataSource
 
@@ -83,7 +83,7 @@ def _hook_process_exit() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class AuditRecorder(Inspection, DataSource, DataSink):
+class AuditRecorder(Inspection, DataSource, DataSink, ResponseRecorder):
     """Records RawResponses (a sink) and replays them (a source); see the package docstring.
 
     ``replay=False`` makes it record only, never answer. Safe to share between
