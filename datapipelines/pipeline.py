@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
@@ -71,7 +71,7 @@ class Result(NamedTuple):
 class _Request:
     """One ``get`` on its way through the routes (the miss path's shared state)."""
 
-    __slots__ = ("type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses")
+    __slots__ = ("type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses", "passed")
 
     def __init__(
         self,
@@ -88,6 +88,9 @@ class _Request:
         self.stale: Result | None = None
         # Tiers that answered "not here" (not skipped, not failed): safe to ask again.
         self.clean_misses: list[Route] = []
+        # Tiers (by id) that failed or were skipped in this call: neither asked again nor
+        # written back, so a dead tier costs one timeout per call, not one per step.
+        self.passed: set[int] = set()
 
 
 class DataPipeline(BatchReads):
@@ -267,9 +270,9 @@ class DataPipeline(BatchReads):
         route = self._fast.get(type)
         if route is not None and not (refresh or only_cached):
             stats = route.stats
-            stats.lookups += 1
             # One hit in SAMPLE_EVERY takes the slow path, which measures latency;
-            # so does every call while the tier's breaker is open.
+            # so does every call while the tier's breaker is open. A lookup is
+            # counted once its outcome is known, so no reading sees hits go down.
             if stats.lookups & _SAMPLE_MASK and not route.breaker.tripped:
                 start = 1
                 try:
@@ -287,11 +290,11 @@ class DataPipeline(BatchReads):
                 except Exception:
                     value, start = MISSING, 0  # the slow path asks again and accounts for the error
                 if start:
+                    stats.lookups += 1
                     if value is not MISSING:
                         return value  # type: ignore[no-any-return]
                     stats.misses += 1
                     return self._resolve(type, query, False, False, 1).value  # type: ignore[no-any-return]
-            stats.lookups -= 1
         return self._resolve(type, query, refresh, only_cached, 0).value  # type: ignore[no-any-return]
 
     def get_result(
@@ -301,11 +304,22 @@ class DataPipeline(BatchReads):
         return self._resolve(type, query, refresh, only_cached, 0)
 
     def _resolve(
-        self, type: Any, query: Mapping[str, Any], refresh: bool, only_cached: bool, start: int
+        self,
+        type: Any,
+        query: Mapping[str, Any],
+        refresh: bool,
+        only_cached: bool,
+        start: int,
+        passed: set[int] | None = None,
     ) -> Result:
-        """Ask the routes from ``start`` on: cache tiers first-come, then the sources."""
+        """Ask the routes from ``start`` on: cache tiers first-come, then the sources.
+
+        ``passed`` carries the tiers an enclosing call already found failing.
+        """
         policy = self._policies.get(type)
         request = _Request(type, query, self.routes(type), self._context(query), policy, refresh)
+        if passed is not None:
+            request.passed = passed
         # The fast path only hands over (start=1) after a clean miss in the first tier.
         request.clean_misses = request.routes[:start]
         for index in range(start, len(request.routes)):
@@ -314,11 +328,14 @@ class DataPipeline(BatchReads):
                 continue
             if not route.cached:
                 return self._fetch(request, index)
+            if id(route.source) in request.passed:
+                continue
             found = self._ask_tier(route, type, query)
+            if found is None:
+                request.passed.add(id(route.source))
+                continue
             if found is MISSING:
                 request.clean_misses.append(route)
-                continue
-            if found is None:
                 continue
             value, age = found
             if policy is not None and age is not None:
@@ -329,7 +346,7 @@ class DataPipeline(BatchReads):
                     continue
                 if age >= policy.soft_limit:
                     self._refresh_later(type, query)
-            return Result(self._deliver(route, value, request.context), False, route.source_name)
+            return self._answer(route, value, request)
         if request.stale is not None:
             return request.stale
         raise NotFoundError(
@@ -339,7 +356,6 @@ class DataPipeline(BatchReads):
     def _ask_tier(self, route: Route, type: Any, query: Mapping[str, Any]) -> Any:
         """(value, age or None) from a cache tier, MISSING if it has none, None if it
         was skipped or failed (a failing tier never fails the call)."""
-        route.stats.lookups += 1
 
         def ask() -> Any:
             started = time.perf_counter()
@@ -370,20 +386,28 @@ class DataPipeline(BatchReads):
         count: int = 1,
     ) -> Any:
         """``call()`` on a tier under its breaker: its result, or GUARD_FAILED when the
-        breaker skipped it or it failed (counted, logged; raised only when strict)."""
+        breaker skipped it or it failed (counted, logged; raised only when strict).
+
+        A lookup of ``count`` queries is counted once its outcome is known, each
+        counter before the one subtracted from it, so ``hits`` never goes down.
+        """
+        lookup = action not in _WRITES
         if not breaker.allow():
-            if action in _WRITES:
-                stats.put_skips += count
-            else:
+            if lookup:
+                stats.lookups += count
                 stats.lookup_skips += count
+            else:
+                stats.put_skips += 1
             return GUARD_FAILED
         try:
             result = call()
         except CALLER_ERRORS:
             raise
         except Exception as error:
-            self._tier_failed(element, stats, breaker, error, action)
+            self._tier_failed(element, stats, breaker, error, action, count)
             return GUARD_FAILED
+        if lookup:
+            stats.lookups += count
         breaker.success()
         return result
 
@@ -394,11 +418,13 @@ class DataPipeline(BatchReads):
         breaker: CircuitBreaker | NoBreaker,
         error: Exception,
         action: str,
+        count: int = 1,
     ) -> None:
         if action in _WRITES:
             stats.put_errors += 1
         else:
-            stats.lookup_errors += 1
+            stats.lookups += count
+            stats.lookup_errors += count
         breaker.failure()
         if self._strict:
             raise error
@@ -437,12 +463,12 @@ class DataPipeline(BatchReads):
         token = lock.acquire(lock_key)
         if token is None:
             # Another process is fetching it: wait for its value to reach a shared tier.
-            waited = lock.wait(lock_key, lambda: self._cached(request.type, request.query), MISSING)
+            waited = lock.wait(lock_key, lambda: self._cached(request), MISSING)
             if waited is not MISSING:
                 return waited  # type: ignore[no-any-return]
             return self._ask_sources(request, index, key)
         try:
-            cached = self._cached(request.type, request.query)
+            cached = self._cached(request)
             if cached is not MISSING:
                 return cached  # type: ignore[no-any-return]
             return self._ask_sources(request, index, key)
@@ -462,12 +488,13 @@ class DataPipeline(BatchReads):
                 continue
             value, age = entry
             if policy is None or age is None or age < policy.fresh_limit:
-                return Result(self._deliver(route, value, request.context), False, route.source_name)
+                return self._answer(route, value, request)
         return None
 
-    def _cached(self, type: Any, query: Mapping[str, Any]) -> Any:
+    def _cached(self, request: _Request) -> Any:
+        """The value from the cache tiers, sparing those that already failed this call; or MISSING."""
         try:
-            return self.get_result(type, query, only_cached=True)
+            return self._resolve(request.type, request.query, False, True, 0, request.passed)
         except NotFoundError:
             return MISSING
 
@@ -497,23 +524,40 @@ class DataPipeline(BatchReads):
                 stats.record_latency(time.perf_counter() - started)
             if policy is not None and policy.ttl is not None:
                 context[_EXPIRY] = {type: policy.lifetime()}
-            return Result(self._deliver(route, value, context), False, route.source_name)
+            return self._answer(route, value, request)
         if policy is not None and policy.negative_ttl and key is not None:
             with self._negative_lock:
                 self._negative[(type, key)] = self._clock() + policy.negative_ttl
         raise NotFoundError(type=type, query=request.query, tried=tried)
 
-    def _deliver(self, route: Route, value: Any, context: PipelineContext) -> Any:
-        """Write ``value`` back, convert it to the requested type, and return it."""
+    def _answer(self, route: Route, value: Any, request: _Request) -> Result:
+        """``route``'s fresh value for ``request``, written back and converted."""
+        return Result(self._deliver(route, value, request.context, request.passed), False, route.source_name)
+
+    def _deliver(
+        self, route: Route, value: Any, context: PipelineContext, passed: Container[int] = ()
+    ) -> Any:
+        """Write ``value`` back (except into the tiers in ``passed``), convert it, and return it."""
         context[_SOURCE] = route.source_name
         for feed in route.before:
-            self._write(feed, feed.put, value, context)
+            self._write(feed, feed.put, value, context, passed)
         value = convert(route.chain, value, context)
         for feed in route.after:
-            self._write(feed, feed.put, value, context)
+            self._write(feed, feed.put, value, context, passed)
         return value
 
-    def _write(self, feed: Feed, put: Callable[[Any, Any], None], value: Any, context: Any) -> None:
+    def _write(
+        self,
+        feed: Feed,
+        put: Callable[[Any, Any], None],
+        value: Any,
+        context: Any,
+        passed: Container[int] = (),
+    ) -> None:
+        """``put(value, context)`` into the feed's sink under its breaker, unless it is in ``passed``."""
+        if id(feed.sink) in passed:
+            feed.stats.put_skips += 1
+            return
         done = self._guarded(feed.sink, feed.stats, feed.breaker, _WRITE_BACK, lambda: put(value, context))
         if done is not GUARD_FAILED:
             feed.stats.puts += 1
@@ -653,15 +697,19 @@ class DataPipeline(BatchReads):
         Besides ``type`` itself, the types a store is fed on the way to ``type``
         (a raw payload kept before conversion, say) are removed too, and so is a
         remembered NotFoundError. With ``invalidation=`` set, other processes'
-        memory tiers drop the key as well.
+        memory tiers drop the key as well. A store that fails, or whose breaker is
+        open, is skipped with a warning: its entry stays until it expires.
         """
         removed = 0
         for store, store_type in self._stores_of(type):
-            breaker = self._breaker(store)
-            try:
-                removed += bool(store.delete(store_type, query))
-            except Exception as error:
-                self._tier_failed(store, self._stats[id(store)], breaker, error, _INVALIDATE)
+            deleted = self._guarded(
+                store, self._stats[id(store)], self._breaker(store), _INVALIDATE,
+                lambda store=store, store_type=store_type: store.delete(store_type, query),
+            )  # fmt: skip
+            if deleted is GUARD_FAILED:
+                LOGGER.warning("%s could not invalidate %s %r", element_name(store), type_name(type), query)
+            else:
+                removed += deleted
         with contextlib.suppress(TypeError):
             negative = (type, key_for(type, query))
             with self._negative_lock:

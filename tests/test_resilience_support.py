@@ -142,3 +142,43 @@ def private_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+class SilentRedis:
+    """A server on a free loopback port that accepts connections, reads, and never answers."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.connections = 0
+        self._open: list[socket.socket] = []
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, name="silent-redis", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._open.append(connection)  # kept open, never read from, never answered
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for connection in self._open:
+            connection.close()
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[SilentRedis]:
+    """A Redis that accepts connections and stays silent: every command runs into its socket timeout."""
+    server = SilentRedis()
+    try:
+        yield server
+    finally:
+        server.close()
