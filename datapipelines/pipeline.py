@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -704,7 +705,7 @@ class DataPipeline(BatchReads):
         for store, store_type in self._stores_of(type):
             deleted = self._guarded(
                 store, self._stats[id(store)], self._breaker(store), _INVALIDATE,
-                lambda store=store, store_type=store_type: store.delete(store_type, query),
+                functools.partial(store.delete, store_type, query),
             )  # fmt: skip
             if deleted is GUARD_FAILED:
                 LOGGER.warning("%s could not invalidate %s %r", element_name(store), type_name(type), query)
