@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from .breaker import CircuitBreaker
+from .forks import reset_in_children
 
 LOGGER = logging.getLogger(__name__)
 # A lock server that cannot be reached must not fail the get: the caller fetches unlocked.
@@ -26,9 +27,10 @@ _UNANSWERED: Any = object()
 
 
 class _Call:
-    __slots__ = ("done", "result", "error")
+    __slots__ = ("done", "result", "error", "leader")
 
     def __init__(self) -> None:
+        self.leader = threading.get_ident()
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -40,6 +42,13 @@ class SingleFlight:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[Any, _Call] = {}
+        reset_in_children(self)
+
+    def _after_fork(self) -> None:
+        # Calls led by the parent's other threads would never end here: forget them.
+        me = threading.get_ident()
+        self._lock = threading.Lock()
+        self._calls = {key: call for key, call in self._calls.items() if call.leader == me}
 
     def run(self, key: Any, function: Callable[[], Any]) -> tuple[Any, bool]:
         """``(result, joined)``: joined is True when another caller's call was shared."""

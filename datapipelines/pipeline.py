@@ -27,6 +27,7 @@ from .errors import (
     type_name,
 )
 from .flight import RedisLock, SingleFlight
+from .forks import reset_in_children
 from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
 from .policy import Policy
@@ -183,6 +184,17 @@ class DataPipeline(BatchReads):
         self._policies: dict[Any, Policy] = {}
         for policy_type, policy in (policies or {}).items():
             self.set_policy(policy_type, policy)
+        reset_in_children(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: refresh threads and the locks of the parent's threads start over."""
+        if self._negative_lock.locked():
+            self._negative = LRUCache(self._negative.maxsize)  # perhaps half-changed
+        self._negative_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        # The parent's pool threads do not exist here; a new pool starts on the next refresh.
+        self._refresher = None
+        self._refreshing = set()
 
     def set_policy(self, type: Any, policy: Policy | None) -> None:
         """Give ``type`` a :class:`Policy` (None removes it)."""

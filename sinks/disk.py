@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import diskcache
 
 from datapipelines.errors import DataPipelinesError
+from datapipelines.forks import reset_in_children
 
 from .encoded import EncodedStore
 from .serializers import Serializer
@@ -24,6 +25,8 @@ _MODE_PICKLE = diskcache.core.MODE_PICKLE
 # What a database that cannot be used raises: SQLite's errors, diskcache's give-up on a lock, the OS.
 _DATABASE_ERRORS = (sqlite3.Error, diskcache.Timeout, OSError)
 F = TypeVar("F", bound=Callable[..., Any])
+# Caches a forked child inherited from its parent: kept alive so they are never closed here.
+_INHERITED: list[diskcache.Cache] = []
 
 
 class DiskStoreError(DataPipelinesError, OSError):
@@ -116,6 +119,14 @@ class DiskStore(EncodedStore):
         self._lost: DiskStoreError | None = None
         self._cache, self._identity = self._open()
         self._next_check = time.monotonic() + check_every
+        reset_in_children(self)
+
+    def _after_fork(self) -> None:
+        # An SQLite connection must not cross fork(): the child opens its own on next use.
+        # The inherited one is kept, never used nor closed (closing could touch the parent's files).
+        _INHERITED.append(self._cache)
+        self._reopen_lock = threading.Lock()
+        self._identity, self._next_check = (-1, -1), 0.0  # matches no file: reopen
 
     def __repr__(self) -> str:
         return f"DiskStore({self.directory!r})"
@@ -165,6 +176,8 @@ class DiskStore(EncodedStore):
                 self._lost = error
                 return
             self._lost = None
+            if stale in _INHERITED:
+                return
             LOGGER.warning("%r found its database removed or replaced; reopened it", self)
         stale.close()
 
