@@ -23,21 +23,18 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from datapipelines import DataPipeline, DataSource, NotFoundError
 from datapipelines.breaker import CircuitBreaker
 from datapipelines.flight import RedisLock
 from datapipelines.sinks import MemoryStore
 from datapipelines.sinks.redis import RedisStore
+from datapipelines.testing_redis import RedisServer, SilentRedis
 
 TIMEOUT = 0.25
 KEYS = 400
@@ -60,77 +57,6 @@ class Origin(DataSource):
 
     def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
         raise NotFoundError()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free loopback port, killed and started by pid."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary, self.port = binary, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis.Redis(port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2) as client:
-                    if client.ping():
-                        return
-            except (redis.RedisError, OSError):
-                time.sleep(0.01)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer")
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-
-
-class SilentRedis:
-    """Accepts connections on a free loopback port and never answers."""
-
-    def __init__(self) -> None:
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(128)
-        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
-        self._open: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                self._open.append(self._listener.accept()[0])
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._listener.close()
-        for connection in self._open:
-            connection.close()
 
 
 def run(url: str, seconds: float, threads: int, events: list[tuple[float, Any]]) -> dict[str, Any]:
@@ -191,7 +117,7 @@ def main() -> int:
         print("bench_faults needs redis-server on PATH", file=sys.stderr)
         return 2
     results: dict[str, dict[str, Any]] = {}
-    server = PrivateRedis(binary)
+    server = RedisServer(binary)
     server.start()
     try:
         results["healthy"] = run(server.url, options.seconds, options.threads, [])
