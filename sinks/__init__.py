@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .disk import DiskStore
+from .disk import DiskStore, DiskStoreError
 from .memory import MemoryStore
 from .redis import RedisStore
 from .serializers import (
@@ -34,6 +34,7 @@ __all__ = [
     "Catalog",
     "DamagedBlobError",
     "DiskStore",
+    "DiskStoreError",
     "JsonSerializer",
     "LocalState",
     "MemoryStore",
