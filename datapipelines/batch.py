@@ -112,7 +112,9 @@ class BatchReads:
             if found is GUARD_FAILED:
                 passed.add(id(source))
                 return [MISSING] * len(queries)
-            route.stats.misses += sum(value is MISSING for value in found)
+            stats, missed = route.stats, sum(value is MISSING for value in found)
+            stats.lookups += len(queries)  # with its misses, so hits never go down (see _guarded)
+            stats.misses += missed
             return found
         route.stats.calls += 1
         return self._ask_batch(route, queries, policy)

@@ -385,8 +385,9 @@ class DataPipeline(BatchReads):
         found = self._guarded(route.source, route.stats, route.breaker, _LOOKUP, ask)
         if found is GUARD_FAILED:
             return None
-        if found is MISSING:
-            route.stats.misses += 1
+        stats, missed = route.stats, found is MISSING
+        stats.lookups += 1
+        stats.misses += missed
         return found
 
     def _guarded(
@@ -401,8 +402,11 @@ class DataPipeline(BatchReads):
         """``call()`` on a tier under its breaker: its result, or GUARD_FAILED when the
         breaker skipped it or it failed (counted, logged; raised only when strict).
 
-        A lookup of ``count`` queries is counted once its outcome is known, each
-        counter before the one subtracted from it, so ``hits`` never goes down.
+        ``hits`` is derived (lookups less misses, errors and skips), so a lookup of
+        ``count`` queries is counted once its outcome is known, together with that
+        outcome in adjacent statements (no thread switch between them): here for a
+        skip or an error, by the caller with its misses on success. No reading of
+        the stats sees ``hits`` go down.
         """
         lookup = action not in _WRITES
         if not breaker.allow():
@@ -419,8 +423,6 @@ class DataPipeline(BatchReads):
         except Exception as error:
             self._tier_failed(element, stats, breaker, error, action, count)
             return GUARD_FAILED
-        if lookup:
-            stats.lookups += count
         breaker.success()
         return result
 
