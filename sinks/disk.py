@@ -220,4 +220,5 @@ class DiskStore(EncodedStore):
 
     def close(self) -> None:
         """Close this thread's database connection; the store reopens it on next use."""
-        self._cache.close()
+        if self._cache not in _INHERITED:
+            self._cache.close()

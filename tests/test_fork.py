@@ -126,9 +126,12 @@ def test_a_child_opens_its_own_disk_connection_and_both_processes_share_the_dire
     inherited = store._cache
 
     def child() -> bool:
+        store.close()  # before any use: must leave the inherited connection alone
+        assert getattr(inherited._local, "con", None) is not None  # still open, untouched
         assert store.lookup(Reading, Q) == Reading(1, "parent")
         assert store._cache is not inherited  # SQLite connections must not cross fork()
         store.store_many(Reading, [({"id": 2}, Reading(2, "child"))])
+        store.close()
         return True
 
     in_a_child(child)
