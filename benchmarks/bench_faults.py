@@ -114,8 +114,8 @@ def main() -> int:
     logging.getLogger("datapipelines").setLevel(logging.ERROR)
     binary = shutil.which("redis-server")
     if binary is None:
-        print("bench_faults needs redis-server on PATH", file=sys.stderr)
-        return 2
+        print("bench_faults skipped: it needs redis-server on PATH (apt-get install redis-server)")
+        return 0  # so that `make bench` runs the others
     results: dict[str, dict[str, Any]] = {}
     server = RedisServer(binary)
     server.start()

@@ -180,6 +180,7 @@ class RedisInvalidation:
         except (redis.RedisError, OSError) as error:
             self._breaker.failure()
             self._count("publish_errors")
+            # One warning per outage, not one per put.
             level = logging.DEBUG if self._publish_failing else logging.WARNING
             self._publish_failing = True
             LOGGER.log(level, "Could not publish on %s (%r); will send again when Redis answers",
