@@ -247,11 +247,11 @@ class _Trace:
         self.deliver = deliver
         return self._write_back
 
-    def _write_back(self, route: Any, value: Any, context: Any) -> Any:
+    def _write_back(self, route: Any, value: Any, context: Any, *rest: Any) -> Any:
         if not (route.before or route.after):
-            return self.deliver(route, value, context)
+            return self.deliver(route, value, context, *rest)
         self.open()
         sinks = len(route.before) + len(route.after)
         attributes = {"datapipelines.answered_by": route.source_name, "datapipelines.sinks": sinks}
         with self.tracer.start_as_current_span("datapipelines.write_back", attributes=attributes):
-            return self.deliver(route, value, context)
+            return self.deliver(route, value, context, *rest)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
@@ -28,6 +29,7 @@ from .errors import (
     type_name,
 )
 from .flight import RedisLock, SingleFlight
+from .forks import reset_in_children
 from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
 from .policy import Policy
@@ -82,7 +84,7 @@ class _Request:
 
     __slots__ = (
         "type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses", "write_back",
-        "trace",
+        "trace", "passed",
     )
 
     def __init__(
@@ -107,6 +109,9 @@ class _Request:
         self.clean_misses: list[Route] = []
         # The spans of this request, when a tracing bridge is installed (datapipelines.otel).
         self.trace: Any = None
+        # Tiers (by id) that failed or were skipped in this call: neither asked again nor
+        # written back, so a dead tier costs one timeout per call, not one per step.
+        self.passed: set[int] = set()
 
 
 class DataPipeline(BatchReads):
@@ -208,6 +213,7 @@ class DataPipeline(BatchReads):
             self.set_policy(policy_type, policy)
         # Set by datapipelines.otel; read on the miss path only, never on a hit.
         self._tracer: Any = None
+        reset_in_children(self)
 
     @classmethod
     def from_config(cls, config: Any, **options: Any) -> DataPipeline:
@@ -234,6 +240,16 @@ class DataPipeline(BatchReads):
         self._routes.clear()
         self._fast.clear()
         self._stores_by_type.clear()
+
+    def _after_fork(self) -> None:
+        """In a forked child: refresh threads and the locks of the parent's threads start over."""
+        if self._negative_lock.locked():
+            self._negative = LRUCache(self._negative.maxsize)  # perhaps half-changed
+        self._negative_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        # The parent's pool threads do not exist here; a new pool starts on the next refresh.
+        self._refresher = None
+        self._refreshing = set()
 
     def set_policy(self, type: Any, policy: Policy | None) -> None:
         """Give ``type`` a :class:`Policy` (None removes it)."""
@@ -335,9 +351,9 @@ class DataPipeline(BatchReads):
         route = self._fast.get(type)
         if route is not None and not (refresh or only_cached) and cache_mode is None:
             stats = route.stats
-            stats.lookups += 1
             # One hit in SAMPLE_EVERY takes the slow path, which measures latency;
-            # so does every call while the tier's breaker is open.
+            # so does every call while the tier's breaker is open. A lookup is
+            # counted once its outcome is known, so no reading sees hits go down.
             if stats.lookups & _SAMPLE_MASK and not route.breaker.tripped:
                 start = 1
                 try:
@@ -355,11 +371,11 @@ class DataPipeline(BatchReads):
                 except Exception:
                     value, start = MISSING, 0  # the slow path asks again and accounts for the error
                 if start:
+                    stats.lookups += 1
                     if value is not MISSING:
                         return value  # type: ignore[no-any-return]
                     stats.misses += 1
                     return self._resolve(type, query, False, False, 1).value  # type: ignore[no-any-return]
-            stats.lookups -= 1
         found = self.get_result(type, query, refresh=refresh, only_cached=only_cached, cache_mode=cache_mode)
         return found.value  # type: ignore[no-any-return]
 
@@ -386,10 +402,16 @@ class DataPipeline(BatchReads):
         only_cached: bool,
         start: int,
         write_back: bool = True,
+        passed: set[int] | None = None,
     ) -> Result:
-        """Ask the routes from ``start`` on: cache tiers first-come, then the sources."""
+        """Ask the routes from ``start`` on: cache tiers first-come, then the sources.
+
+        ``passed`` carries the tiers an enclosing call already found failing.
+        """
         policy = self._policies.get(type)
         request = _Request(type, query, self.routes(type), self._context(query), policy, refresh, write_back)
+        if passed is not None:
+            request.passed = passed
         # The fast path only hands over (start=1) after a clean miss in the first tier.
         request.clean_misses = request.routes[:start]
         if self._tracer is not None:
@@ -400,18 +422,20 @@ class DataPipeline(BatchReads):
     def _walk(self, request: _Request, start: int, only_cached: bool) -> Result:
         type, query, refresh, policy = request.type, request.query, request.refresh, request.policy
         ask = self._ask_tier if request.trace is None else request.trace.lookup(self._ask_tier)
-        deliver = self._deliver if request.trace is None else request.trace.write_back(self._deliver)
         for index in range(start, len(request.routes)):
             route = request.routes[index]
             if (refresh and route.cached) or (only_cached and not route.cached):
                 continue
             if not route.cached:
                 return self._fetch(request, index)
+            if id(route.source) in request.passed:
+                continue
             found = ask(route, type, query)
+            if found is None:
+                request.passed.add(id(route.source))
+                continue
             if found is MISSING:
                 request.clean_misses.append(route)
-                continue
-            if found is None:
                 continue
             value, age = found
             if policy is not None and age is not None:
@@ -422,7 +446,7 @@ class DataPipeline(BatchReads):
                     continue
                 if age >= policy.soft_limit:
                     self._refresh_later(type, query)
-            return Result(deliver(route, value, request.context), False, route.source_name)
+            return self._answer(route, value, request)
         if request.stale is not None:
             return request.stale
         raise NotFoundError(
@@ -432,7 +456,6 @@ class DataPipeline(BatchReads):
     def _ask_tier(self, route: Route, type: Any, query: Mapping[str, Any]) -> Any:
         """(value, age or None) from a cache tier, MISSING if it has none, None if it
         was skipped or failed (a failing tier never fails the call)."""
-        route.stats.lookups += 1
 
         def ask() -> Any:
             started = time.perf_counter()
@@ -448,15 +471,13 @@ class DataPipeline(BatchReads):
             route.stats.record_latency(time.perf_counter() - started)
             return found
 
-        try:
-            found = self._guarded(route.source, route.stats, route.breaker, _LOOKUP, ask)
-        except CALLER_ERRORS:
-            route.stats.lookups -= 1  # a query the tier cannot key is the caller's mistake, not a lookup
-            raise
+        # A query the tier cannot key (CALLER_ERRORS) is raised before the lookup is counted.
+        found = self._guarded(route.source, route.stats, route.breaker, _LOOKUP, ask)
         if found is GUARD_FAILED:
             return None
-        if found is MISSING:
-            route.stats.misses += 1
+        stats, missed = route.stats, found is MISSING
+        stats.lookups += 1
+        stats.misses += missed
         return found
 
     def _guarded(
@@ -469,19 +490,28 @@ class DataPipeline(BatchReads):
         count: int = 1,
     ) -> Any:
         """``call()`` on a tier under its breaker: its result, or GUARD_FAILED when the
-        breaker skipped it or it failed (counted, logged; raised only when strict)."""
+        breaker skipped it or it failed (counted, logged; raised only when strict).
+
+        ``hits`` is derived (lookups less misses, errors and skips), so a lookup of
+        ``count`` queries is counted once its outcome is known, together with that
+        outcome in adjacent statements (no thread switch between them): here for a
+        skip or an error, by the caller with its misses on success. No reading of
+        the stats sees ``hits`` go down.
+        """
+        lookup = action not in _WRITES
         if not breaker.allow():
-            if action in _WRITES:
-                stats.put_skips += count
-            else:
+            if lookup:
+                stats.lookups += count
                 stats.lookup_skips += count
+            else:
+                stats.put_skips += 1
             return GUARD_FAILED
         try:
             result = call()
         except CALLER_ERRORS:
             raise
         except Exception as error:
-            self._tier_failed(element, stats, breaker, error, action)
+            self._tier_failed(element, stats, breaker, error, action, count)
             return GUARD_FAILED
         breaker.success()
         return result
@@ -493,11 +523,13 @@ class DataPipeline(BatchReads):
         breaker: CircuitBreaker | NoBreaker,
         error: Exception,
         action: str,
+        count: int = 1,
     ) -> None:
         if action in _WRITES:
             stats.put_errors += 1
         else:
-            stats.lookup_errors += 1
+            stats.lookups += count
+            stats.lookup_errors += count
         breaker.failure()
         if self._strict:
             raise error
@@ -539,12 +571,12 @@ class DataPipeline(BatchReads):
         token = lock.acquire(lock_key)
         if token is None:
             # Another process is fetching it: wait for its value to reach a shared tier.
-            waited = lock.wait(lock_key, lambda: self._cached(request.type, request.query), MISSING)
+            waited = lock.wait(lock_key, lambda: self._cached(request), MISSING)
             if waited is not MISSING:
                 return waited  # type: ignore[no-any-return]
             return self._ask_sources(request, index, key)
         try:
-            cached = self._cached(request.type, request.query)
+            cached = self._cached(request)
             if cached is not MISSING:
                 return cached  # type: ignore[no-any-return]
             return self._ask_sources(request, index, key)
@@ -564,19 +596,19 @@ class DataPipeline(BatchReads):
                 continue
             value, age = entry
             if policy is None or age is None or age < policy.fresh_limit:
-                return Result(self._deliver(route, value, request.context), False, route.source_name)
+                return self._answer(route, value, request)
         return None
 
-    def _cached(self, type: Any, query: Mapping[str, Any]) -> Any:
+    def _cached(self, request: _Request) -> Any:
+        """The value from the cache tiers, sparing those that already failed this call; or MISSING."""
         try:
-            return self.get_result(type, query, only_cached=True)
+            return self._resolve(request.type, request.query, False, True, 0, passed=request.passed)
         except NotFoundError:
             return MISSING
 
     def _ask_sources(self, request: _Request, index: int, key: str | None) -> Result:
         type, routes, context, policy = request.type, request.routes, request.context, request.policy
         trace = request.trace
-        deliver = self._deliver if trace is None else trace.write_back(self._deliver)
         tried = [] if request.refresh else [r.name for r in routes[:index] if r.cached]
         for route in routes[index:]:
             if route.cached:
@@ -604,23 +636,41 @@ class DataPipeline(BatchReads):
                 return Result(convert(route.chain, value, context), False, route.source_name)
             if policy is not None and policy.ttl is not None:
                 context[_EXPIRY] = {type: policy.lifetime()}
-            return Result(deliver(route, value, context), False, route.source_name)
+            return self._answer(route, value, request)
         if policy is not None and policy.negative_ttl and key is not None:
             with self._negative_lock:
                 self._negative[(type, key)] = self._clock() + policy.negative_ttl
         raise NotFoundError(type=type, query=request.query, tried=tried)
 
-    def _deliver(self, route: Route, value: Any, context: PipelineContext) -> Any:
-        """Write ``value`` back, convert it to the requested type, and return it."""
+    def _answer(self, route: Route, value: Any, request: _Request) -> Result:
+        """``route``'s fresh value for ``request``, written back and converted."""
+        deliver = self._deliver if request.trace is None else request.trace.write_back(self._deliver)
+        return Result(deliver(route, value, request.context, request.passed), False, route.source_name)
+
+    def _deliver(
+        self, route: Route, value: Any, context: PipelineContext, passed: Container[int] = ()
+    ) -> Any:
+        """Write ``value`` back (except into the tiers in ``passed``), convert it, and return it."""
         context[_SOURCE] = route.source_name
         for feed in route.before:
-            self._write(feed, feed.put, value, context)
+            self._write(feed, feed.put, value, context, passed)
         value = convert(route.chain, value, context)
         for feed in route.after:
-            self._write(feed, feed.put, value, context)
+            self._write(feed, feed.put, value, context, passed)
         return value
 
-    def _write(self, feed: Feed, put: Callable[[Any, Any], None], value: Any, context: Any) -> None:
+    def _write(
+        self,
+        feed: Feed,
+        put: Callable[[Any, Any], None],
+        value: Any,
+        context: Any,
+        passed: Container[int] = (),
+    ) -> None:
+        """``put(value, context)`` into the feed's sink under its breaker, unless it is in ``passed``."""
+        if id(feed.sink) in passed:
+            feed.stats.put_skips += 1
+            return
         done = self._guarded(feed.sink, feed.stats, feed.breaker, _WRITE_BACK, lambda: put(value, context))
         if done is not GUARD_FAILED:
             feed.stats.puts += 1
@@ -778,15 +828,19 @@ class DataPipeline(BatchReads):
         Besides ``type`` itself, the types a store is fed on the way to ``type``
         (a raw payload kept before conversion, say) are removed too, and so is a
         remembered NotFoundError. With ``invalidation=`` set, other processes'
-        memory tiers drop the key as well.
+        memory tiers drop the key as well. A store that fails, or whose breaker is
+        open, is skipped with a warning: its entry stays until it expires.
         """
         removed = 0
         for store, store_type in self._stores_of(type):
-            breaker = self._breaker(store)
-            try:
-                removed += bool(store.delete(store_type, query))
-            except Exception as error:
-                self._tier_failed(store, self._stats[id(store)], breaker, error, _INVALIDATE)
+            deleted = self._guarded(
+                store, self._stats[id(store)], self._breaker(store), _INVALIDATE,
+                functools.partial(store.delete, store_type, query),
+            )  # fmt: skip
+            if deleted is GUARD_FAILED:
+                LOGGER.warning("%s could not invalidate %s %r", element_name(store), type_name(type), query)
+            else:
+                removed += deleted
         with contextlib.suppress(TypeError):
             negative = (type, key_for(type, query))
             with self._negative_lock:

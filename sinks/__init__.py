@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 from ..sink import CompositeDataSink, DataSink
-from .disk import DiskStore
+from .disk import DiskStore, DiskStoreError
 from .memory import MemoryStore
 from .redis import RedisStore
 from .serializers import (
@@ -40,6 +40,7 @@ __all__ = [
     "DamagedBlobError",
     "DataSink",
     "DiskStore",
+    "DiskStoreError",
     "JsonSerializer",
     "LocalState",
     "MemoryStore",

@@ -9,6 +9,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from datapipelines.forks import reset_in_children
 from datapipelines.keys import key_for
 from datapipelines.store import MISSING, Store
 
@@ -43,10 +44,19 @@ class MemoryStore(Store):
             def sizer(entry: tuple[Any, float, float]) -> int:
                 return getsizeof(entry[0])
 
+        self._sizer = sizer
         self._cache: LRUCache[str, tuple[Any, float, float]] = LRUCache(maxsize, getsizeof=sizer)
         self._lock = threading.Lock()
         self._clock = clock
         self.maxsize = maxsize
+        reset_in_children(self)
+
+    def _after_fork(self) -> None:
+        # A child keeps what the parent cached, unless a parent thread was changing it
+        # at that instant: then it may be half-changed, and the child starts empty.
+        if self._lock.locked():
+            self._cache = LRUCache(self.maxsize, getsizeof=self._sizer)
+        self._lock = threading.Lock()
 
     # Lives in this process: other processes' invalidations must reach it.
     in_process = True
