@@ -119,7 +119,7 @@ def test_a_writer_error_surfaces_on_flush_and_the_records_are_kept(behind, caplo
     folder = obstruct_blob_folder(behind, blocked.payload)
     rid = behind.record(blocked)
     with caplog.at_level(logging.ERROR, logger="datapipelines.sinks.audit"):
-        expected = r"1 waiting, kept and retried\): NotADirectoryError: .*blobs"
+        expected = r"1 waiting, kept and retried\): AuditStoreError: Blob folder .*blobs/.. is .*not a dir"
         with pytest.raises(AuditWriteError, match=expected):
             behind.flush()
     assert "background commit of 1 writes failed" in caplog.text

@@ -145,7 +145,8 @@ class Inspection:
             "SELECT sha256 FROM responses UNION SELECT body_sha256 FROM requests "
             "WHERE body_sha256 IS NOT NULL"
         )
-        return {row[0] for row in rows}
+        # A tampered row may hold anything: its repr is reported (as damaged), never opened.
+        return {row[0] if isinstance(row[0], str) else repr(row[0]) for row in rows}
 
     def verify(self) -> dict[str, list[str]]:
         """Recompute the sha256 of every referenced blob; sha256s listed under ok, missing, damaged."""
@@ -171,7 +172,7 @@ class Inspection:
             referenced = {row[0] for row in rows}
             deadline = time.time() - min_age
             for path in self.blobs.files():
-                if path.name not in referenced and path.stat().st_mtime <= deadline:
+                if path.name not in referenced and path.lstat().st_mtime <= deadline:
                     path.unlink()
                     removed.append(path.name)
         return removed

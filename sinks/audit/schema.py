@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from datapipelines.errors import DataPipelinesError
 from datapipelines.remote import RawResponse, mask_secrets
 
 DATABASE = "audit.sqlite"
@@ -78,6 +79,10 @@ REPLAY = (
     "WHERE r.request_id = ? ORDER BY r.status BETWEEN 200 AND 299 DESC, r.id DESC LIMIT 1"
 )
 HOST = socket.gethostname()
+
+
+class AuditStoreError(DataPipelinesError):
+    """An audit directory, database or blob cannot be used; names the path (OS or SQLite error as cause)."""
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
