@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DataPipelinesError
+from .output import printable
 
 # Subcommand groups, each a module of this package with a register(subparsers).
 GROUPS: tuple[str, ...] = ("audit", "inventory", "catalog")
@@ -30,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DataPipelinesError as error:
-        print(f"datapipelines: error: {error}", file=sys.stderr)
+        # One line, whatever the message quotes from a file: control characters escaped.
+        print(f"datapipelines: error: {printable(error)}", file=sys.stderr)
         return 2
 
 

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from .output import print_json, table
+from .output import print_json, printable, table
 
 DEFAULT_DIR = os.environ.get("DATAPIPELINES_AUDIT_DIR", "audit")
 
@@ -71,10 +71,6 @@ def when(timestamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-
-
-
-
 def _sessions(args: argparse.Namespace) -> int:
     sessions = _recorder(args).sessions()
     if args.json:
@@ -108,13 +104,13 @@ def _show(args: argparse.Namespace) -> int:
         print_json(history)
         return 0
     params = "&".join(f"{k}={v}" for k, v in history["params"])
-    print(f"request  {history['id']}")
-    print(f"source   {history['source']}")
-    print(f"call     {history['method']} {history['target']}{'?' + params if params else ''}")
+    print(f"request  {printable(history['id'])}")
+    print(f"source   {printable(history['source'])}")
+    print(printable(f"call     {history['method']} {history['target']}{'?' + params if params else ''}"))
     if history["headers"]:
         print(f"headers  {json.dumps(history['headers'], sort_keys=True)}")
     if history["body_sha256"]:
-        print(f"body     blob {history['body_sha256']}")
+        print(f"body     blob {printable(history['body_sha256'])}")
     print()
     rows = [
         (
@@ -139,8 +135,10 @@ def _export(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         print(
-            f"exported session {result['session'][:12]} ({result['name']}): {result['requests']} requests, "
-            f"{result['responses']} responses -> {result['directory']}"
+            printable(
+                f"exported session {result['session'][:12]} ({result['name']}): {result['requests']} "
+                f"requests, {result['responses']} responses -> {result['directory']}"
+            )
         )
     return 0
 
