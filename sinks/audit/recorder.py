@@ -37,6 +37,7 @@ from .schema import (
     Recorded,
     connect,
     create_tables,
+    masked_argv,
     session_row,
 )
 from .writer import AuditWriteError, Write, Writer
@@ -283,7 +284,8 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             if self._session_known(session_id):
                 return session_id, ()
             name = f"process {pid}@{HOST}"
-            return session_id, (session_row(session_id, name, {"argv": sys.argv}, implicit=True),)
+            meta = {"argv": masked_argv(sys.argv)}
+            return session_id, (session_row(session_id, name, meta, implicit=True),)
         session_id = str(session_id)
         if self._session_known(session_id):
             return session_id, ()
