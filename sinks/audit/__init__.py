@@ -29,7 +29,7 @@ Modules: ``recorder`` (AuditRecorder: recording, replay, sessions), ``inspection
 
 from .blobs import BLOBS, FRESH_BLOB_SECONDS, BlobStore, DamagedBlobError
 from .recorder import LOGGER, AuditRecorder
-from .schema import DATABASE, SCHEMA_VERSION
+from .schema import DATABASE, SCHEMA_VERSION, AuditStoreError
 from .writer import BATCH_LIMIT, AuditWriteError
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "LOGGER",
     "SCHEMA_VERSION",
     "AuditRecorder",
+    "AuditStoreError",
     "AuditWriteError",
     "BlobStore",
     "DamagedBlobError",

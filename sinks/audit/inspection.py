@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from datapipelines.errors import ConfigurationError, NotFoundError
 
 from .blobs import BlobStore
-from .schema import DATABASE, INSERT_REQUEST, INSERT_RESPONSE
+from .schema import DATABASE, INSERT_REQUEST, INSERT_RESPONSE, AuditStoreError
 
 
 class Inspection:
@@ -56,9 +56,16 @@ class Inspection:
         )
         sessions = [dict(zip(keys, row, strict=False)) for row in rows]
         for session in sessions:
-            session["meta"] = json.loads(session["meta"])
+            session["meta"] = self._decoded(session["meta"], f"the meta of session {session['id']!r}")
             session["implicit"] = bool(session["implicit"])
         return sessions
+
+    def _decoded(self, text: Any, what: str) -> Any:
+        """A JSON column's value; AuditStoreError naming the file and the row if it is not JSON."""
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as error:
+            raise AuditStoreError(f"Audit database {self.path}: {what} is not JSON ({error})") from error
 
     def find_session(self, name_or_id: str) -> dict[str, Any]:
         """The session with this id, unique id prefix, or name (the newest of that name)."""
@@ -127,14 +134,16 @@ class Inspection:
             )
         ]
         for response in responses:
-            response["headers"] = json.loads(response["headers"])
+            response["headers"] = self._decoded(
+                response["headers"], f"the headers of response {response['id']}"
+            )
         return {
             "id": request_id,
             "source": source,
             "method": method,
             "target": target,
-            "params": json.loads(params),
-            "headers": json.loads(headers),
+            "params": self._decoded(params, f"the params of request {request_id}"),
+            "headers": self._decoded(headers, f"the headers of request {request_id}"),
             "body_sha256": body_sha256,
             "first_seen": first_seen,
             "responses": responses,

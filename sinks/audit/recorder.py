@@ -34,6 +34,7 @@ from .schema import (
     INSERT_REQUEST,
     INSERT_RESPONSE,
     REPLAY,
+    AuditStoreError,
     Recorded,
     connect,
     create_tables,
@@ -114,7 +115,10 @@ class AuditRecorder(Inspection, DataSource, DataSink):
                 f"got max_pending={max_pending!r}, flush_interval={flush_interval!r}"
             )
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise AuditStoreError(f"Cannot create the audit directory {self.directory}: {error}") from error
         self.blobs = BlobStore(self.directory / BLOBS)
         self.replay = replay
         self.write_behind = write_behind
@@ -126,8 +130,12 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         self._writer: Writer | None = None
         self._known_sessions: set[str] = set()
         self._implicit: dict[int, str] = {}
-        with self._transaction() as db:
-            create_tables(db)
+        try:
+            with self._transaction() as db:
+                create_tables(db)
+        except AuditStoreError:
+            self.close()
+            raise
         _RECORDERS.add(self)
 
     def __repr__(self) -> str:
@@ -148,22 +156,32 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             self._known_sessions.clear()
         return self._db
 
+    def _failed(self, error: sqlite3.Error) -> AuditStoreError:
+        """The error to raise for a failed database call: SQLite's own messages never name the file."""
+        return AuditStoreError(f"Audit database {self.path}: {error}")
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
             try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+                db = self._connection()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                raise self._failed(error) from error
 
     def _select(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._connection().execute(sql, tuple(args)).fetchall()
+            try:
+                return self._connection().execute(sql, tuple(args)).fetchall()
+            except sqlite3.Error as error:
+                raise self._failed(error) from error
 
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of a query, once everything this process recorded is committed."""
@@ -202,7 +220,10 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         """Commit ``write`` now, or queue it for the writer thread in write-behind mode."""
         if not self.write_behind:
             with self._lock:
-                self._commit((write,), self._connection())
+                try:
+                    self._commit((write,), self._connection())
+                except sqlite3.Error as error:
+                    raise self._failed(error) from error
             return
         writer = self._writer_here()
         if writer is None:
