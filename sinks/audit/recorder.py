@@ -83,6 +83,20 @@ def _hook_process_exit() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _check_write_behind(max_pending: int, flush_interval: float, max_delay: float | None) -> None:
+    if max_pending < 1 or flush_interval < 0:
+        raise ConfigurationError(
+            f"AuditRecorder needs max_pending >= 1 and flush_interval >= 0, "
+            f"got max_pending={max_pending!r}, flush_interval={flush_interval!r}"
+        )
+    if max_delay is not None and not flush_interval <= max_delay / 2:
+        raise ConfigurationError(
+            f"AuditRecorder needs flush_interval <= max_delay / 2 (the writer must start a batch well "
+            f"before callers wait for it), got flush_interval={flush_interval!r}, max_delay={max_delay!r}; "
+            "raise max_delay, or give max_delay=None for no age bound"
+        )
+
+
 class AuditRecorder(Inspection, DataSource, DataSink):
     """Records RawResponses (a sink) and replays them (a source); see the package docstring.
 
@@ -92,8 +106,11 @@ class AuditRecorder(Inspection, DataSource, DataSink):
     ``write_behind=True``: ``put``/``record`` compute the request id and sha256,
     queue the blobs and rows and return; one daemon thread per recorder (and
     process) commits them, many per transaction, at most ``flush_interval``
-    seconds after they were queued. At most ``max_pending`` records wait: more
-    block the caller until the thread catches up. ``flush()`` waits for
+    seconds after they were queued. At most ``max_pending`` records wait, and a
+    record is committed at most ``max_delay`` seconds after ``put`` returned:
+    callers block (back-pressure) once the oldest record not yet committed has
+    waited ``max_delay / 2``, until the thread catches up. ``max_delay=None``
+    drops the age bound. ``flush()`` waits for
     everything queued; ``close_session``, ``close``, every read and a normal
     process exit flush first. A failed background commit is logged and raised by
     the next ``flush``/``put`` (AuditWriteError); its records are kept and retried.
@@ -108,12 +125,9 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         write_behind: bool = False,
         max_pending: int = 10_000,
         flush_interval: float = 0.05,
+        max_delay: float | None = 0.5,
     ) -> None:
-        if max_pending < 1 or flush_interval < 0:
-            raise ConfigurationError(
-                f"AuditRecorder needs max_pending >= 1 and flush_interval >= 0, "
-                f"got max_pending={max_pending!r}, flush_interval={flush_interval!r}"
-            )
+        _check_write_behind(max_pending, flush_interval, max_delay)
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -123,6 +137,8 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         self.replay = replay
         self.write_behind = write_behind
         self._max_pending, self._flush_interval = max_pending, flush_interval
+        # Callers wait once a record has waited half the bound: the other half is for committing it.
+        self._max_age = None if max_delay is None else max_delay / 2
         self._busy_timeout = busy_timeout
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
@@ -232,7 +248,12 @@ class AuditRecorder(Inspection, DataSource, DataSink):
                 if writer is None:
                     _hook_process_exit()
                     writer = self._writer = Writer(
-                        repr(self), self._connect, self._commit, self._max_pending, self._flush_interval
+                        repr(self),
+                        self._connect,
+                        self._commit,
+                        self._max_pending,
+                        self._flush_interval,
+                        self._max_age,
                     )
         writer.submit(write)
 
