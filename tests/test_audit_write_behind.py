@@ -150,7 +150,7 @@ def test_bad_settings_are_refused():
     with pytest.raises(ConfigurationError, match="max_pending=0"):
         AuditRecorder("unused", write_behind=True, max_pending=0)
     with pytest.raises(
-        ConfigurationError, match=r"flush_interval <= max_delay / 2 .* flush_interval=0.3, max_delay=0.5"
+        ConfigurationError, match=r"flush_interval <= max_delay / 4 .* flush_interval=0.3, max_delay=0.5"
     ):
         AuditRecorder("unused", write_behind=True, flush_interval=0.3)
 

@@ -89,9 +89,9 @@ def _check_write_behind(max_pending: int, flush_interval: float, max_delay: floa
             f"AuditRecorder needs max_pending >= 1 and flush_interval >= 0, "
             f"got max_pending={max_pending!r}, flush_interval={flush_interval!r}"
         )
-    if max_delay is not None and not flush_interval <= max_delay / 2:
+    if max_delay is not None and not flush_interval <= max_delay / 4:
         raise ConfigurationError(
-            f"AuditRecorder needs flush_interval <= max_delay / 2 (the writer must start a batch well "
+            f"AuditRecorder needs flush_interval <= max_delay / 4 (the writer must start a batch well "
             f"before callers wait for it), got flush_interval={flush_interval!r}, max_delay={max_delay!r}; "
             "raise max_delay, or give max_delay=None for no age bound"
         )
@@ -109,7 +109,7 @@ class AuditRecorder(Inspection, DataSource, DataSink):
     seconds after they were queued. At most ``max_pending`` records wait, and a
     record is committed at most ``max_delay`` seconds after ``put`` returned:
     callers block (back-pressure) once the oldest record not yet committed has
-    waited ``max_delay / 2``, until the thread catches up. ``max_delay=None``
+    waited ``max_delay / 4``, until the thread catches up. ``max_delay=None``
     drops the age bound. ``flush()`` waits for
     everything queued; ``close_session``, ``close``, every read and a normal
     process exit flush first. A failed background commit is logged and raised by
@@ -137,8 +137,9 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         self.replay = replay
         self.write_behind = write_behind
         self._max_pending, self._flush_interval = max_pending, flush_interval
-        # Callers wait once a record has waited half the bound: the other half is for committing it.
-        self._max_age = None if max_delay is None else max_delay / 2
+        # Callers wait once a record has waited a quarter of the bound: the rest is for committing what
+        # waits, with room for a machine slower than the writer's recent pace.
+        self._max_age = None if max_delay is None else max_delay / 4
         self._busy_timeout = busy_timeout
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
