@@ -44,16 +44,19 @@ class Writer:
     """The write-behind thread of one recorder in one process.
 
     Writes wait in a FIFO queue; the thread takes them when the oldest has waited
-    ``flush_interval``, when ``max_pending`` records wait, or when someone flushes,
-    and commits up to BATCH_LIMIT of them in one transaction. ``max_age`` bounds how
-    long a record stays uncommitted while callers go on: ``submit`` blocks while the
-    oldest uncommitted record (queued or being written) is older, so when it
-    returns, every record queued more than ``max_age`` earlier is committed; and
-    while more records wait than the thread committed in ``max_age`` at the pace of
-    its last batch, so what waits is committed within about ``max_age`` too. A failed batch goes
-    back to the front of the queue and the thread pauses until a caller has been
-    told (``flush`` or ``submit`` raise AuditWriteError); it retries once a flush
-    waits or the interval has passed (a full queue alone no longer hurries it).
+    ``flush_interval``, when enough records wait (``_due``), or when someone flushes,
+    and commits up to BATCH_LIMIT of them in one transaction.
+
+    ``max_age`` bounds how long a record stays uncommitted while callers go on:
+    ``submit`` blocks while the oldest uncommitted record (queued or being written)
+    is older, so when it returns, every record queued more than ``max_age`` earlier
+    is committed; and while more records wait than the thread commits in ``max_age``
+    at the pace of its recent batches, so what waits is committed in about that too.
+
+    A failed batch goes back to the front of the queue and the thread pauses until
+    a caller has been told (``flush`` or ``submit`` raise AuditWriteError); it
+    retries once a flush waits or the interval has passed (a full queue alone no
+    longer hurries it).
     """
 
     def __init__(
@@ -118,14 +121,15 @@ class Writer:
 
     def _too_old(self) -> bool:
         """Whether the oldest uncommitted record has waited longer than ``max_age`` (condition held)."""
-        oldest = (
-            self._writing_since
-            if self._writing_since is not None
-            else self._queue[0][0]
-            if self._queue
-            else None
-        )
-        return self._max_age is not None and oldest is not None and time.monotonic() - oldest > self._max_age
+        if self._max_age is None:
+            return False
+        if self._writing_since is not None:
+            oldest = self._writing_since
+        elif self._queue:
+            oldest = self._queue[0][0]
+        else:
+            return False
+        return time.monotonic() - oldest > self._max_age
 
     def flush(self) -> None:
         """Wait until every write submitted so far is committed; AuditWriteError if one failed."""
