@@ -114,3 +114,17 @@ def test_a_row_that_is_not_json_is_named(tmp_path, capsys):
     assert line.startswith(
         f"datapipelines: error: Audit database {directory}/audit.sqlite: the meta of session"
     )
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("fetched_at", "yesterday"), ("elapsed", "slow"), ("fetched_at", 1e300)]
+)
+def test_a_row_of_the_wrong_shape_is_one_error_naming_the_file(tmp_path, capsys, column, value):
+    directory = tmp_path / "audit"
+    with AuditRecorder(directory) as recorder:
+        recorder.record(response_for(request_for({"url": "mem://1"}), payload=b"1", status_code=200))
+    with sqlite3.connect(directory / "audit.sqlite") as db:
+        db.execute(f"UPDATE responses SET {column} = ?", (value,))
+    assert main(["audit", "--dir", str(directory), "show", request_id({"url": "mem://1"})]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"datapipelines: error: Audit database {directory}/audit.sqlite: a row is not")

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .output import print_json, printable, table
@@ -33,19 +35,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     commands.add_parser("sessions", help="list sessions with their request counts").set_defaults(
-        func=_sessions
+        func=_guarded(_sessions)
     )
     show = commands.add_parser("show", help="a request and every response recorded for it")
     show.add_argument("request_id", help="a request id or a unique prefix of at least 6 characters")
     show.add_argument("--payload", action="store_true", help="write the newest payload's bytes to stdout")
-    show.set_defaults(func=_show)
+    show.set_defaults(func=_guarded(_show))
     export = commands.add_parser("export", help="copy one session into a new, replayable recorder directory")
     export.add_argument("session", help="a session id, unique id prefix, or name (the newest of that name)")
     export.add_argument("directory")
-    export.set_defaults(func=_export)
+    export.set_defaults(func=_guarded(_export))
     commands.add_parser(
         "verify", help="recompute every blob's sha256; exit 1 if any is missing or damaged"
-    ).set_defaults(func=_verify)
+    ).set_defaults(func=_guarded(_verify))
     gc = commands.add_parser("gc", help="delete blobs no record references")
     gc.add_argument(
         "--min-age",
@@ -53,7 +55,28 @@ def register(subparsers: Any) -> None:
         default=60.0,
         help="only blobs untouched for this many seconds (default 60), so running recorders are safe",
     )
-    gc.set_defaults(func=_gc)
+    gc.set_defaults(func=_guarded(_gc))
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command``, reporting a row it cannot show (a tampered database) as one error naming the file."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from datapipelines.errors import DataPipelinesError
+        from datapipelines.sinks.audit import DATABASE, AuditStoreError
+
+        try:
+            return command(args)
+        except DataPipelinesError:
+            raise
+        except (TypeError, ValueError, OverflowError) as error:
+            raise AuditStoreError(
+                f"Audit database {os.path.join(args.dir, DATABASE)}: a row is not as the recorder writes it "
+                f"({type(error).__name__}: {error})"
+            ) from error
+
+    return run
 
 
 def _recorder(args: argparse.Namespace) -> Any:
