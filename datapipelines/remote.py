@@ -39,8 +39,10 @@ DEFAULT_SOURCE = "http"
 # Keys that separate recordings of one wire request (mxm-dataio's names): in the id, never sent.
 PARTITION_KEYS = ("as_of_bucket", "cache_tag")
 QUERY_KEYS = frozenset({"source", "method", "url", "path", "params", "body", "headers", *PARTITION_KEYS})
-# Header values never written to the audit store (they still count in the request id).
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+# A header, flag or parameter whose name contains one of these holds a credential: its value is
+# never written to the audit store (a header still counts in the request id).
+SECRET_WORDS = ("auth", "token", "key", "secret", "password", "passwd", "pwd", "cookie", "credential")
+REDACTED = "<redacted>"
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 _PARAM_SCALARS = (str, int, float, bool, type(None))
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -107,9 +109,19 @@ class RemoteRequest:
         return self.method in _SAFE_METHODS
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a header, flag or parameter called ``name`` holds a credential (see SECRET_WORDS).
+
+    Deliberately broad (``Authorization``, ``X-Api-Key``, ``--api-token``, ``DB_PASSWORD``,
+    ``Set-Cookie``...): a value masked needlessly costs less than a secret kept.
+    """
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
 def mask_secrets(headers: Mapping[str, str]) -> dict[str, str]:
     """``headers`` as they may be written down: credentials replaced by ``<redacted>``."""
-    return {k: ("<redacted>" if k.lower() in SECRET_HEADERS else v) for k, v in headers.items()}
+    return {k: (REDACTED if is_secret_name(k) else v) for k, v in headers.items()}
 
 
 def _param_text(value: Any) -> str:

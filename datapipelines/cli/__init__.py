@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import DataPipelinesError
 from ..extras import MissingExtraError
+from .output import printable
 
 # Subcommand groups, each a module of this package with a register(subparsers).
 GROUPS: tuple[str, ...] = ("audit", "inventory", "catalog", "check", "stats")
@@ -47,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DataPipelinesError as error:
-        print(f"datapipelines: error: {error}", file=sys.stderr)
+        # One line, whatever the message quotes from a file: control characters escaped.
+        print(f"datapipelines: error: {printable(error)}", file=sys.stderr)
         return 2
 
 
