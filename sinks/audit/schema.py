@@ -101,7 +101,6 @@ def replay_statement(in_session: bool = False, as_of: bool = False) -> str:
     )
 
 
-REPLAY = replay_statement()
 HOST = socket.gethostname()
 
 
