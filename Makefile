@@ -27,4 +27,4 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo-cache
+	rm -rf $(VENV) .venv-cassiopeia build dist *.egg-info .pytest_cache demo-cache

@@ -1,7 +1,8 @@
 """Audit recorder throughput, and the cost it adds to a remote miss.
 
 1. Recorded responses per second for 1 KB and 100 KB payloads, synchronous and
-   write-behind (the final flush included), beside the floor of the libraries
+   write-behind (the final flush included; also without the age bound,
+   ``max_delay=None``, to show what the durability bound costs), beside the floor of the libraries
    underneath (the same file write plus one committed SQLite insert in WAL mode).
 2. A miss through MemoryStore -> source that takes 1 ms, without a recorder, with a
    synchronous AuditRecorder and with a write-behind one in between: the ratios are
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from datapipelines import DataPipeline
 from datapipelines.remote import RawResponse, RemoteSource, request_for, response_for
@@ -50,18 +52,18 @@ def responses(size: int, count: int, run: int) -> list[RawResponse]:
     ]
 
 
-def steady_recorder(directory: str, **options: bool) -> AuditRecorder:
+def steady_recorder(directory: str, **options: Any) -> AuditRecorder:
     """A recorder whose 256 blob folders exist, as in any directory that has seen a few thousand blobs."""
     for prefix in range(256):
         os.makedirs(os.path.join(directory, BLOBS, f"{prefix:02x}"))
     return AuditRecorder(directory, **options)
 
 
-def recorder_rate(size: int, count: int, run: int, write_behind: bool) -> float:
+def recorder_rate(size: int, count: int, run: int, **options: Any) -> float:
     """Records per second, until the last one is committed."""
     batch = responses(size, count, run)
     with tempfile.TemporaryDirectory() as directory:
-        recorder = steady_recorder(directory, write_behind=write_behind)
+        recorder = steady_recorder(directory, **options)
         started = time.perf_counter()
         for response in batch:
             recorder.record(response)
@@ -107,16 +109,17 @@ class SlowAdapter:
 
 
 # Pipelines compared on a miss: None (no recorder), or the AuditRecorder keywords.
-MISS_MODES: dict[str, dict[str, bool] | None] = {
+MISS_MODES: dict[str, dict[str, Any] | None] = {
     "without recorder": None,
     "with recorder, sync": {"write_behind": False},
     "with recorder, write-behind": {"write_behind": True},
+    "write-behind, no age bound": {"write_behind": True, "max_delay": None},
     # A live pipeline that records but replays in a separate, offline one: no replay lookup per miss.
     "write-behind, record only": {"write_behind": True, "replay": False},
 }
 
 
-def miss_times(mode: dict[str, bool] | None, count: int, run: int, delay: float) -> tuple[float, float]:
+def miss_times(mode: dict[str, Any] | None, count: int, run: int, delay: float) -> tuple[float, float]:
     """Median seconds per miss, and mean seconds per miss with the recorder's final flush and close.
 
     Each query is new, so memory misses every time (and so does the recorder's replay).
@@ -151,17 +154,23 @@ def main(argv: list[str] | None = None) -> None:
         f"sqlite {sqlite3.sqlite_version}\n"
     )
     print(
-        f"{'payload':<8} {'sync rec/s':>11} {'write-behind rec/s':>19} {'file+sqlite floor rec/s':>24} "
-        f"{'floor/sync':>11}"
+        f"{'payload':<8} {'sync rec/s':>11} {'write-behind rec/s':>19} {'no age bound rec/s':>19} "
+        f"{'file+sqlite floor rec/s':>24} {'floor/sync':>11}"
     )
     for size, label in ((1024, "1 KB"), (100 * 1024, "100 KB")):
-        samples: dict[str, list[float]] = {"sync": [], "behind": [], "floor": []}
+        samples: dict[str, list[float]] = {"sync": [], "behind": [], "unbounded": [], "floor": []}
         for run in range(args.runs):  # interleaved, so machine noise hits all alike
             samples["sync"].append(recorder_rate(size, args.count, run, write_behind=False))
             samples["behind"].append(recorder_rate(size, args.count, run, write_behind=True))
+            samples["unbounded"].append(
+                recorder_rate(size, args.count, run, write_behind=True, max_delay=None)
+            )
             samples["floor"].append(floor_rate(size, args.count, run))
-        sync, behind, floor = (statistics.median(samples[name]) for name in ("sync", "behind", "floor"))
-        print(f"{label:<8} {sync:>11,.0f} {behind:>19,.0f} {floor:>24,.0f} {floor / sync:>10.2f}x")
+        sync, behind, unbounded, floor = (statistics.median(samples[name]) for name in samples)
+        print(
+            f"{label:<8} {sync:>11,.0f} {behind:>19,.0f} {unbounded:>19,.0f} {floor:>24,.0f} "
+            f"{floor / sync:>10.2f}x"
+        )
 
     medians: dict[str, list[float]] = {name: [] for name in MISS_MODES}
     means: dict[str, list[float]] = {name: [] for name in MISS_MODES}

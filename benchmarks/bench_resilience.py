@@ -1,13 +1,16 @@
 """What resilience costs and what it saves.
 
 1. The memory hit path of a type with a Policy (ttl, soft_ttl) against the same
-   type without one, beside a raw cachetools lookup of a precomputed key;
-   interleaved repeats, medians. Goal: policies on at most 1.1x policies off.
+   type without one, and of a pipeline exported by the OpenTelemetry bridge
+   (metrics and traces, when the SDK is installed) against the same pipeline
+   without it, beside a raw cachetools lookup of a precomputed key; interleaved
+   repeats, medians. Goals: policies on at most 1.1x policies off; the bridge
+   at most 1.02x.
 2. A stampede: 1,000 threads released at once over 10 cold keys, through the
    pipeline (single-flight) and through a bare cachetools cache in front of the
    same source (no coalescing): source calls and wall time, medians of runs.
 
-Run: ``.venv/bin/python benchmarks/bench_resilience.py [--repeats N] [--runs N]``.
+Run: ``.venv/bin/python benchmarks/bench_resilience.py [--repeats N] [--runs N] [--hit-only]``.
 """
 
 from __future__ import annotations
@@ -63,9 +66,11 @@ def hit_path(repeats: int) -> list[tuple[str, float]]:
     guarded = DataPipeline([MemoryStore(), SlowSource()], policies={Reading: Policy(ttl=3600, soft_ttl=600)})
     raw: LRUCache[str, Reading] = LRUCache(10_000)
     keys = [key_for(Reading, q) for q in queries]
+    exported = instrumented()
     for query, key in zip(queries, keys, strict=True):
-        plain.get(Reading, query)
-        guarded.get(Reading, query)
+        for pipeline in (plain, guarded, exported):
+            if pipeline is not None:
+                pipeline.get(Reading, query)
         raw[key] = Reading(query["id"], "fresh")
 
     def loop(get: Any, items: list[Any]) -> Any:
@@ -79,16 +84,27 @@ def hit_path(repeats: int) -> list[tuple[str, float]]:
         for key in keys:
             raw[key]
 
-    per_loop = median_ns(
-        {
-            "policies off": loop(plain.get, queries),
-            "policies on": loop(guarded.get, queries),
-            "raw": raw_loop,
-        },
-        number=200,
-        repeats=repeats,
-    )
+    cases = {"policies off": loop(plain.get, queries), "policies on": loop(guarded.get, queries)}
+    if exported is not None:
+        cases["OTel bridge"] = loop(exported.get, queries)
+    per_loop = median_ns({**cases, "raw": raw_loop}, number=200, repeats=repeats)
     return [(name, ns / len(queries)) for name, ns in per_loop.items()]
+
+
+def instrumented() -> DataPipeline | None:
+    """A pipeline like the plain one, exported by the OpenTelemetry bridge; None without the SDK."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
+        return None
+    from datapipelines.otel import instrument
+
+    pipeline = DataPipeline([MemoryStore(), SlowSource()], name="bench")
+    meter_provider = MeterProvider([InMemoryMetricReader()])
+    instrument(pipeline, meter_provider=meter_provider, tracer_provider=TracerProvider())
+    return pipeline
 
 
 def stampede(get: Any, source: SlowSource, requests: int = 1000, keys: int = 10) -> tuple[int, float]:
@@ -135,6 +151,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats of the hit path")
     parser.add_argument("--runs", type=int, default=5, help="stampede runs per contender")
+    parser.add_argument("--hit-only", action="store_true", help="measure the hit path only, no stampede")
     options = parser.parse_args()
 
     print(f"$ {sys.executable} {' '.join(sys.argv)}")
@@ -146,6 +163,13 @@ def main() -> int:
         print(f"{name:<16}{ns:>10.0f}{ns / off:>8.2f}")
     ratio = dict(rows)["policies on"] / off
     print(f"goal: policies on <= 1.10x off -> {ratio:.2f}x {'met' if ratio <= 1.10 else 'NOT met'}")
+    if "OTel bridge" in dict(rows):
+        bridge = dict(rows)["OTel bridge"] / off
+        print(f"goal: OTel bridge <= 1.02x off -> {bridge:.3f}x {'met' if bridge <= 1.02 else 'NOT met'}")
+    else:
+        print("OTel bridge: skipped (pip install opentelemetry-sdk to measure it)")
+    if options.hit_only:
+        return 0
 
     print(
         f"\nstampede: 1000 threads at once over 10 cold keys, source {SOURCE_DELAY * 1000:.0f} ms/call, "

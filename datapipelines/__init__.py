@@ -17,9 +17,19 @@ from .errors import (
     DataPipelinesError,
     NoConversionError,
     NotFoundError,
+    QueryKeyError,
     UnsupportedError,
 )
 from .flight import RedisLock
+from .functions import (
+    CachedFunction,
+    FunctionSink,
+    FunctionSource,
+    FunctionTransformer,
+    sink,
+    source,
+    transformer,
+)
 from .keys import key_for, set_schema_version
 from .pipeline import DataPipeline, Result, current_session
 from .policy import Policy
@@ -46,6 +56,7 @@ _LAZY = {
     "HttpSource": ".http",
     "RawResponse": ".remote",
     "RemoteError": ".remote",
+    "ResponseRecorder": ".remote",
     "register_adapter": ".remote",
     "RedisInvalidation": ".invalidation",
 }
@@ -59,6 +70,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BATCH_KEY",
+    "CachedFunction",
+    "FunctionSink",
+    "FunctionSource",
+    "FunctionTransformer",
     "MISSING",
     "TYPE_WILDCARD",
     "BoundKeyExistenceError",
@@ -81,6 +96,7 @@ __all__ = [
     "PipelineContext",
     "Policy",
     "Query",
+    "QueryKeyError",
     "QueryValidationError",
     "QueryValidator",
     "QueryValidatorStructureError",
@@ -88,6 +104,7 @@ __all__ = [
     "RedisInvalidation",
     "RedisLock",
     "RemoteError",
+    "ResponseRecorder",
     "Result",
     "Store",
     "UnsupportedError",
@@ -96,5 +113,8 @@ __all__ = [
     "key_for",
     "register_adapter",
     "set_schema_version",
+    "sink",
+    "source",
+    "transformer",
     "validate_query",
 ]

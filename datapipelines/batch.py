@@ -45,7 +45,6 @@ def _bulk_put(feed: Feed, expiry: Mapping[Any, float | None]) -> Callable[[Any, 
     return put
 
 
-
 class BatchReads:
     """The batch half of :class:`~datapipelines.DataPipeline` (a mixin: it uses the
     pipeline's plans, policies, contexts and tier guards)."""
@@ -77,11 +76,13 @@ class BatchReads:
         results: list[Any] = [MISSING] * len(queries)
         pending = list(range(len(queries)))
         tried = []
+        # Tiers that failed or were skipped in this batch are not written back either.
+        passed: set[int] = set()
         for route in routes:
             if not pending:
                 break
             tried.append(route.name)
-            found = self._fetch_batch(route, [queries[i] for i in pending], policy)
+            found = self._fetch_batch(route, [queries[i] for i in pending], policy, passed)
             if route.plain:
                 # Nothing to convert or write back: the values are the results.
                 missed = []
@@ -95,9 +96,11 @@ class BatchReads:
             hits = [(i, value) for i, value in zip(pending, found, strict=True) if value is not MISSING]
             if not hits:
                 continue
-            self._write_back_batch(route, route.before, [(queries[i], v) for i, v in hits], expiry)
+            self._write_back_batch(route, route.before, [(queries[i], v) for i, v in hits], expiry, passed)
             converted = [(i, convert(route.chain, v, self._context(queries[i]))) for i, v in hits]
-            self._write_back_batch(route, route.after, [(queries[i], v) for i, v in converted], expiry)
+            self._write_back_batch(
+                route, route.after, [(queries[i], v) for i, v in converted], expiry, passed
+            )
             for index, value in converted:
                 results[index] = value
             hit_indexes = {index for index, _ in hits}
@@ -117,28 +120,28 @@ class BatchReads:
         return results
 
     def _fetch_batch(
-        self, route: Route, queries: list[Mapping[str, Any]], policy: Policy | None
+        self, route: Route, queries: list[Mapping[str, Any]], policy: Policy | None, passed: set[int]
     ) -> list[Any]:
         source = route.source
         if route.cached:
+            if id(source) in passed:
+                return [MISSING] * len(queries)
             found = self._guarded(
                 source, route.stats, route.breaker, "batch lookup",
                 lambda: self._ask_batch(route, queries, policy), len(queries),
             )  # fmt: skip
             if found is GUARD_FAILED:
+                passed.add(id(source))
                 return [MISSING] * len(queries)
-            route.stats.lookups += len(queries)
-            route.stats.misses += sum(value is MISSING for value in found)
+            stats, missed = route.stats, sum(value is MISSING for value in found)
+            stats.lookups += len(queries)  # with its misses, so hits never go down (see _guarded)
+            stats.misses += missed
             return found
         route.stats.calls += 1
         return self._ask_batch(route, queries, policy)
 
-    def _ask_batch(
-        self, route: Route, queries: list[Mapping[str, Any]], policy: Policy | None
-    ) -> list[Any]:
+    def _ask_batch(self, route: Route, queries: list[Mapping[str, Any]], policy: Policy | None) -> list[Any]:
         source = route.source
-        if route.keyed and policy is None:
-            return source.lookup_many(route.source_type, queries)  # type: ignore[attr-defined,no-any-return]
         if route.keyed:
             # A batch serves fresh values only: past its ttl a value is fetched again.
             limit = policy.fresh_limit if policy is not None else float("inf")
@@ -181,6 +184,7 @@ class BatchReads:
         feeds: Sequence[Feed],
         pairs: list[tuple[Mapping[str, Any], Any]],
         expiry: Mapping[Any, float | None],
+        passed: set[int],
     ) -> None:
         """Write what ``route`` answered back: one bulk put per store, per item elsewhere."""
 
@@ -194,8 +198,7 @@ class BatchReads:
         for feed in feeds:
             if feed.keyed:
                 converted = [(q, convert(feed.chain, v, context_for(q))) for q, v in pairs]
-                self._write(feed, _bulk_put(feed, expiry), converted, None)
+                self._write(feed, _bulk_put(feed, expiry), converted, None, passed)
             else:
                 for query, value in pairs:
-                    self._write(feed, feed.put, value, context_for(query))
-
+                    self._write(feed, feed.put, value, context_for(query), passed)

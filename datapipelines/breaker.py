@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .forks import reset_in_children
+
 # What a guarded tier call returns when its breaker skipped it or it failed.
 GUARD_FAILED: Any = object()
 
@@ -29,6 +31,10 @@ class CircuitBreaker:
         self._probing = False
         # Read without the lock on the hit path: True from the first trip until a success.
         self.tripped = False
+        reset_in_children(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # another thread of the parent may have held it
 
     @property
     def state(self) -> str:

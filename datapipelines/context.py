@@ -46,6 +46,8 @@ class PipelineContext(dict):  # type: ignore[type-arg]
 
     class Keys:
         PIPELINE = "pipeline"
+        # 1.x's key for an expiry a caller may put in the context; no built-in part reads it.
+        EXPIRATION = "expires"
         QUERY = "query"
         # Set on get_many calls: the query names many items, not one.
         MANY = "many"

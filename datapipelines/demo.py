@@ -10,6 +10,7 @@ the end. The disk tier is ``demo-cache/`` in the working directory.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import shutil
@@ -163,11 +164,28 @@ def http_pass(tiers: Sequence[Store], count: int = 200) -> None:
         print(summary_text(recorder, session_id))
 
 
-def main() -> int:
+def serve(pipeline: DataPipeline, address: str | None) -> Any:
+    """With ``--serve [HOST]:PORT``: the pipeline's Prometheus metrics, served while the demo runs."""
+    if address is None:
+        return None
+    from datapipelines.cli.stats import parse_address
+    from datapipelines.prometheus import serve_metrics
+
+    host, port = parse_address(address)
+    server = serve_metrics(pipeline, port=port, addr=host)
+    print(f"metrics: {server.url}")
+    return server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datapipelines.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", metavar="[HOST]:PORT", help="serve the pipeline's metrics until Ctrl-C")
+    options = parser.parse_args(argv)
     namespace = f"datapipelines-demo-{uuid.uuid4().hex[:8]}"
     redis_store = connect_redis(namespace)
     tiers = build_tiers(redis_store)
-    pipeline = DataPipeline([*tiers, SlowCatalog()])
+    pipeline = DataPipeline([*tiers, SlowCatalog()], name="demo")
+    server = serve(pipeline, options.serve)
     chain = " -> ".join([repr(store) for store in tiers] + [f"remote ({REMOTE_LATENCY * 1e3:g} ms a call)"])
     print(f"{ITEMS:,} products through {chain}\n")
     try:
@@ -176,7 +194,14 @@ def main() -> int:
         results.append(run_pass("new process (memory empty)", pipeline, tiers))
         print_report(results, tiers)
         http_pass(tiers)
+        if server is not None:
+            from datapipelines.cli.stats import wait_for_interrupt
+
+            print(f"\nmetrics at {server.url} until interrupted (Ctrl-C)", flush=True)
+            wait_for_interrupt()
     finally:
+        if server is not None:
+            server.close()
         if redis_store is not None:
             redis_store.clear()
             redis_store.close()

@@ -70,5 +70,14 @@ class ConfigurationError(DataPipelinesError, ValueError):
     """A pipeline, store or policy was given settings that cannot work."""
 
 
+class QueryKeyError(DataPipelinesError, TypeError, ValueError):
+    """A query has no key: a value of an unsupported type, a str that is not valid Unicode,
+    or nesting deeper than keys go; the message names the path in the query.
+
+    Both a TypeError and a ValueError, so either ``except`` catches it; as a
+    caller's mistake it is never counted against a tier.
+    """
+
+
 # Mistakes in how a tier is used, not failures of the tier: a pipeline never swallows them.
 CALLER_ERRORS = (ConfigurationError, UnsupportedError, TypeError)

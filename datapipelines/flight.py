@@ -17,15 +17,20 @@ from typing import Any
 
 import redis
 
+from .breaker import CircuitBreaker
+from .forks import reset_in_children
+
 LOGGER = logging.getLogger(__name__)
 # A lock server that cannot be reached must not fail the get: the caller fetches unlocked.
 _UNREACHABLE = (redis.RedisError, OSError)
+_UNANSWERED: Any = object()
 
 
 class _Call:
-    __slots__ = ("done", "result", "error")
+    __slots__ = ("done", "result", "error", "leader")
 
     def __init__(self) -> None:
+        self.leader = threading.get_ident()
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -37,6 +42,13 @@ class SingleFlight:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[Any, _Call] = {}
+        reset_in_children(self)
+
+    def _after_fork(self) -> None:
+        # Calls led by the parent's other threads would never end here: forget them.
+        me = threading.get_ident()
+        self._lock = threading.Lock()
+        self._calls = {key: call for key, call in self._calls.items() if call.leader == me}
 
     def run(self, key: Any, function: Callable[[], Any]) -> tuple[Any, bool]:
         """``(result, joined)``: joined is True when another caller's call was shared."""
@@ -76,6 +88,9 @@ class RedisLock:
 
     ``ttl`` bounds how long a dead holder blocks others; ``wait_timeout`` how long
     a waiter polls before calling the source itself; ``poll`` the polling period.
+    A Redis that does not answer costs one ``socket_timeout``, then ``breaker``
+    (default: open after one failure, for a second) lets callers fetch without
+    the lock, paying nothing, until a probe gets through again.
     """
 
     def __init__(
@@ -87,10 +102,15 @@ class RedisLock:
         ttl: float = 10.0,
         wait_timeout: float = 15.0,
         poll: float = 0.02,
+        socket_timeout: float = 1.0,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if client is None:
-            client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            client = redis.Redis.from_url(
+                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+            )
         self.client = client
+        self.breaker = breaker if breaker is not None else CircuitBreaker(failures=1, cooldown=1.0)
         self.namespace = namespace
         self.ttl = ttl
         self.wait_timeout = wait_timeout
@@ -103,27 +123,35 @@ class RedisLock:
         An empty token means Redis did not answer: go ahead without the lock.
         """
         token = uuid.uuid4().hex
-        try:
-            taken = self.client.set(f"{self.namespace}:{key}", token, nx=True, px=int(self.ttl * 1000))
-        except _UNREACHABLE as error:
-            LOGGER.warning("RedisLock could not reach Redis (%r); fetching %s without the lock", error, key)
+        name, px = f"{self.namespace}:{key}", int(self.ttl * 1000)
+        taken = self._call("take", key, lambda: self.client.set(name, token, nx=True, px=px))
+        if taken is _UNANSWERED:
             return ""
         return token if taken else None
 
     def release(self, key: str, token: str) -> None:
-        if not token:
-            return
-        try:
-            self._release(keys=[f"{self.namespace}:{key}"], args=[token])
-        except _UNREACHABLE as error:
-            # The lock expires by itself after ttl.
-            LOGGER.warning("RedisLock could not release %s (%r)", key, error)
+        if token:
+            # Unanswered, the lock expires by itself after ttl.
+            self._call("release", key, lambda: self._release(keys=[f"{self.namespace}:{key}"], args=[token]))
 
     def held(self, key: str) -> bool:
+        held = self._call("check", key, lambda: self.client.exists(f"{self.namespace}:{key}"))
+        return held is not _UNANSWERED and bool(held)
+
+    def _call(self, action: str, key: str, command: Callable[[], Any]) -> Any:
+        """``command()`` under the breaker; _UNANSWERED if Redis failed or the breaker is open."""
+        if not self.breaker.allow():
+            return _UNANSWERED
         try:
-            return bool(self.client.exists(f"{self.namespace}:{key}"))
-        except _UNREACHABLE:
-            return False
+            result = command()
+        except _UNREACHABLE as error:
+            self.breaker.failure()
+            LOGGER.warning(
+                "RedisLock could not %s the lock of %s (%r); going on without it", action, key, error
+            )
+            return _UNANSWERED
+        self.breaker.success()
+        return result
 
     def wait(self, key: str, found: Callable[[], Any], missing: Any) -> Any:
         """Poll ``found()`` until it returns a value, the lock is gone, or time is up.

@@ -18,10 +18,23 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from .errors import ConfigurationError
-from .remote import DEFAULT_SOURCE, RawResponse, RemoteError, RemoteRequest, RemoteSource, response_for
+from .extras import reraise_naming_extra
+
+try:
+    import httpx
+except ImportError as error:
+    reraise_naming_extra("HttpSource", error)
+
+from .remote import (
+    DEFAULT_SOURCE,
+    RawResponse,
+    RemoteError,
+    RemoteQueryError,
+    RemoteRequest,
+    RemoteSource,
+    response_for,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,6 +43,13 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # A state-changing request is retried only when the server cannot have acted on it.
 _UNSAFE_RETRY_STATUSES = frozenset({429, 503})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+_SCHEMES = frozenset({"http", "https"})
+
+
+def is_absolute_http_url(url: str) -> bool:
+    """Whether ``url`` names a scheme this source speaks (http, https) and a host."""
+    parts = urlsplit(url)
+    return parts.scheme.lower() in _SCHEMES and bool(parts.hostname)
 
 
 def body_headers(headers: Mapping[str, str], payload: bytes, method: str) -> dict[str, str]:
@@ -105,6 +125,10 @@ class HttpAdapter:
                 f"HttpAdapter needs timeout > 0, backoff >= 0, politeness >= 0; "
                 f"got {timeout!r}, {backoff!r}, {politeness!r}"
             )
+        if base_url is not None and not is_absolute_http_url(base_url):
+            raise ConfigurationError(
+                f"HttpAdapter base_url must be an absolute http(s) URL with a host, got {base_url!r}"
+            )
         self.base_url = base_url
         self.headers = {"User-Agent": user_agent, **dict(headers or {})}
         self.timeout = timeout
@@ -172,6 +196,12 @@ class HttpAdapter:
 
     def _call(self, request: RemoteRequest) -> RawResponse:
         url = request.url_for(self.base_url)
+        if not is_absolute_http_url(url):
+            # Up front: no attempt could succeed, so none is made (nor retried).
+            raise RemoteQueryError(
+                f"{request.source}: 'url' must be an absolute http(s) URL with a host, got {url!r}; "
+                "name a relative location as 'path' under the source's base_url"
+            )
         host = urlsplit(url).netloc
         statuses = self.retry_statuses if request.safe else self.retry_statuses & _UNSAFE_RETRY_STATUSES
         retryable_errors = httpx.TransportError if request.safe else _NOT_SENT

@@ -14,10 +14,13 @@ what it published itself.
 
 Redis being down never reaches the caller: a failed publish is logged once per
 outage and counted, publishes are skipped while a breaker is open, and the
-subscriber reconnects with backoff. Messages sent while it was disconnected
-are lost, so after a reconnect it clears the attached memory tiers (set
-``clear_on_reconnect=False`` to keep them and accept stale entries until they
-expire).
+subscriber reconnects with backoff. Nothing is lost on the way: the keys of a
+failed or skipped publish are kept and sent again as soon as Redis answers
+(the subscriber's reconnect closes the breaker at once); more than
+``max_pending`` of them are sent as one "clear everything" message. Messages
+sent while a subscriber was disconnected never reach it, so after a reconnect
+it clears the attached memory tiers (set ``clear_on_reconnect=False`` to keep
+them and accept stale entries until they expire).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ _COUNTERS = (
     "dropped",
     "bad_messages",
     "reconnects",
+    "resent",
 )
 
 # Every live instance in this process, so one can update the others' stores directly.
@@ -72,7 +76,8 @@ class RedisInvalidation:
     by every process that must see each other's invalidations. Several pipelines
     may attach to one instance, several instances may live in one process.
     ``socket_timeout`` bounds a publish to an unreachable server; ``backoff``
-    (first, longest) spaces the subscriber's reconnect attempts in seconds.
+    (first, longest) spaces the subscriber's reconnect attempts in seconds;
+    ``max_pending`` bounds the keys kept while publishing fails.
     Safe to share between threads; call :meth:`close` when done.
     """
 
@@ -86,6 +91,7 @@ class RedisInvalidation:
         backoff: tuple[float, float] = (0.05, 2.0),
         clear_on_reconnect: bool = True,
         breaker: CircuitBreaker | None = None,
+        max_pending: int = 10_000,
     ) -> None:
         if not isinstance(channel, str) or not channel:
             raise ValueError(f"RedisInvalidation channel must be a non-empty string, got {channel!r}")
@@ -106,6 +112,11 @@ class RedisInvalidation:
         # id(pipeline) -> (weak reference to it, its in-process stores at attach time)
         self._groups: dict[int, tuple[weakref.ref[Any], tuple[Store, ...]]] = {}
         self._counts = dict.fromkeys(_COUNTERS, 0)
+        # Keys whose publish failed or was skipped, sent again once Redis answers;
+        # past max_pending, one "clear everything" message stands for them all.
+        self._pending: set[str] = set()
+        self._pending_overflow = False
+        self._max_pending = max_pending
         self._publish_failing = False
         self._closed = threading.Event()
         self._subscribed = threading.Event()
@@ -154,8 +165,16 @@ class RedisInvalidation:
     def _send(self, keys: list[str]) -> None:
         if not self._breaker.allow():
             self._count("publish_skips")
-            return
-        payload = json.dumps({"origin": _process_origin, "keys": keys}, separators=(",", ":"))
+            self._hold(keys, False)
+        elif self._publish({"keys": keys}):
+            self._count("published")
+            self._resend()
+        else:
+            self._hold(keys, False)
+
+    def _publish(self, message: dict[str, Any]) -> bool:
+        """Send one message; False (counted, logged once per outage) if Redis did not take it."""
+        payload = json.dumps({"origin": _process_origin, **message}, separators=(",", ":"))
         try:
             self.client.publish(self.channel, payload)
         except (redis.RedisError, OSError) as error:
@@ -164,13 +183,36 @@ class RedisInvalidation:
             # One warning per outage, not one per put.
             level = logging.DEBUG if self._publish_failing else logging.WARNING
             self._publish_failing = True
-            LOGGER.log(
-                level, "Could not publish %d invalidated keys on %s: %r", len(keys), self.channel, error
-            )
-            return
+            LOGGER.log(level, "Could not publish on %s (%r); will send again when Redis answers",
+                       self.channel, error)  # fmt: skip
+            return False
         self._breaker.success()
         self._publish_failing = False
-        self._count("published")
+        return True
+
+    def _hold(self, keys: list[str], overflow: bool) -> None:
+        """Keep keys (or the need to clear everything) for the next successful publish."""
+        with self._lock:
+            self._pending_overflow |= overflow
+            if not self._pending_overflow:
+                self._pending.update(keys)
+                if len(self._pending) > self._max_pending:
+                    self._pending_overflow = True
+            if self._pending_overflow:
+                self._pending.clear()
+
+    def _resend(self) -> None:
+        """Send what failed or was skipped earlier, if anything, and if the breaker lets us."""
+        with self._lock:
+            if not (self._pending or self._pending_overflow):
+                return
+            keys, overflow = sorted(self._pending), self._pending_overflow
+            self._pending, self._pending_overflow = set(), False
+        message: dict[str, Any] = {"keys": [], "clear": True} if overflow else {"keys": keys}
+        if self._breaker.allow() and self._publish(message):
+            self._count("resent")
+        else:
+            self._hold(keys, overflow)
 
     # -- subscribing ------------------------------------------------------------------
     def _start(self) -> None:
@@ -189,12 +231,16 @@ class RedisInvalidation:
                 while not self._closed.is_set():
                     message = pubsub.get_message(timeout=0.2)
                     if message is None:
+                        self._resend()
                         continue
                     if message["type"] == "subscribe":
                         if not first:
                             self._after_gap()
                         first, delay = False, self._backoff[0]
                         self._subscribed.set()
+                        # Redis answers again: publishing need not wait out the breaker's cool-down.
+                        self._breaker.success()
+                        self._resend()
                     elif message["type"] == "message":
                         self._receive(message["data"])
             except (redis.RedisError, OSError, ValueError) as error:
@@ -213,8 +259,10 @@ class RedisInvalidation:
 
     def _after_gap(self) -> None:
         """Messages sent while disconnected are lost: forget what they may have invalidated."""
-        if not self.clear_on_reconnect:
-            return
+        if self.clear_on_reconnect:
+            self._clear_all()
+
+    def _clear_all(self) -> None:
         for store in self._stores():
             try:
                 store.clear()
@@ -235,6 +283,9 @@ class RedisInvalidation:
         if origin == _process_origin:
             self._count("ignored")
             return
+        if message.get("clear") is True:
+            # The sender lost track of more keys than it keeps: anything may be stale.
+            self._clear_all()
         for store in self._stores():
             self._drop(store, keys)
 
@@ -262,8 +313,10 @@ class RedisInvalidation:
             self._counts[name] += amount
 
     def _after_fork(self) -> None:
-        # The parent's locks and thread do not exist in the child: start over.
+        # The parent's locks and thread do not exist in the child: start over. What the
+        # parent still has to send again is the parent's to send.
         self._lock = threading.Lock()
+        self._pending, self._pending_overflow = set(), False
         self._subscribed = threading.Event()
         if self._thread is not None and not self._closed.is_set():
             self._start()
@@ -278,7 +331,8 @@ class RedisInvalidation:
 
     def stats(self) -> dict[str, int]:
         """Counters: published, publish_errors, publish_skips (breaker open), received,
-        ignored (own process), dropped (keys removed), bad_messages, reconnects."""
+        ignored (own process), dropped (keys removed), bad_messages, reconnects,
+        resent (messages carrying what failed or was skipped before)."""
         with self._lock:
             return dict(self._counts)
 

@@ -4,7 +4,9 @@ A key is ``<module.QualName>:v<schema version>:<hash>``; stores put their own
 namespace in front. The hash is BLAKE2b over a canonical encoding of the query
 that keeps value types apart (``1``, ``1.0``, ``"1"`` and ``True`` differ),
 ignores dict order, and handles nested lists, tuples, sets and dicts. Python's
-``hash()`` is never used: it is salted per process.
+``hash()`` is never used: it is salted per process. A query that cannot be keyed
+(an unsupported value, a str that is not valid Unicode, nesting deeper than
+``MAX_DEPTH``) raises :class:`~datapipelines.errors.QueryKeyError` naming where.
 """
 
 from __future__ import annotations
@@ -14,16 +16,56 @@ import decimal
 import enum
 import hashlib
 import marshal
+import sys
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .errors import QueryKeyError
+
 SCHEMA_VERSION_ATTRIBUTE = "__schema_version__"
+#: How deep containers may nest in a query (a query is one level).
+MAX_DEPTH = 100
+#: What each of the two key memos may hold, in bytes of queries and keys.
+MEMO_BYTES = 8 * 2**20
+#: A query bigger than this is keyed afresh each time (hashing it costs more than a lookup saves).
+MEMO_ENTRY_BYTES = 2048
+# What a memo entry costs beyond the sizes of its objects (the tuple, the dict slot).
+_ENTRY_OVERHEAD = 120
+_PATH_SHOWN = 200
 _schema_versions: dict[Any, int] = {}
-_MEMO_LIMIT = 65_536
-_memo: dict[tuple[Any, bytes], str] = {}
-_items_memo: dict[tuple[Any, ...], tuple[str, tuple[type, ...]]] = {}
+
+
+class _Memo(dict):  # type: ignore[type-arg]
+    """A dict that starts over when its entries would outgrow MEMO_BYTES.
+
+    Starting over is cheaper than LRU bookkeeping on every lookup, and plain
+    ``dict.get`` stays the hit path.
+    """
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+    def remember(self, memo_key: Any, entry: Any, size: int) -> None:
+        if size > MEMO_ENTRY_BYTES:
+            return
+        if self.size + size > MEMO_BYTES:
+            self.clear()
+        self[memo_key] = entry
+        self.size += size
+
+    def clear(self) -> None:
+        super().clear()
+        self.size = 0
+
+
+_memo = _Memo()  # (type, marshal bytes of the query) -> key
+_memo_get = _memo.get  # bound once: the hit path's one call
+_items_memo = _Memo()  # (type, *query items) -> (key, classes of keys and values)
 
 
 def set_schema_version(type_: Any, version: int) -> None:
@@ -72,7 +114,22 @@ def type_name_of(type_: Any) -> str:
     return f"{getattr(type_, '__module__', '?')}.{getattr(type_, '__qualname__', repr(type_))}"
 
 
-def _encode(value: Any, path: str, out: list[str]) -> None:
+def _shown(path: str) -> str:
+    return path if len(path) <= _PATH_SHOWN else f"{path[:_PATH_SHOWN]}..."
+
+
+def _check_text(value: str, path: str) -> None:
+    # Keys are hashed as UTF-8; a lone surrogate (what os.fsdecode makes of undecodable bytes) has none.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise QueryKeyError(
+            f"Query value at {_shown(path)!r} is not valid Unicode ({error.reason} at index "
+            f"{error.start}: {value[error.start:error.end]!r}); pass file names as bytes (os.fsencode)"
+        ) from None
+
+
+def _encode(value: Any, path: str, out: list[str], depth: int = 1) -> None:
     # Each value is written with a tag for its type, so different types never collide.
     cls = value.__class__
     if value is None:
@@ -80,6 +137,8 @@ def _encode(value: Any, path: str, out: list[str]) -> None:
     elif cls is bool:
         out.append("T" if value else "F")
     elif cls is str:
+        if not value.isascii():
+            _check_text(value, path)
         out.append(f"s{len(value)}:{value}")
     elif cls is int:
         out.append(f"i{value};")
@@ -88,30 +147,13 @@ def _encode(value: Any, path: str, out: list[str]) -> None:
         out.append(f"f{(value + 0.0).hex()};")
     elif isinstance(value, enum.Enum):
         out.append(f"e{type_name_of(cls)}(")
-        _encode(value.value, path, out)
+        _encode(value.value, path, out, depth)
         out.append(")")
-    elif isinstance(value, Mapping):
-        items = []
-        for key, item in value.items():
-            encoded_key: list[str] = []
-            _encode_key(key, f"{path}.{key}", encoded_key)
-            encoded_item: list[str] = []
-            _encode(item, f"{path}.{key}", encoded_item)
-            items.append("".join(encoded_key) + "=" + "".join(encoded_item))
-        out.append("{" + ",".join(sorted(items)) + "}")
-    elif isinstance(value, (list, tuple)):
-        out.append("[" if isinstance(value, list) else "(")
-        for index, item in enumerate(value):
-            _encode(item, f"{path}[{index}]", out)
-            out.append(",")
-        out.append("]" if isinstance(value, list) else ")")
-    elif isinstance(value, (set, frozenset)):
-        members = []
-        for item in value:
-            encoded: list[str] = []
-            _encode(item, f"{path}{{}}", encoded)
-            members.append("".join(encoded))
-        out.append("<" + ",".join(sorted(members)) + ">")
+    elif isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        if depth >= MAX_DEPTH:
+            # Also what a container holding itself comes to; far below the recursion limit.
+            raise QueryKeyError(f"Query nests deeper than {MAX_DEPTH} levels at {_shown(path)!r}")
+        _encode_container(value, path, out, depth + 1)
     elif isinstance(value, bytes):
         out.append(f"b{value.hex()};")
     elif isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
@@ -122,19 +164,44 @@ def _encode(value: Any, path: str, out: list[str]) -> None:
         # Plain subclasses (enums are handled above) equal their base value and read
         # the same: they key as that value.
         base = str if isinstance(value, str) else int if isinstance(value, int) else float
-        _encode(base(value) if base is not str else str.__str__(value), path, out)
+        _encode(base(value) if base is not str else str.__str__(value), path, out, depth)
     else:
-        raise TypeError(
-            f"Query value at {path!r} has unsupported type {type_name_of(cls)} ({value!r}); "
+        raise QueryKeyError(
+            f"Query value at {_shown(path)!r} has unsupported type {type_name_of(cls)} ({value!r}); "
             "use None, bool, int, float, str, bytes, enums, dates, Decimal, UUID, "
             "or lists, tuples, sets and dicts of them"
         )
 
 
-def _encode_key(key: Any, path: str, out: list[str]) -> None:
+def _encode_container(value: Any, path: str, out: list[str], depth: int) -> None:
+    if isinstance(value, Mapping):
+        items = []
+        for key, item in value.items():
+            encoded_key: list[str] = []
+            _encode_key(key, f"{path}.{key}", encoded_key, depth)
+            encoded_item: list[str] = []
+            _encode(item, f"{path}.{key}", encoded_item, depth)
+            items.append("".join(encoded_key) + "=" + "".join(encoded_item))
+        out.append("{" + ",".join(sorted(items)) + "}")
+    elif isinstance(value, (list, tuple)):
+        out.append("[" if isinstance(value, list) else "(")
+        for index, item in enumerate(value):
+            _encode(item, f"{path}[{index}]", out, depth)
+            out.append(",")
+        out.append("]" if isinstance(value, list) else ")")
+    else:
+        members = []
+        for item in value:
+            encoded: list[str] = []
+            _encode(item, f"{path}{{}}", encoded, depth)
+            members.append("".join(encoded))
+        out.append("<" + ",".join(sorted(members)) + ">")
+
+
+def _encode_key(key: Any, path: str, out: list[str], depth: int = 1) -> None:
     # Keys are names: a str-valued enum member or str subclass names the same field
     # as the plain str it equals. Values keep their types; keys of other types too.
-    _encode(str.__str__(key) if isinstance(key, str) else key, path, out)
+    _encode(str.__str__(key) if isinstance(key, str) else key, path, out, depth)
 
 
 def canonical_query(query: Mapping[str, Any]) -> str:
@@ -144,7 +211,7 @@ def canonical_query(query: Mapping[str, Any]) -> str:
     parts = []
     for key, value in query.items():
         encoded: list[str] = []
-        _encode_key(key, "<key>", encoded)
+        _encode_key(key, str(key), encoded)
         encoded.append("=")
         _encode(value, str(key), encoded)
         parts.append("".join(encoded))
@@ -164,24 +231,19 @@ def key_for(type_: Any, query: Mapping[str, Any]) -> str:
     out different, at any depth), so equal bytes always mean the same canonical
     query. A flat query holding other hashable values (enums, dates) is memoised
     by its items plus the classes of its keys and values, since an enum member
-    can equal a plain value; anything else is computed each time.
+    can equal a plain value; anything else is computed each time. Each memo holds
+    at most ``MEMO_BYTES`` of queries and keys, and none bigger than
+    ``MEMO_ENTRY_BYTES``, so large or many distinct queries never pile up.
     """
     try:
         memo_key = (type_, marshal.dumps(query if query.__class__ is dict else dict(query)))
     except (ValueError, TypeError):
         return _key_by_items(type_, query)
-    key = _memo.get(memo_key)
+    key = _memo_get(memo_key)
     if key is None:
         key = compute_key(type_, query)
-        _remember(_memo, memo_key, key)
+        _memo.remember(memo_key, key, sys.getsizeof(memo_key[1]) + sys.getsizeof(key) + _ENTRY_OVERHEAD)
     return key
-
-
-def _remember(memo: dict[Any, Any], memo_key: Any, entry: Any) -> None:
-    # Bounded by starting over: cheaper than LRU bookkeeping on every lookup.
-    if len(memo) >= _MEMO_LIMIT:
-        memo.clear()
-    memo[memo_key] = entry
 
 
 def _equal_means_same_key(value: Any) -> bool:
@@ -196,15 +258,18 @@ def _equal_means_same_key(value: Any) -> bool:
 
 def _key_by_items(type_: Any, query: Mapping[str, Any]) -> str:
     try:
-        if not all(map(_equal_means_same_key, query.values())):
-            return compute_key(type_, query)
-        memo_key = (type_, *query.items())
-        classes = (*map(type, query), *map(type, query.values()))
-        entry = _items_memo.get(memo_key)
-    except (TypeError, AttributeError):
+        memoisable = all(map(_equal_means_same_key, query.values()))
+        if memoisable:
+            memo_key = (type_, *query.items())
+            classes = (*map(type, query), *map(type, query.values()))
+            entry = _items_memo.get(memo_key)
+    except (TypeError, AttributeError):  # not a mapping, or an unhashable key
+        memoisable = False
+    if not memoisable:
         return compute_key(type_, query)
     if entry is not None and entry[1] == classes:
-        return entry[0]
+        return entry[0]  # type: ignore[no-any-return]
     key = compute_key(type_, query)
-    _remember(_items_memo, memo_key, (key, classes))
+    size = sum(map(sys.getsizeof, query)) + sum(map(sys.getsizeof, query.values()))
+    _items_memo.remember(memo_key, (key, classes), size + sys.getsizeof(key) + _ENTRY_OVERHEAD)
     return key

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
@@ -28,10 +29,11 @@ from .errors import (
     type_name,
 )
 from .flight import RedisLock, SingleFlight
+from .forks import reset_in_children
 from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
 from .policy import Policy
-from .remote import partition
+from .remote import ResponseRecorder, partition
 from .sink import DataSink
 from .source import DataSource
 from .stats import SAMPLE_EVERY, ElementStats
@@ -59,6 +61,11 @@ _WRITES = (_WRITE_BACK, _INVALIDATE)
 _current_session: contextvars.ContextVar[Any] = contextvars.ContextVar("datapipelines_session", default=None)
 
 
+def is_tier(element: Any) -> bool:
+    """Whether ``stats()`` counts an element among the tiers: it is both a source and a sink."""
+    return isinstance(element, DataSource) and isinstance(element, DataSink)
+
+
 def current_session() -> Any:
     """The id of the session opened by ``pipeline.session(...)`` in this context, or None."""
     return _current_session.get()
@@ -77,6 +84,7 @@ class _Request:
 
     __slots__ = (
         "type", "query", "routes", "context", "policy", "refresh", "stale", "clean_misses", "write_back",
+        "trace", "passed",
     )
 
     def __init__(
@@ -99,6 +107,11 @@ class _Request:
         self.stale: Result | None = None
         # Tiers that answered "not here" (not skipped, not failed): safe to ask again.
         self.clean_misses: list[Route] = []
+        # The spans of this request, when a tracing bridge is installed (datapipelines.otel).
+        self.trace: Any = None
+        # Tiers (by id) that failed or were skipped in this call: neither asked again nor
+        # written back, so a dead tier costs one timeout per call, not one per step.
+        self.passed: set[int] = set()
 
 
 class DataPipeline(BatchReads):
@@ -122,6 +135,9 @@ class DataPipeline(BatchReads):
     - ``invalidation``: an object with ``attach(pipeline)`` and ``publish(keys)``
       (see :mod:`datapipelines.invalidation`) that tells other processes' memory
       tiers about invalidations and puts.
+    - ``name``: how metrics and spans name this pipeline.
+    - ``stats_by_type``: also count per requested type (:meth:`stats_by_type`, and a
+      ``type`` attribute on every metric); off by default, as each type adds series.
 
     A pipeline is safe to share between threads.
     """
@@ -139,6 +155,8 @@ class DataPipeline(BatchReads):
         invalidation: Any = None,
         negative_cache_size: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "default",
+        stats_by_type: bool = False,
     ) -> None:
         if not elements:
             raise ConfigurationError("A DataPipeline needs a non-empty sequence of DataSources and DataSinks")
@@ -147,6 +165,7 @@ class DataPipeline(BatchReads):
                 raise ConfigurationError(
                     f"Pipeline elements must be DataSources or DataSinks; got {type(element).__name__}"
                 )
+        self.name = name
         self._elements = list(elements)
         self._transformers = list(transformers or ())
         self._graph = TypeGraph(self._transformers)
@@ -166,6 +185,8 @@ class DataPipeline(BatchReads):
         self._strict = strict
         self._clock = clock
         self._stats = {id(e): ElementStats(element_name(e)) for e in self._elements}
+        # (element id, requested type) -> its counters, when counting by type.
+        self._type_stats: dict[tuple[int, Any], ElementStats] | None = {} if stats_by_type else None
         self._breakers: dict[int, CircuitBreaker | NoBreaker] = {
             id(e): breaker() if breaker is not None else NO_BREAKER
             for e in self._elements
@@ -190,6 +211,45 @@ class DataPipeline(BatchReads):
         self._policies: dict[Any, Policy] = {}
         for policy_type, policy in (policies or {}).items():
             self.set_policy(policy_type, policy)
+        # Set by datapipelines.otel; read on the miss path only, never on a hit.
+        self._tracer: Any = None
+        reset_in_children(self)
+
+    @classmethod
+    def from_config(cls, config: Any, **options: Any) -> DataPipeline:
+        """A pipeline from a TOML file (a path) or a dict: see :mod:`datapipelines.config`."""
+        from .config import pipeline_from_config
+
+        return pipeline_from_config(config, **options)
+
+    def cached(self, type: Any, *, query: Callable[..., Mapping[str, Any]] | None = None) -> Any:
+        """Decorator: the function's results of ``type`` go through this pipeline's tiers.
+
+        See :func:`datapipelines.functions.cached`.
+        """
+        from .functions import cached
+
+        return cached(self, type, query)
+
+    def _append_source(self, source: DataSource) -> None:
+        """Put ``source`` after every element (every sink is then before it) and plan again."""
+        self._elements.append(source)
+        self._ordered_sources.append((source, list(self._ordered_sinks)))
+        self._sources.append((source, set(self._ordered_sinks)))
+        self._stats[id(source)] = ElementStats(element_name(source))
+        self._routes.clear()
+        self._fast.clear()
+        self._stores_by_type.clear()
+
+    def _after_fork(self) -> None:
+        """In a forked child: refresh threads and the locks of the parent's threads start over."""
+        if self._negative_lock.locked():
+            self._negative = LRUCache(self._negative.maxsize)  # perhaps half-changed
+        self._negative_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        # The parent's pool threads do not exist here; a new pool starts on the next refresh.
+        self._refresher = None
+        self._refreshing = set()
 
     def set_policy(self, type: Any, policy: Policy | None) -> None:
         """Give ``type`` a :class:`Policy` (None removes it)."""
@@ -219,9 +279,9 @@ class DataPipeline(BatchReads):
                 )
             policy = self._policies.get(type)
             for route in routes:
-                route.attach(self._stats[id(route.source)], self._breaker(route.source), policy)
+                route.attach(self._stats_for(route.source, type), self._breaker(route.source), policy)
                 for feed in route.before + route.after:
-                    feed.attach(self._stats[id(feed.sink)], self._breaker(feed.sink))
+                    feed.attach(self._stats_for(feed.sink, type), self._breaker(feed.sink))
             self._routes[type] = routes
             self._enable_fast_path(type)
         return routes
@@ -237,7 +297,7 @@ class DataPipeline(BatchReads):
         if feeds is None:
             _, feeds = feeds_for(self._graph, self._ordered_sinks, type, type)
             for feed in feeds:
-                feed.attach(self._stats[id(feed.sink)], self._breaker(feed.sink))
+                feed.attach(self._stats_for(feed.sink, type), self._breaker(feed.sink))
             self._put_feeds[type] = feeds
         return feeds
 
@@ -245,6 +305,16 @@ class DataPipeline(BatchReads):
         """The query that identifies ``item``, from ``query_from``; None if there is no function."""
         function = self._query_from.get(type)
         return None if function is None else function(item)
+
+    def _stats_for(self, element: Any, type: Any) -> ElementStats:
+        """The counters a route or feed of ``type`` updates: the element's, or its own per type."""
+        if self._type_stats is None:
+            return self._stats[id(element)]
+        key = (id(element), type)
+        stats = self._type_stats.get(key)
+        if stats is None:
+            stats = self._type_stats[key] = ElementStats(self._stats[id(element)].name)
+        return stats
 
     def _breaker(self, element: Any) -> CircuitBreaker | NoBreaker:
         """The element's breaker; pure sources (not tiers) have none."""
@@ -281,9 +351,9 @@ class DataPipeline(BatchReads):
         route = self._fast.get(type)
         if route is not None and not (refresh or only_cached) and cache_mode is None:
             stats = route.stats
-            stats.lookups += 1
             # One hit in SAMPLE_EVERY takes the slow path, which measures latency;
-            # so does every call while the tier's breaker is open.
+            # so does every call while the tier's breaker is open. A lookup is
+            # counted once its outcome is known, so no reading sees hits go down.
             if stats.lookups & _SAMPLE_MASK and not route.breaker.tripped:
                 start = 1
                 try:
@@ -301,11 +371,11 @@ class DataPipeline(BatchReads):
                 except Exception:
                     value, start = MISSING, 0  # the slow path asks again and accounts for the error
                 if start:
+                    stats.lookups += 1
                     if value is not MISSING:
                         return value  # type: ignore[no-any-return]
                     stats.misses += 1
                     return self._resolve(type, query, False, False, 1).value  # type: ignore[no-any-return]
-            stats.lookups -= 1
         found = self.get_result(type, query, refresh=refresh, only_cached=only_cached, cache_mode=cache_mode)
         return found.value  # type: ignore[no-any-return]
 
@@ -332,23 +402,40 @@ class DataPipeline(BatchReads):
         only_cached: bool,
         start: int,
         write_back: bool = True,
+        passed: set[int] | None = None,
     ) -> Result:
-        """Ask the routes from ``start`` on: cache tiers first-come, then the sources."""
+        """Ask the routes from ``start`` on: cache tiers first-come, then the sources.
+
+        ``passed`` carries the tiers an enclosing call already found failing.
+        """
         policy = self._policies.get(type)
         request = _Request(type, query, self.routes(type), self._context(query), policy, refresh, write_back)
+        if passed is not None:
+            request.passed = passed
         # The fast path only hands over (start=1) after a clean miss in the first tier.
         request.clean_misses = request.routes[:start]
+        if self._tracer is not None:
+            # Spans for this get, opened only once it is known to be a miss.
+            return self._tracer.resolve(self, request, start, only_cached, self._walk)  # type: ignore[no-any-return]
+        return self._walk(request, start, only_cached)
+
+    def _walk(self, request: _Request, start: int, only_cached: bool) -> Result:
+        type, query, refresh, policy = request.type, request.query, request.refresh, request.policy
+        ask = self._ask_tier if request.trace is None else request.trace.lookup(self._ask_tier)
         for index in range(start, len(request.routes)):
             route = request.routes[index]
             if (refresh and route.cached) or (only_cached and not route.cached):
                 continue
             if not route.cached:
                 return self._fetch(request, index)
-            found = self._ask_tier(route, type, query)
+            if id(route.source) in request.passed:
+                continue
+            found = ask(route, type, query)
+            if found is None:
+                request.passed.add(id(route.source))
+                continue
             if found is MISSING:
                 request.clean_misses.append(route)
-                continue
-            if found is None:
                 continue
             value, age = found
             if policy is not None and age is not None:
@@ -359,7 +446,7 @@ class DataPipeline(BatchReads):
                     continue
                 if age >= policy.soft_limit:
                     self._refresh_later(type, query)
-            return Result(self._deliver(route, value, request.context), False, route.source_name)
+            return self._answer(route, value, request)
         if request.stale is not None:
             return request.stale
         raise NotFoundError(
@@ -369,7 +456,6 @@ class DataPipeline(BatchReads):
     def _ask_tier(self, route: Route, type: Any, query: Mapping[str, Any]) -> Any:
         """(value, age or None) from a cache tier, MISSING if it has none, None if it
         was skipped or failed (a failing tier never fails the call)."""
-        route.stats.lookups += 1
 
         def ask() -> Any:
             started = time.perf_counter()
@@ -385,11 +471,13 @@ class DataPipeline(BatchReads):
             route.stats.record_latency(time.perf_counter() - started)
             return found
 
+        # A query the tier cannot key (CALLER_ERRORS) is raised before the lookup is counted.
         found = self._guarded(route.source, route.stats, route.breaker, _LOOKUP, ask)
         if found is GUARD_FAILED:
             return None
-        if found is MISSING:
-            route.stats.misses += 1
+        stats, missed = route.stats, found is MISSING
+        stats.lookups += 1
+        stats.misses += missed
         return found
 
     def _guarded(
@@ -402,19 +490,28 @@ class DataPipeline(BatchReads):
         count: int = 1,
     ) -> Any:
         """``call()`` on a tier under its breaker: its result, or GUARD_FAILED when the
-        breaker skipped it or it failed (counted, logged; raised only when strict)."""
+        breaker skipped it or it failed (counted, logged; raised only when strict).
+
+        ``hits`` is derived (lookups less misses, errors and skips), so a lookup of
+        ``count`` queries is counted once its outcome is known, together with that
+        outcome in adjacent statements (no thread switch between them): here for a
+        skip or an error, by the caller with its misses on success. No reading of
+        the stats sees ``hits`` go down.
+        """
+        lookup = action not in _WRITES
         if not breaker.allow():
-            if action in _WRITES:
-                stats.put_skips += count
-            else:
+            if lookup:
+                stats.lookups += count
                 stats.lookup_skips += count
+            else:
+                stats.put_skips += 1
             return GUARD_FAILED
         try:
             result = call()
         except CALLER_ERRORS:
             raise
         except Exception as error:
-            self._tier_failed(element, stats, breaker, error, action)
+            self._tier_failed(element, stats, breaker, error, action, count)
             return GUARD_FAILED
         breaker.success()
         return result
@@ -426,11 +523,13 @@ class DataPipeline(BatchReads):
         breaker: CircuitBreaker | NoBreaker,
         error: Exception,
         action: str,
+        count: int = 1,
     ) -> None:
         if action in _WRITES:
             stats.put_errors += 1
         else:
-            stats.lookup_errors += 1
+            stats.lookups += count
+            stats.lookup_errors += count
         breaker.failure()
         if self._strict:
             raise error
@@ -472,12 +571,12 @@ class DataPipeline(BatchReads):
         token = lock.acquire(lock_key)
         if token is None:
             # Another process is fetching it: wait for its value to reach a shared tier.
-            waited = lock.wait(lock_key, lambda: self._cached(request.type, request.query), MISSING)
+            waited = lock.wait(lock_key, lambda: self._cached(request), MISSING)
             if waited is not MISSING:
                 return waited  # type: ignore[no-any-return]
             return self._ask_sources(request, index, key)
         try:
-            cached = self._cached(request.type, request.query)
+            cached = self._cached(request)
             if cached is not MISSING:
                 return cached  # type: ignore[no-any-return]
             return self._ask_sources(request, index, key)
@@ -497,17 +596,19 @@ class DataPipeline(BatchReads):
                 continue
             value, age = entry
             if policy is None or age is None or age < policy.fresh_limit:
-                return Result(self._deliver(route, value, request.context), False, route.source_name)
+                return self._answer(route, value, request)
         return None
 
-    def _cached(self, type: Any, query: Mapping[str, Any]) -> Any:
+    def _cached(self, request: _Request) -> Any:
+        """The value from the cache tiers, sparing those that already failed this call; or MISSING."""
         try:
-            return self.get_result(type, query, only_cached=True)
+            return self._resolve(request.type, request.query, False, True, 0, passed=request.passed)
         except NotFoundError:
             return MISSING
 
     def _ask_sources(self, request: _Request, index: int, key: str | None) -> Result:
         type, routes, context, policy = request.type, request.routes, request.context, request.policy
+        trace = request.trace
         tried = [] if request.refresh else [r.name for r in routes[:index] if r.cached]
         for route in routes[index:]:
             if route.cached:
@@ -516,8 +617,9 @@ class DataPipeline(BatchReads):
             stats = route.stats
             stats.calls += 1
             started = time.perf_counter()
+            get = route.source.get if trace is None else trace.fetch(route)
             try:
-                value = route.source.get(route.source_type, dict(request.query), context)
+                value = get(route.source_type, dict(request.query), context)
             except NotFoundError:
                 stats.misses += 1
                 continue
@@ -534,23 +636,41 @@ class DataPipeline(BatchReads):
                 return Result(convert(route.chain, value, context), False, route.source_name)
             if policy is not None and policy.ttl is not None:
                 context[_EXPIRY] = {type: policy.lifetime()}
-            return Result(self._deliver(route, value, context), False, route.source_name)
+            return self._answer(route, value, request)
         if policy is not None and policy.negative_ttl and key is not None:
             with self._negative_lock:
                 self._negative[(type, key)] = self._clock() + policy.negative_ttl
         raise NotFoundError(type=type, query=request.query, tried=tried)
 
-    def _deliver(self, route: Route, value: Any, context: PipelineContext) -> Any:
-        """Write ``value`` back, convert it to the requested type, and return it."""
+    def _answer(self, route: Route, value: Any, request: _Request) -> Result:
+        """``route``'s fresh value for ``request``, written back and converted."""
+        deliver = self._deliver if request.trace is None else request.trace.write_back(self._deliver)
+        return Result(deliver(route, value, request.context, request.passed), False, route.source_name)
+
+    def _deliver(
+        self, route: Route, value: Any, context: PipelineContext, passed: Container[int] = ()
+    ) -> Any:
+        """Write ``value`` back (except into the tiers in ``passed``), convert it, and return it."""
         context[_SOURCE] = route.source_name
         for feed in route.before:
-            self._write(feed, feed.put, value, context)
+            self._write(feed, feed.put, value, context, passed)
         value = convert(route.chain, value, context)
         for feed in route.after:
-            self._write(feed, feed.put, value, context)
+            self._write(feed, feed.put, value, context, passed)
         return value
 
-    def _write(self, feed: Feed, put: Callable[[Any, Any], None], value: Any, context: Any) -> None:
+    def _write(
+        self,
+        feed: Feed,
+        put: Callable[[Any, Any], None],
+        value: Any,
+        context: Any,
+        passed: Container[int] = (),
+    ) -> None:
+        """``put(value, context)`` into the feed's sink under its breaker, unless it is in ``passed``."""
+        if id(feed.sink) in passed:
+            feed.stats.put_skips += 1
+            return
         done = self._guarded(feed.sink, feed.stats, feed.breaker, _WRITE_BACK, lambda: put(value, context))
         if done is not GUARD_FAILED:
             feed.stats.puts += 1
@@ -567,7 +687,8 @@ class DataPipeline(BatchReads):
             self._refreshing.add(key)
             if self._refresher is None:
                 self._refresher = ThreadPoolExecutor(2, thread_name_prefix="datapipelines-refresh")
-        # In the caller's context: the refresh is recorded in its session, with its partitions.
+        # In the caller's context, so what it set (a session and its partitions, a cached call's
+        # arguments) holds there too.
         self._refresher.submit(contextvars.copy_context().run, self._refresh, key, type, dict(query))
 
     def _refresh(self, key: tuple[Any, str], type: Any, query: Mapping[str, Any]) -> None:
@@ -590,19 +711,35 @@ class DataPipeline(BatchReads):
         and tiers the state of their circuit breaker.
         """
         report: dict[str, dict[str, dict[str, Any]]] = {"tiers": {}, "sources": {}}
+        per_type = self._type_stats.items() if self._type_stats is not None else ()
         for element in self._elements:
-            entry = self._stats[id(element)].snapshot()
+            stats = self._stats[id(element)]
+            parts = [s for (owner, _), s in per_type if owner == id(element)]
+            entry = (ElementStats.combined([stats, *parts]) if parts else stats).snapshot()
             breaker = self._breakers.get(id(element))
             if breaker is not None:
                 entry["breaker"] = breaker.state
-            is_tier = isinstance(element, DataSource) and isinstance(element, DataSink)
-            group = "tiers" if is_tier else "sources"
+            group = "tiers" if is_tier(element) else "sources"
             report[group][self._stats[id(element)].name] = entry
+        return report
+
+    def stats_by_type(self) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+        """``stats()`` split by requested type: ``{"tiers": {name: {type name: {...}}}, "sources": ...}``.
+
+        Needs ``DataPipeline(..., stats_by_type=True)``; what an element did outside
+        any type (a failed invalidation) stays in ``stats()`` only.
+        """
+        if self._type_stats is None:
+            raise ConfigurationError("stats_by_type() needs DataPipeline(..., stats_by_type=True)")
+        report: dict[str, dict[str, dict[str, dict[str, Any]]]] = {"tiers": {}, "sources": {}}
+        groups = {id(e): "tiers" if is_tier(e) else "sources" for e in self._elements}
+        for (owner, type), stats in list(self._type_stats.items()):
+            report[groups[owner]].setdefault(stats.name, {})[type_name(type)] = stats.snapshot()
         return report
 
     def reset_stats(self) -> None:
         """Set every counter back to zero and forget latency samples."""
-        for stats in self._stats.values():
+        for stats in [*self._stats.values(), *(self._type_stats or {}).values()]:
             stats.reset()
 
     def get_many(self, type: type[T] | Any, query: Mapping[str, Any], streaming: bool = False) -> Iterable[T]:
@@ -691,15 +828,19 @@ class DataPipeline(BatchReads):
         Besides ``type`` itself, the types a store is fed on the way to ``type``
         (a raw payload kept before conversion, say) are removed too, and so is a
         remembered NotFoundError. With ``invalidation=`` set, other processes'
-        memory tiers drop the key as well.
+        memory tiers drop the key as well. A store that fails, or whose breaker is
+        open, is skipped with a warning: its entry stays until it expires.
         """
         removed = 0
         for store, store_type in self._stores_of(type):
-            breaker = self._breaker(store)
-            try:
-                removed += bool(store.delete(store_type, query))
-            except Exception as error:
-                self._tier_failed(store, self._stats[id(store)], breaker, error, _INVALIDATE)
+            deleted = self._guarded(
+                store, self._stats[id(store)], self._breaker(store), _INVALIDATE,
+                functools.partial(store.delete, store_type, query),
+            )  # fmt: skip
+            if deleted is GUARD_FAILED:
+                LOGGER.warning("%s could not invalidate %s %r", element_name(store), type_name(type), query)
+            else:
+                removed += deleted
         with contextlib.suppress(TypeError):
             negative = (type, key_for(type, query))
             with self._negative_lock:
@@ -735,16 +876,16 @@ class DataPipeline(BatchReads):
     ) -> Iterator[Any]:
         """Group the calls made inside the block into one named session; yields its id (a str).
 
-        Every element with ``open_session(session_id, name, meta)`` and
-        ``close_session(session_id)`` (the audit recorder) records it; calls made
-        inside the block see the id through :func:`current_session`.
-        ``as_of_bucket`` / ``cache_tag`` partition every remote request made inside
-        (see :func:`datapipelines.remote.partition`): recorded apart, sent alike.
+        Every :class:`~datapipelines.remote.ResponseRecorder` element (the audit
+        recorder) records it; calls made inside the block see the id through
+        :func:`current_session`. ``as_of_bucket`` / ``cache_tag`` partition every
+        remote request made inside (see :func:`datapipelines.remote.partition`):
+        recorded apart, sent alike.
         """
-        recorders = [e for e in self._elements if callable(getattr(e, "open_session", None))]
+        recorders = [e for e in self._elements if isinstance(e, ResponseRecorder)]
         session_id = uuid.uuid4().hex
         for recorder in recorders:
-            recorder.open_session(session_id, name, dict(meta or {}))  # type: ignore[union-attr]
+            recorder.open_session(session_id, name, dict(meta or {}))
         token = _current_session.set(session_id)
         try:
             with partition(as_of_bucket=as_of_bucket, cache_tag=cache_tag):
@@ -752,4 +893,4 @@ class DataPipeline(BatchReads):
         finally:
             _current_session.reset(token)
             for recorder in recorders:
-                recorder.close_session(session_id)  # type: ignore[union-attr]
+                recorder.close_session(session_id)

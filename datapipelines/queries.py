@@ -118,24 +118,34 @@ class _Key(_Node):
 
 
 class _Group(_Node):
+    joiner = ""
+
     def __init__(self, first: _Node) -> None:
         self.children: list[_Node] = [first]
 
+    def __str__(self) -> str:
+        return "(" + f" {self.joiner} ".join(str(c) for c in self.children) + ")"
+
 
 class _And(_Group):
+    joiner = "and"
+
     def evaluate(self, query: MutableMapping[str, Any], context: Any) -> bool:
         # can_have("x").and_("y"): all of them or none of them.
         results = [(child.evaluate(query, context), child.falsifiable) for child in self.children]
         if all(ok for ok, _ in results) or not any(ok for ok, falsifiable in results if falsifiable):
             return True
-        names = " and ".join(str(c) for c in self.children)
-        raise BoundKeyExistenceError(f"Query must have all or none of {names}")
+        raise BoundKeyExistenceError(f"Query must have all or none of {self}; got keys {sorted(query)!r}")
 
 
 class _Or(_Group):
+    joiner = "or"
     falsifiable = True
 
     def evaluate(self, query: MutableMapping[str, Any], context: Any) -> bool:
+        # Every child is asked, so a wrong type or a half-given "and" anywhere is reported. As in
+        # 1.x, an absent optional key counts as a failed alternative: can_have("x").or_("y").and_("z")
+        # rejects {"z": ...}, since the "y and z" it half names is the alternative that failed.
         errors: list[QueryValidationError] = []
         passed = False
         for child in self.children:
@@ -143,9 +153,10 @@ class _Or(_Group):
                 passed = child.evaluate(query, context) or passed
             except (MissingKeyError, BoundKeyExistenceError) as error:
                 errors.append(error)
-        if not passed and len(errors) == len(self.children):
-            names = " or ".join(str(c) for c in self.children)
-            raise MissingKeyError(f"Query must contain one of {names}; got keys {sorted(query)!r}")
+        if not passed and errors:
+            raise type(errors[0])(
+                f"Query must satisfy one of {self}; got keys {sorted(query)!r} ({errors[0]})"
+            ) from errors[0]
         return passed
 
 

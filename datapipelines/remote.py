@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -38,8 +39,10 @@ DEFAULT_SOURCE = "http"
 # Keys that separate recordings of one wire request (mxm-dataio's names): in the id, never sent.
 PARTITION_KEYS = ("as_of_bucket", "cache_tag")
 QUERY_KEYS = frozenset({"source", "method", "url", "path", "params", "body", "headers", *PARTITION_KEYS})
-# Header values never written to the audit store (they still count in the request id).
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+# A header, flag or parameter whose name contains one of these holds a credential: its value is
+# never written to the audit store (a header still counts in the request id).
+SECRET_WORDS = ("auth", "token", "key", "secret", "password", "passwd", "pwd", "cookie", "credential")
+REDACTED = "<redacted>"
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 _PARAM_SCALARS = (str, int, float, bool, type(None))
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -106,9 +109,19 @@ class RemoteRequest:
         return self.method in _SAFE_METHODS
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a header, flag or parameter called ``name`` holds a credential (see SECRET_WORDS).
+
+    Deliberately broad (``Authorization``, ``X-Api-Key``, ``--api-token``, ``DB_PASSWORD``,
+    ``Set-Cookie``...): a value masked needlessly costs less than a secret kept.
+    """
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
 def mask_secrets(headers: Mapping[str, str]) -> dict[str, str]:
     """``headers`` as they may be written down: credentials replaced by ``<redacted>``."""
-    return {k: ("<redacted>" if k.lower() in SECRET_HEADERS else v) for k, v in headers.items()}
+    return {k: (REDACTED if is_secret_name(k) else v) for k, v in headers.items()}
 
 
 def _param_text(value: Any) -> str:
@@ -363,6 +376,27 @@ def check_status(response: RawResponse) -> RawResponse:
 # -- adapters ----------------------------------------------------------------------
 
 
+class ResponseRecorder(ABC):
+    """A pipeline element that keeps every remote response, errors included, and the sessions
+    they were made in (the audit recorder).
+
+    An element is one because it says so, by subclassing or ``ResponseRecorder.register(cls)``;
+    a method that happens to be called ``record`` (a catalogue's, say) makes nothing a recorder.
+    """
+
+    @abstractmethod
+    def record(self, response: RawResponse, context: PipelineContext | None = None) -> Any:
+        """Keep ``response`` in the current session."""
+
+    @abstractmethod
+    def open_session(self, session_id: str, name: str, meta: Mapping[str, Any]) -> None:
+        """Start the session that the calls inside ``DataPipeline.session`` belong to."""
+
+    @abstractmethod
+    def close_session(self, session_id: str) -> None:
+        """End the session ``open_session`` started."""
+
+
 @runtime_checkable
 class Adapter(Protocol):
     """Performs remote requests: ``fetch`` for safe methods; ``send`` (optional) for the rest."""
@@ -425,8 +459,8 @@ class RemoteSource(DataSource):
     the registered name, else ``"http"``) is the ``source`` a query must name for
     this source to answer it. Error statuses never reach a sink: 404 raises
     NotFoundError, others RemoteError; before raising, the response is handed to
-    every pipeline element with a ``record(response)`` method (the audit recorder),
-    so failed calls can still be explained.
+    every :class:`ResponseRecorder` of the pipeline (the audit recorder), so failed
+    calls can still be explained.
     """
 
     def __init__(self, adapter: Adapter | str, *, name: str | None = None) -> None:
@@ -476,7 +510,7 @@ class RemoteSource(DataSource):
     def send(self, query: Mapping[str, Any], *, pipeline: Any = None) -> RawResponse:
         """Make a state-changing request (``method`` defaults to POST) and return its response.
 
-        Nothing is cached. With ``pipeline``, every element of it that records
+        Nothing is cached. With ``pipeline``, every :class:`ResponseRecorder` of it
         (the audit recorder) is handed the response, inside the current session.
         """
         if "method" not in query:
@@ -492,9 +526,9 @@ class RemoteSource(DataSource):
 
 
 def _record(response: RawResponse, pipeline: Any) -> None:
-    """Hand ``response`` to every element of ``pipeline`` that has ``record(response)``."""
+    """Hand ``response`` to every ResponseRecorder of ``pipeline``."""
     for element in getattr(pipeline, "elements", None) or ():
-        if callable(getattr(element, "record", None)):
+        if isinstance(element, ResponseRecorder):
             element.record(response)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from .context import TYPE_WILDCARD, PipelineContext
@@ -43,22 +43,31 @@ class DataSink(ABC):
 
 
 class CompositeDataSink(DataSink):
-    """Several sinks behind one: an item goes to every sink that accepts its type."""
+    """Several sinks behind one: an item goes to every sink that accepts its type, once.
 
-    def __init__(self, sinks: Sequence[DataSink]) -> None:
-        self._sinks = list(sinks)
+    ``_sinks`` is laid out as in 1.x, which plugins such as cassiopeia-diskstore
+    read: each accepted type maps to the set of sinks for it; a wildcard sink is
+    in the set under TYPE_WILDCARD.
+    """
+
+    def __init__(self, sinks: Iterable[DataSink]) -> None:
+        self._sinks: dict[Any, set[DataSink]] = {}
+        self._accepted: dict[DataSink, Any] = {}  # each sink once, in the order given
+        for sink in sinks:
+            accepted = self._accepted[sink] = sink.accepts
+            for accepted_type in (TYPE_WILDCARD,) if accepted is TYPE_WILDCARD else accepted:
+                self._sinks.setdefault(accepted_type, set()).add(sink)
+        # Per type, the sinks handed it, built from the same elements on first use.
+        self._by_type: dict[Any, list[DataSink]] = {}
 
     @property
     def accepts(self) -> Any:
-        if any(s.accepts is TYPE_WILDCARD for s in self._sinks):
-            return TYPE_WILDCARD
-        types: set[Any] = set()
-        for sink in self._sinks:
-            types.update(sink.accepts)
-        return types
+        return TYPE_WILDCARD if TYPE_WILDCARD in self._sinks else self._sinks.keys()
 
     def _sinks_for(self, type: Any) -> list[DataSink]:
-        sinks = [s for s in self._sinks if type in s.accepts]
+        sinks = self._by_type.get(type)
+        if sinks is None:
+            sinks = self._by_type[type] = [s for s, accepted in self._accepted.items() if type in accepted]
         if not sinks:
             raise self.unsupported(type)
         return sinks

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .context import TYPE_WILDCARD, PipelineContext
@@ -55,21 +56,28 @@ class DataSource(ABC):
 
 
 class CompositeDataSource(DataSource):
-    """Several sources behind one: each type is asked of its sources in order."""
+    """Several sources behind one: each type is asked of its sources in order.
 
-    def __init__(self, sources: Sequence[DataSource]) -> None:
-        self._sources = list(sources)
-        self._provided = [(source, source.provides) for source in self._sources]
+    ``_sources`` is laid out as in 1.x, which plugins such as Cassiopeia's read:
+    each provided type maps to the list of sources for it, in the order given; a
+    wildcard source is listed under TYPE_WILDCARD. Each source is handed its own
+    copy of the query, so what one source writes into it never reaches the next.
+    """
+
+    def __init__(self, sources: Iterable[DataSource]) -> None:
+        self._sources: dict[Any, list[DataSource]] = {}
+        self._provided: list[tuple[DataSource, Any]] = []
+        for source in sources:
+            provided = source.provides
+            self._provided.append((source, provided))
+            for provided_type in (TYPE_WILDCARD,) if provided is TYPE_WILDCARD else provided:
+                self._sources.setdefault(provided_type, []).append(source)
+        # Per type, the sources asked for it, built from the same elements on first use.
         self._by_type: dict[Any, list[DataSource]] = {}
 
     @property
     def provides(self) -> Any:
-        types: set[Any] = set()
-        for _, provided in self._provided:
-            if provided is TYPE_WILDCARD:
-                return TYPE_WILDCARD
-            types.update(provided)
-        return types
+        return TYPE_WILDCARD if TYPE_WILDCARD in self._sources else self._sources.keys()
 
     def _sources_for(self, type: Any) -> list[DataSource]:
         sources = self._by_type.get(type)
@@ -85,7 +93,7 @@ class CompositeDataSource(DataSource):
         sources = self._sources_for(type)
         for source in sources:
             try:
-                return getattr(source, method)(type, query, context)
+                return getattr(source, method)(type, copy.deepcopy(query), context)
             except NotFoundError:
                 continue
         raise NotFoundError(type=type, query=query, tried=[element_name(s) for s in sources])

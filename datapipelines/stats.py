@@ -34,7 +34,7 @@ class ElementStats:
     """
 
     __slots__ = ("name", "lookups", "misses", "puts", "lookup_errors", "put_errors", "lookup_skips",
-                 "put_skips", "calls", "joins", "stale", "negative", "damaged", "_latencies")
+                 "put_skips", "calls", "joins", "stale", "negative", "damaged", "sampled", "_latencies")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -44,10 +44,33 @@ class ElementStats:
         self.lookups = self.misses = self.puts = 0
         self.lookup_errors = self.put_errors = self.lookup_skips = self.put_skips = 0
         self.calls = self.joins = self.stale = self.negative = self.damaged = 0
+        # Latency samples ever recorded, so a metrics bridge can tell which ones it has not seen.
+        self.sampled = 0
         self._latencies: deque[float] = deque(maxlen=_WINDOW)
 
     def record_latency(self, seconds: float) -> None:
         self._latencies.append(seconds)
+        self.sampled += 1
+
+    @classmethod
+    def combined(cls, parts: list[ElementStats]) -> ElementStats:
+        """One ElementStats adding up ``parts`` (an element's counters kept per type)."""
+        total = cls(parts[0].name)
+        for field in cls.__slots__:
+            if field not in ("name", "_latencies"):
+                setattr(total, field, sum(getattr(part, field) for part in parts))
+        for part in parts:
+            total._latencies.extend(part._latencies)
+        return total
+
+    def latencies_since(self, mark: int) -> tuple[int, list[float]]:
+        """``(new mark, the samples recorded after mark that the window still holds)``.
+
+        A mark from before ``reset`` counts from zero again.
+        """
+        window, sampled = list(self._latencies), self.sampled
+        new = sampled - mark if mark <= sampled else sampled
+        return sampled, window[len(window) - min(new, len(window)):]
 
     def snapshot(self) -> dict[str, Any]:
         ordered = sorted(self._latencies)

@@ -143,6 +143,8 @@ class Store(DataSource, DataSink):
 
         They expire after the type's configured expiry, or after ``seconds`` when
         given (a Policy's lifetime); a type configured with 0 is never stored.
+        None is never stored: it is no value to cache (as in 1.x, the caller still
+        gets it), so the next get asks the sources again.
         """
         self._check_type(type_)
         configured = self.expirations.seconds_for(type_)
@@ -150,7 +152,9 @@ class Store(DataSource, DataSink):
             seconds = configured
         if seconds == DONT_STORE or not entries:
             return
-        self._save_many([(key_for(type_, q), value) for q, value in entries], seconds, type_)
+        keyed = [(key_for(type_, q), value) for q, value in entries if value is not None]
+        if keyed:
+            self._save_many(keyed, seconds, type_)
 
     def delete(self, type_: Any, query: Mapping[str, Any]) -> bool:
         """Remove the value of ``type_`` for ``query``; True if there was one."""

@@ -3,6 +3,8 @@
 Each module holds one store. The tiers on the core dependencies import
 eagerly; the SQL-backed ones (``AuditRecorder`` needs only the standard
 library, ``Catalog`` and ``LocalState`` need SQLAlchemy) load on first use.
+The 1.x names of this module, ``DataSink`` and ``CompositeDataSink``, are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .disk import DiskStore
+from ..sink import CompositeDataSink, DataSink
+from .disk import DiskStore, DiskStoreError
 from .memory import MemoryStore
 from .redis import RedisStore
 from .serializers import (
@@ -19,6 +22,7 @@ from .serializers import (
     SerializationError,
     Serializer,
     SignedPickleSerializer,
+    SignedSerializer,
     make_serializer,
 )
 
@@ -32,8 +36,11 @@ _LAZY = {
 __all__ = [
     "AuditRecorder",
     "Catalog",
+    "CompositeDataSink",
     "DamagedBlobError",
+    "DataSink",
     "DiskStore",
+    "DiskStoreError",
     "JsonSerializer",
     "LocalState",
     "MemoryStore",
@@ -42,6 +49,7 @@ __all__ = [
     "SerializationError",
     "Serializer",
     "SignedPickleSerializer",
+    "SignedSerializer",
     "make_serializer",
 ]
 

@@ -9,7 +9,8 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from datapipelines.keys import key_for, on_keys_changed
+from datapipelines.forks import reset_in_children
+from datapipelines.keys import MEMO_ENTRY_BYTES, key_for, on_keys_changed
 from datapipelines.store import MISSING, Store
 
 _FOREVER = float("inf")
@@ -62,8 +63,17 @@ class MemoryStore(Store):
         super().__init__(types=types, expirations=expirations, default_expiry=default_expiry)
         if maxsize <= 0:
             raise ValueError(f"MemoryStore maxsize must be positive, got {maxsize!r}")
+        self._getsizeof = getsizeof
+        self._start_empty()
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.maxsize = maxsize
+        reset_in_children(self)
+
+    def _start_empty(self) -> None:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._get = self._entries.get
+        self._size = 0  # entries, or bytes with getsizeof
         # type -> marshal bytes of a query -> its key, for the queries this store has answered.
         # Sized with the store rather than the process-wide key memo, so a hit costs the same
         # with 10^6 keys in use as with 10^3; started over when it outgrows twice the store.
@@ -71,11 +81,13 @@ class MemoryStore(Store):
         self._aliased = 0
         # The dict's own clear: a bound method of the store would keep the store alive.
         on_keys_changed(self, self._aliases.clear)
-        self._getsizeof = getsizeof
-        self._size = 0  # entries, or bytes with getsizeof
+
+    def _after_fork(self) -> None:
+        # A child keeps what the parent cached, unless a parent thread was changing it
+        # at that instant: then it may be half-changed, and the child starts empty.
+        if self._lock.locked():
+            self._start_empty()
         self._lock = threading.Lock()
-        self._clock = clock
-        self.maxsize = maxsize
 
     # Lives in this process: other processes' invalidations must reach it.
     in_process = True
@@ -119,9 +131,11 @@ class MemoryStore(Store):
         learned = {}
         for query, key in pairs:
             try:
-                learned[_dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION)] = key
+                data = _dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION)
             except (ValueError, TypeError):
                 continue
+            if len(data) <= MEMO_ENTRY_BYTES:  # a bigger query costs more to keep than to key again
+                learned[data] = key
         with self._lock:
             if self._aliased + len(learned) > 2 * self.maxsize:
                 self._forget_aliases()
@@ -132,30 +146,22 @@ class MemoryStore(Store):
         self._aliases.clear()
         self._aliased = 0
 
-    def lookup_many(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
-        # The batch hit path: the same steps as lookup, in one pass without a lock.
+    def lookup_many_entries(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
+        # The batch hit path: keys from the remembered bytes where known, then one pass.
         self._check_type(type_)
-        aliased, get, now = self._aliases[type_].get, self._get, self._clock()
-        found: list[Any] = []
-        learned = []
-        for query in queries:
+        aliased = self._aliases[type_].get
+        keys, fresh = [], []
+        for index, query in enumerate(queries):
             try:
-                known = aliased(_dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION))
+                key = aliased(_dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION))
             except (ValueError, TypeError):
-                known = None
-            fresh = known is None
-            key = key_for(type_, query) if known is None else known
-            entry = get(key)
-            if entry is None:
-                found.append(MISSING)
-            elif entry.deadline <= now:
-                self._expire(key, entry)
-                found.append(MISSING)
-            else:
-                entry.referenced = True
-                found.append(entry.value)
-                if fresh:
-                    learned.append((query, key))
+                key = None
+            if key is None:
+                key = key_for(type_, query)
+                fresh.append(index)
+            keys.append(key)
+        found = self._load_many_entries(keys, type_)
+        learned = [(queries[i], keys[i]) for i in fresh if found[i] is not MISSING]
         if learned:
             self._remember_aliases(type_, learned)
         return found

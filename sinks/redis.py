@@ -17,6 +17,8 @@ from .encoded import EncodedStore
 from .serializers import Serializer
 
 _CLEAR_BATCH = 500
+# What _fetch hands the codec for a key of another Redis type: not bytes, so a bad entry.
+_OTHER_TYPE = "<a key of another Redis type>"
 _GLOB_SPECIALS = "\\*?[]"
 
 
@@ -100,7 +102,13 @@ class RedisStore(EncodedStore):
         self.client.unlink(self._prefix + key)
 
     def _fetch(self, key: str) -> Any:
-        return self.client.get(self._prefix + key)
+        try:
+            return self.client.get(self._prefix + key)
+        except redis.ResponseError as error:
+            if not str(error).startswith("WRONGTYPE"):
+                raise
+            # A hash, list, ... under our namespace: a bad entry (dropped, a miss), not a failing tier.
+            return _OTHER_TYPE
 
     def _fetch_many(self, keys: Sequence[str]) -> list[Any]:
         prefix = self._prefix
@@ -145,5 +153,3 @@ class RedisStore(EncodedStore):
                 # RedisCluster.close() leaves the nodes' sockets open: disconnect their pools first.
                 self.client.disconnect_connection_pools()
             self.client.close()
-
-

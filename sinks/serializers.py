@@ -4,14 +4,15 @@ A :class:`Serializer` turns a value of a requested type into bytes and back;
 ``loads`` raises :class:`SerializationError` for anything it cannot authenticate
 or rebuild, and the stores turn that into a logged miss. :class:`Codec` frames
 the serializer's bytes in a small envelope: a magic prefix, the deadline after
-which the entry is dead, and a tag naming the serializer, the type and its schema
-version, so an entry written by another serializer or for another type version
-is a miss rather than a wrong object.
+which the entry is dead, and a tag naming the serializer and the entry's whole
+key (type, schema version and query hash), so an entry written by another
+serializer, for another type version or under another key is a miss rather than
+a wrong object. A signing serializer authenticates that frame with the value.
 
 Choosing (:func:`make_serializer`): with a secret (argument or env
-``DATAPIPELINES_SECRET``) the default is pickle signed with HMAC-SHA256;
-without one it is JSON, which covers plain data and dataclasses. Unsigned pickle
-is used only when asked for by name.
+``DATAPIPELINES_SECRET``) the default is pickle signed with HMAC-SHA256, and JSON
+asked for by name is signed too; without one it is JSON, which covers plain data
+and dataclasses. Unsigned pickle is used only when asked for by name.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ class Serializer(ABC):
     @abstractmethod
     def loads(self, data: bytes, type_: Any) -> Any:
         """The value of ``type_`` in ``data``; SerializationError if it cannot be trusted."""
+
+    def dumps_entry(self, value: Any, type_: Any, frame: bytes) -> bytes:
+        """The bytes a store writes after ``frame`` (the entry's stamps, serializer and key).
+
+        A signing serializer authenticates ``frame`` together with the value; the
+        default ignores it.
+        """
+        return self.dumps(value, type_)
+
+    def loads_entry(self, data: bytes, type_: Any, frame: bytes) -> Any:
+        """The value in ``data``, read after ``frame``; SerializationError if it cannot be trusted."""
+        return self.loads(data, type_)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -182,6 +195,7 @@ class JsonSerializer(Serializer):
         self._classes: dict[Any, dict[str, type]] = {}
 
     def dumps(self, value: Any, type_: Any) -> bytes:
+        _check_holds(value, type_)  # never write what loads would reject
         try:
             return json.dumps(_to_json(value), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as error:
@@ -200,10 +214,15 @@ class JsonSerializer(Serializer):
             raise
         except Exception as error:  # any malformed payload is a bad entry, whatever it breaks
             raise SerializationError(f"not a JSON {type_name(type_)}: {error!r:.200}") from error
-        if dataclasses.is_dataclass(type_) and value.__class__ is not type_:
-            held = type_name_of(value.__class__)
-            raise SerializationError(f"entry holds a {held}, not a {type_name(type_)}")
+        _check_holds(value, type_)
         return value
+
+
+def _check_holds(value: Any, type_: Any) -> None:
+    # A dataclass type is read back as exactly that class, so only that class is written.
+    if dataclasses.is_dataclass(type_) and value.__class__ is not type_:
+        held = type_name_of(value.__class__)
+        raise SerializationError(f"entry holds a {held}, not a {type_name(type_)}")
 
 
 # -- pickle -----------------------------------------------------------------------------------------
@@ -239,36 +258,64 @@ class PickleSerializer(Serializer):
         return _unpickle(data, type_)
 
 
-class SignedPickleSerializer(Serializer):
-    """Pickle behind an HMAC-SHA256 signature; bytes that fail the check are never unpickled.
+class SignedSerializer(Serializer):
+    """Another serializer's bytes behind an HMAC-SHA256 signature; bytes that fail it are never read.
 
-    The signature covers the type's tag as well as the pickle, so a signed value
-    of one type (or schema version) cannot be replayed as another.
+    In a store the signature covers the entry's frame as well as the bytes: its
+    key (type, schema version and query), serializer, deadline and write time. A
+    signed entry copied under another key, or given a later deadline, is a miss.
+    Called directly, ``dumps``/``loads`` sign the type's tag with the bytes.
     """
 
-    name = "pickle+hmac-sha256"
     _MAC_SIZE = hashlib.sha256().digest_size
 
-    def __init__(self, secret: str | bytes) -> None:
+    def __init__(self, inner: Serializer, secret: str | bytes) -> None:
         if not secret:
-            raise ConfigurationError("SignedPickleSerializer needs a non-empty secret")
+            raise ConfigurationError(f"{type(self).__name__} needs a non-empty secret")
+        self.inner = inner
+        self.name = f"{inner.name}+hmac-sha256"
         self._secret = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
 
-    def _mac(self, type_: Any, data: bytes) -> bytes:
-        signed = hmac.new(self._secret, type_tag(type_).encode("utf-8"), hashlib.sha256)
-        signed.update(b"\0")
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+    def _mac(self, frame: bytes, data: bytes) -> bytes:
+        signed = hmac.new(self._secret, frame, hashlib.sha256)
         signed.update(data)
         return signed.digest()
 
+    def dumps_entry(self, value: Any, type_: Any, frame: bytes) -> bytes:
+        data = self.inner.dumps(value, type_)
+        return self._mac(frame, data) + data
+
+    def loads_entry(self, data: bytes, type_: Any, frame: bytes) -> Any:
+        mac, payload = data[: self._MAC_SIZE], data[self._MAC_SIZE :]
+        if not hmac.compare_digest(mac, self._mac(frame, payload)):
+            raise SerializationError(
+                f"bad signature on a {type_name(type_)} (another secret, another key, or tampered)"
+            )
+        return self.inner.loads(payload, type_)
+
     def dumps(self, value: Any, type_: Any) -> bytes:
-        data = _pickle(value, type_)
-        return self._mac(type_, data) + data
+        return self.dumps_entry(value, type_, _type_frame(type_))
 
     def loads(self, data: bytes, type_: Any) -> Any:
-        mac, payload = data[: self._MAC_SIZE], data[self._MAC_SIZE :]
-        if not hmac.compare_digest(mac, self._mac(type_, payload)):
-            raise SerializationError(f"bad signature on a {type_name(type_)} (another secret, or tampered)")
-        return _unpickle(payload, type_)
+        return self.loads_entry(data, type_, _type_frame(type_))
+
+
+def _type_frame(type_: Any) -> bytes:
+    # Outside a store there is no key: the type's tag is what a value is bound to.
+    return type_tag(type_).encode("utf-8") + b"\0"
+
+
+class SignedPickleSerializer(SignedSerializer):
+    """Pickle behind an HMAC-SHA256 signature; bytes that fail the check are never unpickled."""
+
+    def __init__(self, secret: str | bytes) -> None:
+        super().__init__(PickleSerializer(), secret)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
 # -- choosing -----------------------------------------------------------------------------------------
@@ -282,8 +329,9 @@ def make_serializer(
     """The serializer a shared tier uses.
 
     ``None``: signed pickle when a secret is given (or set in ``DATAPIPELINES_SECRET``),
-    JSON otherwise. A name: ``"json"``, ``"signed-pickle"`` (needs a secret) or
-    ``"pickle"`` (unsigned; only for tiers nobody else can write). Or an instance.
+    JSON otherwise. A name: ``"json"`` (signed when there is a secret),
+    ``"signed-pickle"`` (needs a secret) or ``"pickle"`` (unsigned; only for tiers
+    nobody else can write). Or an instance.
     """
     if isinstance(serializer, Serializer):
         if secret is not None:
@@ -293,7 +341,7 @@ def make_serializer(
     if serializer is None:
         return SignedPickleSerializer(secret) if secret else JsonSerializer()
     if serializer == "json":
-        return JsonSerializer()
+        return SignedSerializer(JsonSerializer(), secret) if secret else JsonSerializer()
     if serializer == "signed-pickle":
         if not secret:
             raise ConfigurationError(f"serializer='signed-pickle' needs secret= or env {SECRET_ENV}")
@@ -307,7 +355,8 @@ def make_serializer(
 
 # -- the envelope -------------------------------------------------------------------------------------
 
-_MAGIC = b"DPE1"
+# DPE1 entries (2.0 pre-releases) named only the type: they read as misses and are replaced.
+_MAGIC = b"DPE2"
 _STAMPS = struct.Struct("!dd")  # deadline, written at
 _TAG_LENGTH = struct.Struct("!H")
 _HEADER = len(_MAGIC) + _STAMPS.size
@@ -315,40 +364,36 @@ _FOREVER = float("inf")
 
 
 class Codec:
-    """Frames a serializer's bytes: ``DPE1``, deadline and write time (wall-clock seconds), tag, payload.
+    """Frames a serializer's bytes: ``DPE2``, deadline and write time (wall-clock seconds), tag, payload.
 
     The deadline lets every reader reject an expired entry by its own clock,
     whatever the backend's eviction does; the write time gives policies the
-    entry's age; the tag (the serializer's name and the type part of the key,
-    ``module.QualName:v<version>``) makes an entry from another serializer, type
-    or schema version a miss.
+    entry's age; the tag (the serializer's name and the entry's key,
+    ``module.QualName:v<version>:<hash>``) makes an entry from another serializer,
+    type, schema version or key a miss. The frame is handed to the serializer,
+    so a signing one authenticates it with the value.
     """
 
-    __slots__ = ("serializer", "_tags", "_owner", "_drop")
+    __slots__ = ("serializer", "_owner", "_drop")
 
     def __init__(
         self, serializer: Serializer, owner: Any = None, drop: Callable[[str], Any] | None = None
     ) -> None:
         """``owner`` (the store) names the entries in logs; ``read`` hands bad keys to ``drop``."""
         self.serializer = serializer
-        self._tags: dict[str, bytes] = {}
         self._owner = owner
         self._drop = drop
 
     def _tag(self, key: str) -> bytes:
-        # A key starts with the type's tag (see keys.key_for): "module.QualName:v<version>:<hash>".
-        kind = key[: key.rfind(":")]
-        tag = self._tags.get(kind)
-        if tag is None:
-            text = f"{self.serializer.name} {kind}".encode()
-            tag = self._tags[kind] = _TAG_LENGTH.pack(len(text)) + text
-        return tag
+        # The key (see keys.key_for) names the type, its schema version and the query.
+        text = f"{self.serializer.name} {key}".encode()
+        return _TAG_LENGTH.pack(len(text)) + text
 
     def encode(self, value: Any, type_: Any, key: str, written_at: float, seconds: float | None) -> bytes:
         """The entry for ``value`` under ``key``, written at ``written_at``, kept ``seconds`` (None: ever)."""
-        payload = self.serializer.dumps(value, type_)
         stamps = _STAMPS.pack(_FOREVER if seconds is None else written_at + seconds, written_at)
-        return b"".join((_MAGIC, stamps, self._tag(key), payload))
+        frame = b"".join((_MAGIC, stamps, self._tag(key)))
+        return frame + self.serializer.dumps_entry(value, type_, frame)
 
     def decode(self, blob: Any, type_: Any, key: str, now: float) -> Any:
         """``(value, written_at)`` in ``blob``, MISSING once past its deadline; SerializationError if bad."""
@@ -364,7 +409,7 @@ class Codec:
         deadline, written_at = _STAMPS.unpack_from(blob, len(_MAGIC))
         if deadline <= now:
             return MISSING
-        return self.serializer.loads(blob[start:], type_), written_at
+        return self.serializer.loads_entry(blob[start:], type_, blob[:start]), written_at
 
     def read_entries(self, keys: Sequence[str], blobs: Sequence[Any], type_: Any, now: float) -> list[Any]:
         """``(value, age)`` (or MISSING) of a batch read, aligned with ``keys``."""

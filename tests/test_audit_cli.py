@@ -140,3 +140,29 @@ def test_summary_text_names_the_session_and_its_statuses(directory):
     lines = text.splitlines()
     assert lines[1].split() == ["source", "status", "requests", "responses", "bytes", "ms", "blobs"]
     assert [line.split()[:3] for line in lines[3:]] == [["http", "200", "2"], ["http", "500", "1"]]
+
+
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202eevil\r\nname\x08"
+
+
+def test_control_characters_in_stored_text_are_escaped_in_tables_and_exact_in_json(tmp_path, capsys):
+    directory = tmp_path / "audit"
+    with AuditRecorder(directory) as recorder:
+        pipeline = DataPipeline([recorder, RemoteSource(Adapter())])
+        with pipeline.session(HOSTILE, meta={"note": HOSTILE}):
+            pipeline.get(RawResponse, {"url": "mem://" + HOSTILE})
+    code, out = run(capsys, "--dir", str(directory), "sessions")
+    assert code == 0 and "\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\u202eevil\\x0d\\x0aname\\x08" in out
+    code, out = run(capsys, "--dir", str(directory), "show", request_id({"url": "mem://" + HOSTILE}))
+    assert code == 0 and "GET mem://\\x1b]0;owned" in out
+    for command in ("sessions", "show"):
+        argv = [command] + ([request_id({"url": "mem://" + HOSTILE})] if command == "show" else [])
+        for json_flag in ([], ["--json"]):
+            code, out = run(capsys, "--dir", str(directory), *json_flag, *argv)
+            assert code == 0 and all(c == "\n" or c.isprintable() for c in out), (command, json_flag)
+    code, out = run(capsys, "--dir", str(directory), "--json", "sessions")
+    (session,) = json.loads(out)
+    assert session["name"] == HOSTILE and session["meta"] == {"note": HOSTILE}
+    assert main(["audit", "--dir", str(directory), "export", "x" + HOSTILE, str(tmp_path / "copy")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.isprintable() and "No session" in line

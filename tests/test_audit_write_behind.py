@@ -48,7 +48,7 @@ def committed(directory) -> list[str]:
 
 @pytest.fixture
 def behind(tmp_path):
-    recorder = AuditRecorder(tmp_path / "audit", write_behind=True, flush_interval=NEVER)
+    recorder = AuditRecorder(tmp_path / "audit", write_behind=True, flush_interval=NEVER, max_delay=None)
     yield recorder
     recorder.close()
 
@@ -97,7 +97,9 @@ def test_replay_in_the_same_process_sees_every_record_without_a_flush(behind):
 
 
 def test_a_full_queue_blocks_the_caller_and_drops_nothing(tmp_path):
-    recorder = AuditRecorder(tmp_path / "audit", write_behind=True, max_pending=3, flush_interval=NEVER)
+    recorder = AuditRecorder(
+        tmp_path / "audit", write_behind=True, max_pending=3, flush_interval=NEVER, max_delay=None
+    )
     ids = []
     for n in range(40):
         ids.append(recorder.record(answer(f"p/{n}")))
@@ -119,7 +121,7 @@ def test_a_writer_error_surfaces_on_flush_and_the_records_are_kept(behind, caplo
     folder = obstruct_blob_folder(behind, blocked.payload)
     rid = behind.record(blocked)
     with caplog.at_level(logging.ERROR, logger="datapipelines.sinks.audit"):
-        expected = r"1 waiting, kept and retried\): NotADirectoryError: .*blobs"
+        expected = r"1 waiting, kept and retried\): AuditStoreError: Blob folder .*blobs/.. is .*not a dir"
         with pytest.raises(AuditWriteError, match=expected):
             behind.flush()
     assert "background commit of 1 writes failed" in caplog.text
@@ -131,7 +133,9 @@ def test_a_writer_error_surfaces_on_flush_and_the_records_are_kept(behind, caplo
 
 
 def test_a_writer_error_surfaces_on_the_next_put_which_is_not_taken(tmp_path):
-    recorder = AuditRecorder(tmp_path / "audit", write_behind=True, max_pending=1, flush_interval=NEVER)
+    recorder = AuditRecorder(
+        tmp_path / "audit", write_behind=True, max_pending=1, flush_interval=NEVER, max_delay=None
+    )
     first = answer("first")
     folder = obstruct_blob_folder(recorder, first.payload)
     kept = recorder.record(first)  # a full queue: the writer tries it at once, and fails
@@ -145,6 +149,10 @@ def test_a_writer_error_surfaces_on_the_next_put_which_is_not_taken(tmp_path):
 def test_bad_settings_are_refused():
     with pytest.raises(ConfigurationError, match="max_pending=0"):
         AuditRecorder("unused", write_behind=True, max_pending=0)
+    with pytest.raises(
+        ConfigurationError, match=r"flush_interval <= max_delay / 4 .* flush_interval=0.3, max_delay=0.5"
+    ):
+        AuditRecorder("unused", write_behind=True, flush_interval=0.3)
 
 
 def _record_in_child(recorder: AuditRecorder, count: int) -> None:

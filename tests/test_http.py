@@ -6,6 +6,7 @@ import email.utils
 import socket
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from datapipelines import DataPipeline, NotFoundError
@@ -303,3 +304,21 @@ def test_the_registry_names_unknown_and_duplicate_adapters(canned):
         register_adapter("broken", object())
     with pytest.raises(ConfigurationError, match="No adapter named 'ftp'"):
         unregister_adapter("ftp")
+
+
+@pytest.mark.parametrize(
+    "url", ["/x", "x.example.com/weather", "ftp://127.0.0.1/x", "http:///x", "mailto:a@b"]
+)
+def test_a_url_that_is_not_absolute_http_is_refused_before_any_attempt(url, sleeps):
+    attempts = []
+    transport = httpx.MockTransport(lambda request: attempts.append(request) or httpx.Response(200))
+    pipeline = DataPipeline([HttpSource(sleep=sleeps.sleep, clock=sleeps.clock, transport=transport)])
+    with pytest.raises(RemoteQueryError, match="absolute http\\(s\\) URL"):
+        pipeline.get(RawResponse, {"url": url})
+    assert attempts == [] and sleeps.calls == []
+
+
+@pytest.mark.parametrize("base_url", ["/api", "example.com", "file:///etc"])
+def test_a_base_url_that_is_not_absolute_http_is_a_configuration_error(base_url):
+    with pytest.raises(ConfigurationError, match="base_url"):
+        HttpSource(base_url)

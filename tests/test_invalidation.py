@@ -163,10 +163,10 @@ def test_close_stops_listening(redis_client: Any, channel: str) -> None:
 
 
 # -- two processes ------------------------------------------------------------------------------
-def _listener(url: str, channel: str, commands: Any, replies: Any) -> None:
+def _listener(url: str, channel: str, commands: Any, replies: Any, options: dict[str, Any]) -> None:
     """A second process: memory -> source, on the bus; answers the test's commands."""
     memory = MemoryStore()
-    bus = RedisInvalidation(url, channel=channel)
+    bus = RedisInvalidation(url, channel=channel, **options)
     pipeline = DataPipeline([memory, CountingSource("child")], invalidation=bus)
     while True:
         command, ids = commands.get(timeout=120)
@@ -202,9 +202,11 @@ def _listener(url: str, channel: str, commands: Any, replies: Any) -> None:
 class Listener:
     """The test's handle on a listener process."""
 
-    def __init__(self, url: str, channel: str) -> None:
+    def __init__(self, url: str, channel: str, **options: Any) -> None:
         self.commands, self.replies = SPAWN.Queue(), SPAWN.Queue()
-        self.process = SPAWN.Process(target=_listener, args=(url, channel, self.commands, self.replies))
+        self.process = SPAWN.Process(
+            target=_listener, args=(url, channel, self.commands, self.replies, options)
+        )
         self.process.start()
 
     def reply(self) -> Any:
@@ -267,26 +269,69 @@ def test_a_second_process_sees_invalidations_and_puts_within_100_ms(redis_url: s
 
 def test_invalidation_survives_a_redis_restart(private_redis: RedisServer, channel: str) -> None:
     url = private_redis.url
-    pipeline, _, bus = parent(url, channel, breaker=CircuitBreaker(failures=1, cooldown=0.05))
+    # A cool-down far longer than the test: publishing must not wait for it once Redis is back.
+    pipeline, _, bus = parent(url, channel, breaker=CircuitBreaker(failures=1, cooldown=600))
     watcher = redis.Redis.from_url(url, socket_timeout=1)
     try:
         with Listener(url, channel) as child:
             child.ask("fill", [1, 2])
             private_redis.kill()
-            pipeline.invalidate(Reading, {"id": 9})  # lost while Redis is down; must not raise
+            pipeline.invalidate(Reading, {"id": 9})  # cannot be sent while Redis is down; must not raise
             assert bus.stats()["publish_errors"] == 1
             private_redis.start()
             wait_until(
                 lambda: watcher.pubsub_numsub(channel) == [(channel.encode(), 2)],
-                timeout=10,
+                timeout=30,
                 what="both processes to subscribe again",
             )
             assert child.ask("subscribed") is True
             # What was published during the outage is unknown: the child dropped everything.
             assert child.ask("held", [1, 2]) == [False, False]
             assert child.ask("stats")["reconnects"] >= 1
+            assert bus.wait_subscribed(30)
             child.ask("fill", [1])
-            assert child.seconds_to_drop([1], lambda: pipeline.invalidate(Reading, {"id": 1})) < 0.1
+            # Redis is back and we listen again: the invalidation goes out, breaker or not.
+            child.seconds_to_drop([1], lambda: pipeline.invalidate(Reading, {"id": 1}))
+            assert bus.stats()["publish_skips"] == 0
     finally:
         bus.close()
         watcher.close()
+
+
+def test_invalidations_skipped_while_the_breaker_was_open_are_sent_afterwards(
+    redis_url: str, channel: str
+) -> None:
+    # The breaker is open as after a failed publish, while Redis (and the listener) are fine.
+    breaker = CircuitBreaker(failures=1, cooldown=0.5)
+    pipeline, _, bus = parent(redis_url, channel, breaker=breaker)
+    try:
+        with Listener(redis_url, channel) as child:
+            child.ask("fill", [1, 2, 3])
+            breaker.failure()
+            assert child.ask("watch", [1, 2]) == "watching"
+            pipeline.invalidate(Reading, {"id": 1})
+            pipeline.put(Reading, Reading(2, "new"), query={"id": 2})
+            assert bus.stats()["publish_skips"] == 2
+            child.reply()  # dropped once the cool-down let the kept keys out
+            assert child.ask("held", [1, 2, 3]) == [False, False, True]
+            wait_until(lambda: bus.stats()["resent"] == 1, what="the resend to be counted")
+    finally:
+        bus.close()
+
+
+def test_more_skipped_keys_than_are_kept_make_listeners_clear_everything(
+    redis_url: str, channel: str
+) -> None:
+    breaker = CircuitBreaker(failures=1, cooldown=0.5)
+    pipeline, _, bus = parent(redis_url, channel, breaker=breaker, max_pending=2)
+    try:
+        with Listener(redis_url, channel) as child:
+            child.ask("fill", [1, 2, 3, 4])
+            breaker.failure()
+            assert child.ask("watch", [1, 2, 3, 4]) == "watching"
+            for n in (1, 2, 3):
+                pipeline.invalidate(Reading, {"id": n})
+            child.reply()  # everything went, id 4 too: nobody knows what else was missed
+            wait_until(lambda: bus.stats()["resent"] == 1, what="the resend to be counted")
+    finally:
+        bus.close()

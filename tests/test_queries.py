@@ -80,6 +80,125 @@ def test_can_have_and_means_all_or_none() -> None:
         validator({"end": 1})
 
 
+def test_and_after_or_binds_to_the_alternative_just_named() -> None:
+    # can_have("test").or_("cat").and_("dog") reads: test, or else cat and dog together.
+    validator = Query.can_have("test").or_("cat").and_("dog")
+    assert validator({})
+    assert validator({"test": 1})
+    assert validator({"cat": 1, "dog": 2})
+    for half in ({"dog": 2}, {"cat": 1}):
+        with pytest.raises(QueryValidationError, match="cat and dog"):
+            validator(half)
+
+
+# How datapipelines 1.0.7 answers every subset of the keys a-d, recorded by running it:
+# "." accepted, "M" MissingKeyError, "B" BoundKeyExistenceError; subsets in SUBSETS order.
+SUBSETS = ["", "a", "ab", "abc", "abcd", "abd", "ac", "acd", "ad", "b", "bc", "bcd", "bd", "c", "cd", "d"]
+AS_1X_ANSWERS = [
+    ("can_have(a).and_(b).and_(c).or_(d)", ".BB...BBBBBBBBBB"),
+    ("can_have(a).and_(b).or_(c)", ".B......BBBBBBB."),
+    ("can_have(a).and_(b).or_(c).and_(d)", "B.....B.BBBBBBBB"),
+    ("can_have(a).or_(b).also.can_have(c).and_(d)", "...B.BB.B.B.BB.B"),
+    ("can_have(a).or_(b).and_(c)", ".........B..BBB."),
+    ("can_have(a).or_(b).and_(c).and_(d)", ".........BB.BBBB"),
+    ("can_have(a).or_(b).and_(c).or_(d)", ".........B...BBB"),
+    ("can_have(a).or_(b).or_(c).and_(d)", ".............B.B"),
+    ("has(a).also.can_have(b).or_(c).and_(d)", "M.....B.BMMMMMMM"),
+    ("has(a).and_(b).and_(c).or_(d)", "MMM...MMMMMMMMMM"),
+    ("has(a).and_(b).or_(c)", "MM......MMMMMMMM"),
+    ("has(a).and_(b).or_(c).and_(d)", "MM....M.MMMMMMMM"),
+    ("has(a).or_(b).also.has(c)", "MMM..M..MM..MMMM"),
+    ("has(a).or_(b).and_(c)", "M........M..MMMM"),
+    ("has(a).or_(b).and_(c).or_(d)", "M........M...MMM"),
+    ("has(a).or_(b).or_(c).and_(d)", "M............M.M"),
+]
+OUTCOMES = {".": None, "M": MissingKeyError, "B": BoundKeyExistenceError}
+
+
+def _build(chain: str) -> Any:
+    """Query.<chain>, where chain is e.g. "has(a).or_(b).also.has(c)"."""
+    validator: Any = Query
+    for step in chain.split("."):
+        if step == "also":
+            validator = validator.also
+        else:
+            verb, key = step.rstrip(")").split("(")
+            validator = getattr(validator, verb)(key)
+    return validator
+
+
+@pytest.mark.parametrize(("chain", "answers"), AS_1X_ANSWERS)
+def test_and_or_also_combinations_answer_as_1x_does(chain: str, answers: str) -> None:
+    validator = _build(chain)
+    for keys, answer in zip(SUBSETS, answers, strict=True):
+        expected = OUTCOMES[answer]
+        query = dict.fromkeys(keys, 1)
+        if expected is None:
+            assert validator(query), (chain, keys)
+        else:
+            with pytest.raises(expected):
+                validator(query)
+
+
+# Types and defaults inside and/or/also chains, with 1.0.7's answers (where 1.0.7 raised a
+# bare ValueError or TypeError from its own error message, the answer is WrongValueTypeError).
+TYPED_AS_1X = [
+    (lambda: Query.can_have("a").with_default(5).also.has("b"), {"b": "x"}, {"a": 5, "b": "x"}),
+    (lambda: Query.can_have("a").with_default(5).also.has("b"), {"a": "x", "b": 1}, WrongValueTypeError),
+    (lambda: Query.can_have("a").with_default(5).also.has("b"), {"a": 1}, MissingKeyError),
+    (lambda: Query.has("b").also.can_have("a").with_default(5).or_("c"), {"b": 1}, {"a": 5, "b": 1}),
+    (
+        lambda: Query.has("b").also.can_have("a").with_default(5).or_("c"),
+        {"b": 1, "c": "x"},
+        {"a": 5, "b": 1, "c": "x"},
+    ),
+    (lambda: Query.can_have("a").with_default(lambda q, c: 7, supplies_type=int).and_("b"), {}, {"a": 7}),
+    (
+        lambda: Query.can_have("a").with_default(lambda q, c: 7, supplies_type=int).and_("b"),
+        {"b": 1},
+        BoundKeyExistenceError,
+    ),
+    (lambda: Query.has("a").as_any_of([int, str]).or_("b").and_("c").as_(int), {"a": "x"}, {"a": "x"}),
+    (
+        lambda: Query.has("a").as_any_of([int, str]).or_("b").and_("c").as_(int),
+        {"b": 1, "c": 1},
+        {"b": 1, "c": 1},
+    ),
+    (
+        lambda: Query.has("a").as_any_of([int, str]).or_("b").and_("c").as_(int),
+        {"b": 1, "c": "x"},
+        WrongValueTypeError,
+    ),
+    (lambda: Query.has("a").as_any_of([int, str]).or_("b").and_("c").as_(int), {"b": 1}, MissingKeyError),
+    (lambda: Query.can_have("r").as_(Region).or_("b").as_(int), {"r": "EUW"}, {"r": Region.EUW}),
+    (lambda: Query.can_have("r").as_(Region).or_("b").as_(int), {"r": 1}, WrongValueTypeError),
+    (lambda: Query.can_have("r").as_(Region).or_("b").as_(int), {"b": "x"}, WrongValueTypeError),
+    (lambda: Query.can_have("r").as_(Region).or_("b").as_(int), {}, {}),
+    (
+        lambda: Query.has("a").or_("b").as_(int).also.can_have("c").as_(str).and_("d"),
+        {"a": 1, "c": "x"},
+        BoundKeyExistenceError,
+    ),
+    (
+        lambda: Query.has("a").or_("b").as_(int).also.can_have("c").as_(str).and_("d"),
+        {"b": "x"},
+        WrongValueTypeError,
+    ),
+]
+
+
+@pytest.mark.parametrize(("build", "query", "expected"), TYPED_AS_1X)
+def test_types_and_defaults_in_and_or_also_chains_answer_as_1x_does(
+    build: Any, query: Any, expected: Any
+) -> None:
+    validator, query = build(), dict(query)
+    if isinstance(expected, dict):
+        assert validator(query) and query == expected
+    else:
+        with pytest.raises(expected):
+            validator(query)
+
+
 def test_also_starts_an_independent_rule() -> None:
     validator = Query.has("id").as_(int).also.can_have("region").as_(Region).also.has("kind")
     assert validator({"id": 1, "kind": "x"})
@@ -179,8 +298,18 @@ def test_with_default_after_as_keeps_the_declared_type() -> None:
         lambda: Query.has("a").as_(5),
         lambda: Query.has("a").as_any_of([int, "str"]),
     ],
-    ids=["has-has", "has-can_have", "also-as", "also-also", "also-or", "also-and", "as-as", "has-default",
-         "as-not-a-type", "as_any_of-not-a-type"],
+    ids=[
+        "has-has",
+        "has-can_have",
+        "also-as",
+        "also-also",
+        "also-or",
+        "also-and",
+        "as-as",
+        "has-default",
+        "as-not-a-type",
+        "as_any_of-not-a-type",
+    ],
 )
 def test_malformed_validators_raise_structure_errors_when_built(build: Any) -> None:
     with pytest.raises(QueryValidatorStructureError):
@@ -208,7 +337,6 @@ VALIDATOR = Query.has("id").as_(int).also.can_have("region").as_(Region).also.ca
 
 
 class Items(DataSource):
-
     @DataSource.dispatch
     def get(self, type: Any, query: Any, context: Any = None) -> Any:
         pass

@@ -1,4 +1,4 @@
-"""The README's ``python`` code blocks run, in order, as one program (``py`` blocks are fragments)."""
+"""The README's ``python`` code blocks run, in order, as one program; it shows no Python that does not run."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 def test_readme_has_runnable_examples() -> None:
     assert len(BLOCK.findall(README.read_text(encoding="utf-8"))) >= 3
+
+
+def test_readme_shows_no_python_fragments() -> None:
+    fences = re.findall(r"^[ \t]*```([^\n`]*)$", README.read_text(encoding="utf-8"), re.MULTILINE)[::2]
+    assert not [f for f in fences if f.strip().lower() in {"py", "py3", "python3", "pycon", "ipython"}]
 
 
 def test_readme_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -128,6 +128,35 @@ def test_garbage_and_planted_pickles_are_logged_deleted_misses(store: RedisStore
     assert store.client.exists(raw_key(store, Item, {"id": 1}), raw_key(store, Item, {"id": 3})) == 0
 
 
+def test_keys_of_another_redis_type_are_bad_entries_not_a_failing_tier(
+    store: RedisStore, caplog: Any
+) -> None:
+    from datapipelines import DataPipeline, DataSource, NotFoundError
+    from datapipelines.breaker import CircuitBreaker
+
+    class Origin(DataSource):
+        provides = {Item}
+
+        def get(self, type: Any, query: Any, context: Any = None) -> Any:
+            return Item(query["id"], "origin")
+
+        def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
+            raise NotFoundError()
+
+    pipeline = DataPipeline([store, Origin()], breaker=lambda: CircuitBreaker(failures=1, cooldown=60))
+    store.client.hset(raw_key(store, Item, {"id": 1}), "field", "value")
+    store.client.rpush(raw_key(store, Item, {"id": 2}), "a", "b")
+    store.client.sadd(raw_key(store, Item, {"id": 3}), "a")
+    with caplog.at_level(logging.WARNING):
+        for n in (1, 2, 3):
+            assert pipeline.get(Item, {"id": n}) == Item(n, "origin")
+    assert caplog.text.count("dropped a bad") == 3
+    state = pipeline.stats()["tiers"][repr(store)]
+    assert (state["errors"], state["misses"], state["puts"], state["breaker"]) == (0, 3, 3, "closed")
+    assert store.lookup(Item, {"id": 2}) == Item(2, "origin")  # the list made way for the entry
+    assert store.lookup_many(Item, [{"id": 1}, {"id": 3}]) == [Item(1, "origin"), Item(3, "origin")]
+
+
 def test_stores_with_another_secret_miss_instead_of_unpickling(client: Any, redis_namespace: str) -> None:
     writer = RedisStore(client=client, namespace=redis_namespace, secret="one")
     reader = RedisStore(client=client, namespace=redis_namespace, secret="two")

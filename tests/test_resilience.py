@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -269,6 +270,10 @@ class FlakyStore(MemoryStore):
         self._reach()
         return super()._load_entry(key, type_)
 
+    def _load_many_entries(self, keys: Any, type_: Any) -> list[Any]:
+        self._reach()
+        return super()._load_many_entries(keys, type_)
+
     def _save_many(self, entries: Any, seconds: Any, type_: Any) -> None:
         self._reach()
         super()._save_many(entries, seconds, type_)
@@ -288,14 +293,18 @@ def test_a_failing_tier_opens_its_breaker_is_skipped_then_probed_and_closed(
     pipeline, tier, source = breaker_pipeline(fake_clock)
     tier.down = True
     with caplog.at_level(logging.WARNING, logger="datapipelines.pipeline"):
-        assert pipeline.get(Reading, Q) == Reading(1, "v1")  # lookup and write-back fail: 2 errors
+        # The lookup fails; the write-back into the tier that just failed is not tried.
+        assert pipeline.get(Reading, Q) == Reading(1, "v1")
     assert "FlakyStore() failed on lookup" in caplog.text
     state = pipeline.stats()["tiers"]["FlakyStore()"]
-    assert (state["errors"], state["skips"], state["breaker"]) == (2, 0, "open")
+    assert (state["errors"], state["skips"], state["breaker"]) == (1, 1, "closed")
+    assert pipeline.get(Reading, Q) == Reading(1, "v1")  # the second failure opens the breaker
+    state = pipeline.stats()["tiers"]["FlakyStore()"]
+    assert (state["errors"], state["skips"], state["breaker"]) == (2, 2, "open")
 
     assert pipeline.get(Reading, Q) == Reading(1, "v1")  # lookup and write-back skipped
     state = pipeline.stats()["tiers"]["FlakyStore()"]
-    assert (state["errors"], state["skips"], state["breaker"]) == (2, 2, "open")
+    assert (state["errors"], state["skips"], state["breaker"]) == (2, 4, "open")
 
     fake_clock.advance(5)
     assert pipeline.stats()["tiers"]["FlakyStore()"]["breaker"] == "half-open"
@@ -315,7 +324,8 @@ def test_a_failing_tier_opens_its_breaker_is_skipped_then_probed_and_closed(
 def test_hits_are_counted_right_after_a_tier_failed_on_write_back(fake_clock: FakeClock) -> None:
     pipeline, tier, _ = breaker_pipeline(fake_clock)
     tier.down = True
-    pipeline.get(Reading, Q)  # one failed lookup, one failed write-back
+    pipeline.get(Reading, Q)  # one failed lookup, the write-back skipped
+    pipeline.get(Reading, Q)  # the same: the breaker opens
     pipeline.get(Reading, Q)  # one skipped lookup, one skipped write-back
     fake_clock.advance(5)
     tier.down = False
@@ -323,12 +333,13 @@ def test_hits_are_counted_right_after_a_tier_failed_on_write_back(fake_clock: Fa
     for _ in range(3):
         pipeline.get(Reading, Q)
     state = pipeline.stats()["tiers"]["FlakyStore()"]
-    assert (state["hits"], state["misses"], state["errors"], state["skips"], state["puts"]) == (3, 1, 2, 2, 1)
+    assert (state["hits"], state["misses"], state["errors"], state["skips"], state["puts"]) == (3, 1, 2, 4, 1)
 
 
 def test_a_tier_whose_breaker_is_open_is_not_called_at_all(fake_clock: FakeClock) -> None:
     pipeline, tier, _ = breaker_pipeline(fake_clock)
     tier.down = True
+    pipeline.get(Reading, Q)
     pipeline.get(Reading, Q)
     assert pipeline.stats()["tiers"]["FlakyStore()"]["breaker"] == "open"
     attempts = tier.attempts
@@ -346,6 +357,76 @@ def test_a_strict_pipeline_shows_the_tier_exception(fake_clock: FakeClock) -> No
 
 
 # -- stats ----------------------------------------------------------------------------------------
+COUNTERS = ("hits", "misses", "puts", "errors", "skips", "calls", "joins", "stale", "negative")
+
+
+def test_counters_only_grow_when_batches_fail_or_are_skipped(fake_clock: FakeClock) -> None:
+    pipeline, tier, _ = breaker_pipeline(fake_clock)
+    readings: list[dict[str, Any]] = []
+
+    def read() -> dict[str, Any]:
+        state = pipeline.stats()["tiers"]["FlakyStore()"]
+        if readings:
+            dropped = {name for name in COUNTERS if state[name] < readings[-1][name]}
+            assert not dropped, f"{sorted(dropped)} went down: {readings[-1]} -> {state}"
+        readings.append(state)
+        return state
+
+    batch = [{"id": n} for n in range(3)]
+    pipeline.get_batch(Reading, batch)
+    pipeline.get_batch(Reading, batch)
+    assert read()["hits"] == 3
+    tier.down = True
+    pipeline.get_batch(Reading, batch)  # the batch lookup fails (3 lookups), the write-back is not tried
+    assert (read()["hits"], readings[-1]["errors"]) == (3, 3)
+    pipeline.get_batch(Reading, batch)  # fails again: the breaker opens
+    pipeline.get_batch(Reading, batch)  # skipped
+    state = read()
+    assert (state["hits"], state["errors"], state["breaker"]) == (3, 6, "open")
+    fake_clock.advance(5)
+    tier.down = False
+    pipeline.get_batch(Reading, batch)  # the probe: 3 hits
+    pipeline.get(Reading, {"id": 0})
+    assert read()["hits"] == 7
+
+
+def test_no_reading_of_stats_sees_hits_go_down_while_lookups_are_under_way(fake_clock: FakeClock) -> None:
+    pipeline, tier, _ = breaker_pipeline(fake_clock)
+    for n in range(50):
+        pipeline.get(Reading, {"id": n})
+    slow = threading.Event()
+    done = threading.Event()
+    reach = tier._reach
+
+    def slow_reach() -> None:
+        slow.set()
+        time.sleep(0.002)
+        reach()
+
+    tier._reach = slow_reach  # type: ignore[method-assign]
+
+    def traffic() -> None:
+        for round_ in range(60):
+            tier.down = round_ % 20 == 19
+            for n in range(0, 50, 7):
+                pipeline.get(Reading, {"id": n})
+            if round_ % 5 == 0:
+                pipeline.get_batch(Reading, [{"id": n} for n in range(5)])
+            fake_clock.advance(1)
+        done.set()
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    assert slow.wait(10)
+    last = dict.fromkeys(COUNTERS, 0)
+    while not done.is_set():
+        state = pipeline.stats()["tiers"]["FlakyStore()"]
+        dropped = {name for name in COUNTERS if state[name] < last[name]}
+        assert not dropped, f"{sorted(dropped)} went down: {last} -> {state}"
+        last = state
+    worker.join(10)
+
+
 def test_stats_count_what_happened_and_reset_stats_zeroes_them() -> None:
     memory, source = MemoryStore(), CountingSource()
     pipeline = DataPipeline([memory, source])

@@ -8,17 +8,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from datapipelines import DataSource, NotFoundError
+from datapipelines.testing_redis import RedisServer, SilentRedis, free_port
+
+__all__ = ["RedisServer", "SilentRedis", "free_port"]  # imported by the tests from here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,58 +75,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "
         time.sleep(0.001)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class RedisServer:
-    """A redis-server of our own on a free loopback port, which a test may kill and start again."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_until(self.answers, timeout=10, what=f"redis-server on port {self.port} to answer")
-
-    def answers(self) -> bool:
-        try:
-            with redis.Redis(port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2) as client:
-                return bool(client.ping())
-        except (redis.RedisError, OSError):
-            if self.process is not None and self.process.poll() is not None:
-                error = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise AssertionError(f"redis-server on port {self.port} exited: {error}") from None
-            return False
-
-    def kill(self) -> None:
-        """Kill the server at once (SIGKILL: no goodbye to its clients) and wait until it is gone."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            if self.process.stderr:
-                self.process.stderr.close()
-            self.process = None
-
-
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A fresh redis-server started by the test; fails under CI if the binary is missing, else skips."""
@@ -142,3 +90,13 @@ def private_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[SilentRedis]:
+    """A Redis that accepts connections and stays silent: every command runs into its socket timeout."""
+    server = SilentRedis()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -97,7 +97,14 @@ def test_json_never_builds_a_dataclass_that_was_not_requested() -> None:
 
 def test_json_refuses_what_it_cannot_represent_naming_the_type() -> None:
     with pytest.raises(SerializationError, match="Order.*signed-pickle"):
-        JsonSerializer().dumps(object(), Order)
+        JsonSerializer().dumps(Order(1, [Part("wheel", object())]), Order)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [None, {"id": 1, "parts": []}, Stranger(1)])
+def test_json_never_writes_what_it_would_reject_on_reading(value: Any) -> None:
+    # A dataclass type reads back as exactly that class; anything else is refused on the way in.
+    with pytest.raises(SerializationError, match="not a Order"):
+        JsonSerializer().dumps(value, Order)
 
 
 @pytest.mark.parametrize("payload", [b"{not json", b'{"__dp__": "nope", "v": 1}', b"\xff\xfe", b""])

@@ -326,3 +326,45 @@ def test_composite_sink_accepts_the_union_and_feeds_every_sink_that_accepts() ->
     both.put_many(User, (u for u in [ann, ann]))
     assert users.items == [("put", ann, None), ("put_many", [ann, ann], None)]
     assert everything.items == [(User, ann), (Team, team), (User, ann), (User, ann)]
+
+
+# -- composite internals, as 1.x lays them out (Cassiopeia and its plugins read them) ------
+
+
+def test_composite_source_maps_each_type_to_its_sources_in_order() -> None:
+    users, strs, more_strs, anything = Users([]), Named("s", {str}), Named("s2", {str}), Anything()
+    composite = CompositeDataSource([users, strs, anything, more_strs])
+    assert composite._sources == {
+        User: [users],
+        Team: [users],
+        str: [strs, more_strs],
+        TYPE_WILDCARD: [anything],
+    }
+    # Cassiopeia's RiotAPI.set_api_key and Kernel.set_server_url_and_port walk it like this:
+    reached = {id(source) for sources in composite._sources.values() for source in sources}
+    assert reached == {id(users), id(strs), id(more_strs), id(anything)}
+
+
+def test_composite_sink_maps_each_type_to_the_set_of_its_sinks() -> None:
+    users, other_users, everything = UserSink(), UserSink(), EverythingSink()
+    composite = CompositeDataSink([users, other_users, everything, users])
+    assert composite._sinks == {User: {users, other_users}, TYPE_WILDCARD: {everything}}
+    assert all(isinstance(sinks, set) for sinks in composite._sinks.values())
+    # A sink given twice is still one sink, as in a 1.x set: it gets each item once.
+    ann = User("ann")
+    composite.put(User, ann)
+    assert users.items == [("put", ann, None)] and other_users.items == [("put", ann, None)]
+    assert everything.items == [(User, ann)]
+
+
+def test_composite_source_hands_each_source_its_own_copy_of_the_query() -> None:
+    class Defaulting(Named):
+        def get(self, type: Any, query: Any, context: Any = None) -> Any:
+            query["region"] = self.name  # what a validate_query default or pre-transform does
+            query["seen"].append(self.name)
+            return super().get(type, query, context)
+
+    first, second = Defaulting("first", {str}, found=False), Defaulting("second", {str})
+    query = {"name": "x", "seen": []}
+    assert CompositeDataSource([first, second]).get(str, query) == "second"
+    assert query == {"name": "x", "seen": []}

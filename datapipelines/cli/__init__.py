@@ -10,19 +10,37 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import DataPipelinesError
+from ..extras import MissingExtraError
+from .output import printable
 
 # Subcommand groups, each a module of this package with a register(subparsers).
-GROUPS: tuple[str, ...] = ("audit", "inventory", "catalog")
+GROUPS: tuple[str, ...] = ("audit", "inventory", "catalog", "check", "stats")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="datapipelines", description="Tiered cache pipeline tools.")
     subparsers = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     for group in GROUPS:
-        importlib.import_module(f"{__name__}.{group}").register(subparsers)
+        try:
+            importlib.import_module(f"{__name__}.{group}").register(subparsers)
+        except MissingExtraError as missing:
+            # The other groups still work; this one says which extra it needs when used.
+            _register_unavailable(subparsers, group, missing)
     return parser
+
+
+def _register_unavailable(subparsers: Any, group: str, missing: MissingExtraError) -> None:
+    # No option prefix: whatever follows, --help included, is taken in and answered with the error.
+    parser = subparsers.add_parser(group, help=f"(unavailable: {missing})", add_help=False, prefix_chars="\0")
+    parser.add_argument("rest", nargs="*")
+
+    def unavailable(args: argparse.Namespace) -> int:
+        raise missing
+
+    parser.set_defaults(func=unavailable)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DataPipelinesError as error:
-        print(f"datapipelines: error: {error}", file=sys.stderr)
+        # One line, whatever the message quotes from a file: control characters escaped.
+        print(f"datapipelines: error: {printable(error)}", file=sys.stderr)
         return 2
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from .output import print_json, table
+from .output import print_json, printable, table
 
 DEFAULT_DIR = os.environ.get("DATAPIPELINES_AUDIT_DIR", "audit")
 
@@ -46,20 +48,20 @@ def register(subparsers: Any) -> None:
         description="One row per session: responses recorded, error answers among them, responses "
         "whose blob replay found damaged (moved aside, fetched again by a live pipeline; "
         "'audit verify' checks every blob), and bytes.",
-    ).set_defaults(func=_sessions)
+    ).set_defaults(func=_guarded(_sessions))
     show = commands.add_parser(
         "show", help="a request (with its as_of_bucket / cache_tag partitions) and every response to it"
     )
     show.add_argument("request_id", help="a request id or a unique prefix of at least 6 characters")
     show.add_argument("--payload", action="store_true", help="write the newest payload's bytes to stdout")
-    show.set_defaults(func=_show)
+    show.set_defaults(func=_guarded(_show))
     export = commands.add_parser("export", help="copy one session into a new, replayable recorder directory")
     export.add_argument("session", help="a session id, unique id prefix, or name (the newest of that name)")
     export.add_argument("directory")
-    export.set_defaults(func=_export)
+    export.set_defaults(func=_guarded(_export))
     commands.add_parser(
         "verify", help="recompute every blob's sha256; exit 1 if any is missing or damaged"
-    ).set_defaults(func=_verify)
+    ).set_defaults(func=_guarded(_verify))
     gc = commands.add_parser("gc", help="delete blobs no record references")
     gc.add_argument(
         "--min-age",
@@ -67,7 +69,28 @@ def register(subparsers: Any) -> None:
         default=60.0,
         help="only blobs untouched for this many seconds (default 60), so running recorders are safe",
     )
-    gc.set_defaults(func=_gc)
+    gc.set_defaults(func=_guarded(_gc))
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command``, reporting a row it cannot show (a tampered database) as one error naming the file."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from datapipelines.errors import DataPipelinesError
+        from datapipelines.sinks.audit import DATABASE, AuditStoreError
+
+        try:
+            return command(args)
+        except DataPipelinesError:
+            raise
+        except (TypeError, ValueError, OverflowError) as error:
+            raise AuditStoreError(
+                f"Audit database {os.path.join(args.dir, DATABASE)}: a row is not as the recorder writes it "
+                f"({type(error).__name__}: {error})"
+            ) from error
+
+    return run
 
 
 def _recorder(args: argparse.Namespace) -> Any:
@@ -83,10 +106,6 @@ def when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
     return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
-
-
-
-
 
 
 def _sessions(args: argparse.Namespace) -> int:
@@ -123,16 +142,16 @@ def _show(args: argparse.Namespace) -> int:
         print_json(history)
         return 0
     params = "&".join(f"{k}={v}" for k, v in history["params"])
-    print(f"request  {history['id']}")
-    print(f"source   {history['source']}")
-    print(f"call     {history['method']} {history['target']}{'?' + params if params else ''}")
+    print(f"request  {printable(history['id'])}")
+    print(f"source   {printable(history['source'])}")
+    print(printable(f"call     {history['method']} {history['target']}{'?' + params if params else ''}"))
     partitions = [f"{name}={history[name]}" for name in ("as_of_bucket", "cache_tag") if history[name]]
     if partitions:
-        print(f"recorded apart by {' '.join(partitions)} (never sent)")
+        print(printable(f"recorded apart by {' '.join(partitions)} (never sent)"))
     if history["headers"]:
         print(f"headers  {json.dumps(history['headers'], sort_keys=True)}")
     if history["body_sha256"]:
-        print(f"body     blob {history['body_sha256']}")
+        print(f"body     blob {printable(history['body_sha256'])}")
     print()
     rows = [
         (
@@ -157,8 +176,10 @@ def _export(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         print(
-            f"exported session {result['session'][:12]} ({result['name']}): {result['requests']} requests, "
-            f"{result['responses']} responses -> {result['directory']}"
+            printable(
+                f"exported session {result['session'][:12]} ({result['name']}): {result['requests']} "
+                f"requests, {result['responses']} responses -> {result['directory']}"
+            )
         )
     return 0
 

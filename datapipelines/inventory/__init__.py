@@ -6,6 +6,13 @@ or failed. The inventory table records every range, so a job only takes what
 it has not taken yet, failed work is offered again, and history can be re-run.
 """
 
+from ..extras import reraise_naming_extra
+
+try:
+    import sqlalchemy  # noqa: F401  (checked first, to name the extra that brings it)
+except ImportError as error:
+    reraise_naming_extra("Inventory", error)
+
 from .batch import Batch, BatchRecord, BatchReleasedError, BatchResultError
 from .inventory import DEFAULT_URL, URL_ENVIRONMENT, Inventory, JobSummary
 from .schema import DEFAULT_TABLE, FAILED, RUNNING, STATUSES, SUCCEEDED

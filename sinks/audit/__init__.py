@@ -32,7 +32,7 @@ Modules: ``recorder`` (AuditRecorder: recording, replay, sessions), ``replay``
 
 from .blobs import BLOBS, FRESH_BLOB_SECONDS, BlobStore, DamagedBlobError
 from .recorder import LOGGER, AuditRecorder
-from .schema import DATABASE, SCHEMA_VERSION
+from .schema import DATABASE, SCHEMA_VERSION, AuditStoreError
 from .writer import BATCH_LIMIT, AuditWriteError
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "LOGGER",
     "SCHEMA_VERSION",
     "AuditRecorder",
+    "AuditStoreError",
     "AuditWriteError",
     "BlobStore",
     "DamagedBlobError",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from datapipelines.errors import ConfigurationError, NotFoundError
 
 from .blobs import BlobStore
-from .schema import DATABASE, INSERT_REQUEST, INSERT_RESPONSE
+from .schema import DATABASE, INSERT_REQUEST, INSERT_RESPONSE, AuditStoreError
 
 
 class Inspection:
@@ -57,7 +57,7 @@ class Inspection:
         sessions = [dict(zip(keys, row, strict=False)) for row in rows]
         damaged = self._damaged_by_session()
         for session in sessions:
-            session["meta"] = json.loads(session["meta"])
+            session["meta"] = self._decoded(session["meta"], f"the meta of session {session['id']!r}")
             session["implicit"] = bool(session["implicit"])
             session["damaged"] = damaged.get(session["id"], 0)
         return sessions
@@ -72,6 +72,13 @@ class Inspection:
         counts = f"SELECT session_id, COUNT(*) FROM responses WHERE sha256 IN ({marks}) GROUP BY session_id"
         rows = self._read(counts, broken)
         return {session_id: count for session_id, count in rows}
+
+    def _decoded(self, text: Any, what: str) -> Any:
+        """A JSON column's value; AuditStoreError naming the file and the row if it is not JSON."""
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as error:
+            raise AuditStoreError(f"Audit database {self.path}: {what} is not JSON ({error})") from error
 
     def find_session(self, name_or_id: str) -> dict[str, Any]:
         """The session with this id, unique id prefix, or name (the newest of that name)."""
@@ -140,14 +147,16 @@ class Inspection:
             )
         ]
         for response in responses:
-            response["headers"] = json.loads(response["headers"])
+            response["headers"] = self._decoded(
+                response["headers"], f"the headers of response {response['id']}"
+            )
         return {
             "id": request_id,
             "source": source,
             "method": method,
             "target": target,
-            "params": json.loads(params),
-            "headers": json.loads(headers),
+            "params": self._decoded(params, f"the params of request {request_id}"),
+            "headers": self._decoded(headers, f"the headers of request {request_id}"),
             "body_sha256": body_sha256,
             "first_seen": first_seen,
             "as_of_bucket": partition[0],
@@ -160,7 +169,8 @@ class Inspection:
             "SELECT sha256 FROM responses UNION SELECT body_sha256 FROM requests "
             "WHERE body_sha256 IS NOT NULL"
         )
-        return {row[0] for row in rows}
+        # A tampered row may hold anything: its repr is reported (as damaged), never opened.
+        return {row[0] if isinstance(row[0], str) else repr(row[0]) for row in rows}
 
     def verify(self) -> dict[str, list[str]]:
         """Recompute the sha256 of every referenced blob; sha256s listed under ok, missing, damaged."""
@@ -186,7 +196,7 @@ class Inspection:
             referenced = {row[0] for row in rows}
             deadline = time.time() - min_age
             for path in self.blobs.files():
-                if path.name not in referenced and path.stat().st_mtime <= deadline:
+                if path.name not in referenced and path.lstat().st_mtime <= deadline:
                     path.unlink()
                     removed.append(path.name)
         return removed

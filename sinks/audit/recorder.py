@@ -21,7 +21,7 @@ from typing import Any
 from datapipelines.context import PipelineContext
 from datapipelines.errors import ConfigurationError, NotFoundError, type_name
 from datapipelines.pipeline import current_session
-from datapipelines.remote import RawResponse, RemoteQueryError, request_for
+from datapipelines.remote import RawResponse, RemoteQueryError, ResponseRecorder, request_for
 from datapipelines.sink import DataSink
 from datapipelines.source import DataSource
 
@@ -35,9 +35,11 @@ from .schema import (
     INSERT_DAMAGED,
     INSERT_REQUEST,
     INSERT_RESPONSE,
+    AuditStoreError,
     Recorded,
     connect,
     create_tables,
+    masked_argv,
     partition_pairs,
     session_row,
 )
@@ -83,7 +85,21 @@ def _hook_process_exit() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class AuditRecorder(Inspection, DataSource, DataSink):
+def _check_write_behind(max_pending: int, flush_interval: float, max_delay: float | None) -> None:
+    if max_pending < 1 or flush_interval < 0:
+        raise ConfigurationError(
+            f"AuditRecorder needs max_pending >= 1 and flush_interval >= 0, "
+            f"got max_pending={max_pending!r}, flush_interval={flush_interval!r}"
+        )
+    if max_delay is not None and not flush_interval <= max_delay / 4:
+        raise ConfigurationError(
+            f"AuditRecorder needs flush_interval <= max_delay / 4 (the writer must start a batch well "
+            f"before callers wait for it), got flush_interval={flush_interval!r}, max_delay={max_delay!r}; "
+            "raise max_delay, or give max_delay=None for no age bound"
+        )
+
+
+class AuditRecorder(Inspection, DataSource, DataSink, ResponseRecorder):
     """Records RawResponses (a sink) and replays them (a source); see the package docstring.
 
     ``replay=False`` makes it record only, never answer. Safe to share between
@@ -92,8 +108,11 @@ class AuditRecorder(Inspection, DataSource, DataSink):
     ``write_behind=True``: ``put``/``record`` compute the request id and sha256,
     queue the blobs and rows and return; one daemon thread per recorder (and
     process) commits them, many per transaction, at most ``flush_interval``
-    seconds after they were queued. At most ``max_pending`` records wait: more
-    block the caller until the thread catches up. ``flush()`` waits for
+    seconds after they were queued. At most ``max_pending`` records wait, and a
+    record is committed at most ``max_delay`` seconds after ``put`` returned:
+    callers block (back-pressure) once the oldest record not yet committed has
+    waited ``max_delay / 4``, until the thread catches up. ``max_delay=None``
+    drops the age bound. ``flush()`` waits for
     everything queued; ``close_session``, ``close``, every read and a normal
     process exit flush first. A failed background commit is logged and raised by
     the next ``flush``/``put`` (AuditWriteError); its records are kept and retried.
@@ -117,18 +136,21 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         ttl: Any = None,
         as_of: Any = None,
         session: str | None = None,
+        max_delay: float | None = 0.5,
     ) -> None:
-        if max_pending < 1 or flush_interval < 0:
-            raise ConfigurationError(
-                f"AuditRecorder needs max_pending >= 1 and flush_interval >= 0, "
-                f"got max_pending={max_pending!r}, flush_interval={flush_interval!r}"
-            )
+        _check_write_behind(max_pending, flush_interval, max_delay)
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise AuditStoreError(f"Cannot create the audit directory {self.directory}: {error}") from error
         self.blobs = BlobStore(self.directory / BLOBS)
         self.replay = replay
         self.write_behind = write_behind
         self._max_pending, self._flush_interval = max_pending, flush_interval
+        # Callers wait once a record has waited a quarter of the bound: the rest is for committing what
+        # waits, with room for a machine slower than the writer's recent pace.
+        self._max_age = None if max_delay is None else max_delay / 4
         self._busy_timeout = busy_timeout
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
@@ -136,8 +158,12 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         self._writer: Writer | None = None
         self._known_sessions: set[str] = set()
         self._implicit: dict[int, str] = {}
-        with self._transaction() as db:
-            create_tables(db)
+        try:
+            with self._transaction() as db:
+                create_tables(db)
+        except AuditStoreError:
+            self.close()
+            raise
         self._rule = self._replay_rule(ttl, as_of, session)
         self.damaged = 0  # damaged blobs replay found in this process
         _RECORDERS.add(self)
@@ -160,22 +186,32 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             self._known_sessions.clear()
         return self._db
 
+    def _failed(self, error: sqlite3.Error) -> AuditStoreError:
+        """The error to raise for a failed database call: SQLite's own messages never name the file."""
+        return AuditStoreError(f"Audit database {self.path}: {error}")
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
             try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+                db = self._connection()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                raise self._failed(error) from error
 
     def _select(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._connection().execute(sql, tuple(args)).fetchall()
+            try:
+                return self._connection().execute(sql, tuple(args)).fetchall()
+            except sqlite3.Error as error:
+                raise self._failed(error) from error
 
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of a query, once everything this process recorded is committed."""
@@ -214,7 +250,10 @@ class AuditRecorder(Inspection, DataSource, DataSink):
         """Commit ``write`` now, or queue it for the writer thread in write-behind mode."""
         if not self.write_behind:
             with self._lock:
-                self._commit((write,), self._connection())
+                try:
+                    self._commit((write,), self._connection())
+                except sqlite3.Error as error:
+                    raise self._failed(error) from error
             return
         writer = self._writer_here()
         if writer is None:
@@ -223,7 +262,12 @@ class AuditRecorder(Inspection, DataSource, DataSink):
                 if writer is None:
                     _hook_process_exit()
                     writer = self._writer = Writer(
-                        repr(self), self._connect, self._commit, self._max_pending, self._flush_interval
+                        repr(self),
+                        self._connect,
+                        self._commit,
+                        self._max_pending,
+                        self._flush_interval,
+                        self._max_age,
                     )
         writer.submit(write)
 
@@ -296,7 +340,8 @@ class AuditRecorder(Inspection, DataSource, DataSink):
             if self._session_known(session_id):
                 return session_id, ()
             name = f"process {pid}@{HOST}"
-            return session_id, (session_row(session_id, name, {"argv": sys.argv}, implicit=True),)
+            meta = {"argv": masked_argv(sys.argv)}
+            return session_id, (session_row(session_id, name, meta, implicit=True),)
         session_id = str(session_id)
         if self._session_known(session_id):
             return session_id, ()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from datapipelines.remote import RawResponse, mask_secrets
+from datapipelines.errors import DataPipelinesError
+from datapipelines.remote import REDACTED, RawResponse, is_secret_name, mask_secrets
 
 DATABASE = "audit.sqlite"
 SCHEMA_VERSION = 2
@@ -99,11 +101,48 @@ def replay_statement(in_session: bool = False, as_of: bool = False) -> str:
     )
 
 
-REPLAY = replay_statement()
 HOST = socket.gethostname()
 
 
+class AuditStoreError(DataPipelinesError):
+    """An audit directory, database or blob cannot be used; names the path (OS or SQLite error as cause)."""
+
+
 _dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
+# An argument that is one assignment: ``--api-token=...``, ``-p=...``, ``DB_PASSWORD=...``.
+_ASSIGNED = re.compile(r"-{0,2}[A-Za-z0-9_.-]+")
+# Inside any other argument: a URL's password, and query-string parameters.
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")
+_PARAMETER = re.compile(r"(?<=[?&;])([^=&;#]+)=([^&;#]*)")
+
+
+def masked_argv(argv: Sequence[str]) -> list[str]:
+    """The process arguments as the implicit session records them, credentials masked.
+
+    The rule of the request headers (``is_secret_name``) applied to flags in both
+    forms (``--api-token=...``, and ``--api-token ...``: the next argument unless it
+    starts with ``--``), to
+    ``NAME=value`` arguments, to query-string parameters, and to URL passwords.
+    """
+    masked = []
+    value_follows = False
+    for argument in argv:
+        if value_follows and not argument.startswith("--"):  # "--" starts the next flag, not a value
+            masked.append(REDACTED)
+            value_follows = False
+            continue
+        masked.append(_masked_argument(argument))
+        value_follows = argument.startswith("-") and "=" not in argument and is_secret_name(argument)
+    return masked
+
+
+def _masked_argument(argument: str) -> str:
+    name, equals, value = argument.partition("=")
+    if equals and _ASSIGNED.fullmatch(name):
+        return f"{name}={REDACTED if is_secret_name(name) else _masked_argument(value)}"
+    argument = _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", argument)
+    return _PARAMETER.sub(lambda m: f"{m[1]}={REDACTED}" if is_secret_name(m[1]) else m[0], argument)
 
 
 def session_row(

@@ -21,6 +21,10 @@ LOGGER = logging.getLogger(__package__)
 
 # Most writes one background transaction commits.
 BATCH_LIMIT = 500
+# Records that may wait under an age bound before the writer's pace is known (from its first batch).
+FIRST_BATCH = 100
+# Fewest records that may wait under an age bound, however slow the last batches were.
+LEAST_PENDING = 50
 
 
 class AuditWriteError(DataPipelinesError):
@@ -40,11 +44,19 @@ class Writer:
     """The write-behind thread of one recorder in one process.
 
     Writes wait in a FIFO queue; the thread takes them when the oldest has waited
-    ``flush_interval``, when ``max_pending`` records wait, or when someone flushes,
-    and commits up to BATCH_LIMIT of them in one transaction. A failed batch goes
-    back to the front of the queue and the thread pauses until a caller has been
-    told (``flush`` or ``submit`` raise AuditWriteError); it retries once a flush
-    waits or the interval has passed (a full queue alone no longer hurries it).
+    ``flush_interval``, when enough records wait (``_due``), or when someone flushes,
+    and commits up to BATCH_LIMIT of them in one transaction.
+
+    ``max_age`` bounds how long a record stays uncommitted while callers go on:
+    ``submit`` blocks while the oldest uncommitted record (queued or being written)
+    is older, so when it returns, every record queued more than ``max_age`` earlier
+    is committed; and while more records wait than the thread commits in ``max_age``
+    at the pace of its recent batches, so what waits is committed in about that too.
+
+    A failed batch goes back to the front of the queue and the thread pauses until
+    a caller has been told (``flush`` or ``submit`` raise AuditWriteError); it
+    retries once a flush waits or the interval has passed (a full queue alone no
+    longer hurries it).
     """
 
     def __init__(
@@ -54,10 +66,13 @@ class Writer:
         commit: Callable[[Sequence[Write], sqlite3.Connection], None],
         max_pending: int,
         flush_interval: float,
+        max_age: float | None = None,
     ) -> None:
         self.pid = os.getpid()
         self._owner, self._connect, self._commit = owner, connect, commit
-        self._max_pending, self._interval = max_pending, flush_interval
+        self._max_pending, self._interval, self._max_age = max_pending, flush_interval, max_age
+        self._writing_since: float | None = None  # when the oldest write being committed was queued
+        self._pace: float | None = None  # records per second recent batches were committed at
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[tuple[float, int, Write]] = deque()  # (queued at, records, write)
         self.pending = 0  # records queued or being written
@@ -75,11 +90,11 @@ class Writer:
 
     # -- callers -------------------------------------------------------------------
     def submit(self, write: Write) -> None:
-        """Queue ``write``; blocks while ``max_pending`` records wait (never drops one)."""
+        """Queue ``write``; blocks while the queue is full or too old (never drops one)."""
         records = max(1, len(write.records))
         with self._cond:
-            # A write larger than max_pending enters an empty queue, or it would wait forever.
-            while self.pending and self.pending + records > self._max_pending:
+            # A write larger than the limit enters an empty queue, or it would wait forever.
+            while self.pending and (self.pending + records > self._limit() or self._too_old()):
                 self._raise_error()
                 self._cond.wait()
             self._raise_error()
@@ -89,8 +104,32 @@ class Writer:
                 self.pending_requests[record.request_id] = self.pending_requests.get(record.request_id, 0) + 1
             self._submitted += 1
             self.sessions.update(write.sessions)
-            if len(self._queue) == 1 or self.pending >= self._max_pending:
+            if len(self._queue) == 1 or self.pending >= self._due():
                 self._cond.notify_all()
+
+    def _limit(self) -> int:
+        """How many records may wait: ``max_pending``, and under an age bound what the pace commits in it."""
+        if self._max_age is None:
+            return self._max_pending
+        affordable = FIRST_BATCH if self._pace is None else int(self._pace * self._max_age)
+        return min(self._max_pending, max(LEAST_PENDING, affordable))
+
+    def _due(self) -> int:
+        """How many waiting records make a batch due at once: the limit, or half of it under an age
+        bound (callers fill the other half while the thread commits, rather than wait in turn)."""
+        return self._limit() // (1 if self._max_age is None else 2)
+
+    def _too_old(self) -> bool:
+        """Whether the oldest uncommitted record has waited longer than ``max_age`` (condition held)."""
+        if self._max_age is None:
+            return False
+        if self._writing_since is not None:
+            oldest = self._writing_since
+        elif self._queue:
+            oldest = self._queue[0][0]
+        else:
+            return False
+        return time.monotonic() - oldest > self._max_age
 
     def flush(self) -> None:
         """Wait until every write submitted so far is committed; AuditWriteError if one failed."""
@@ -132,6 +171,7 @@ class Writer:
         try:
             while (batch := self._next_batch()) is not None:
                 writes = [write for _, _, write in batch]
+                started = time.monotonic()
                 try:
                     db = db or self._connect()
                     self._commit(writes, db)
@@ -145,12 +185,13 @@ class Writer:
                         db = None
                     with self._cond:
                         self._queue.extendleft(reversed(batch))
+                        self._writing_since = None
                         self._error = error
                         self._flush_to = self._committed
                         self._retrying = True
                         self._cond.notify_all()
                     continue
-                self._done(batch)
+                self._done(batch, time.monotonic() - started)
         finally:
             with self._cond:
                 self._alive = False
@@ -168,16 +209,20 @@ class Writer:
                     return None
                 if self._error is None and self._queue:
                     wait = self._queue[0][0] + self._interval - time.monotonic()
-                    full = self.pending >= self._max_pending and not self._retrying
+                    full = self.pending >= self._due() and not self._retrying
                     if self._stopping or self._flush_to > self._committed or wait <= 0 or full:
                         count = min(len(self._queue), BATCH_LIMIT)
+                        self._writing_since = self._queue[0][0]
                         return [self._queue.popleft() for _ in range(count)]
                     self._cond.wait(wait)
                 else:
                     self._cond.wait()
 
-    def _done(self, batch: list[tuple[float, int, Write]]) -> None:
+    def _done(self, batch: list[tuple[float, int, Write]], seconds: float) -> None:
         with self._cond:
+            pace = sum(records for _, records, _ in batch) / max(seconds, 1e-6)
+            # Smoothed: one batch slowed by the machine (or sped up by blobs already there) moves it half way.
+            self._pace = pace if self._pace is None else (self._pace + pace) / 2
             for _, records, write in batch:
                 self.pending -= records
                 for record in write.records:
@@ -187,6 +232,6 @@ class Writer:
                     else:
                         del self.pending_requests[record.request_id]
             self._committed += len(batch)
+            self._writing_since = None
             self._retrying = False
             self._cond.notify_all()
-

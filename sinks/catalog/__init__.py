@@ -6,6 +6,13 @@ source, fields); ``Catalog.generate`` builds it from JSON metadata files;
 or PostgreSQL through SQLAlchemy Core.
 """
 
+from ...extras import reraise_naming_extra
+
+try:
+    import sqlalchemy  # noqa: F401  (checked first, to name the extra that brings it)
+except ImportError as error:
+    reraise_naming_extra("Catalog", error)
+
 from ._db import CatalogError
 from .content import canonical_json, content_bytes
 from .counts import Counts
