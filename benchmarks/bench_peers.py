@@ -21,7 +21,8 @@ Cases (ours is always ``pipeline.get`` / ``get_batch`` through a DataPipeline):
 
 Run: ``.venv/bin/python benchmarks/bench_peers.py [--sizes 1000,100000,1000000] [--rounds N]
 [--readme README.md]``. ``--readme`` rewrites the table between the README's
-``bench_peers`` markers; the chart goes to ``benchmarks/bench_peers.png``.
+``bench_peers`` markers and draws the chart it shows, ``docs/bench_peers.png``; the chart
+also goes to ``benchmarks/bench_peers.png``.
 Redis cases need the server at REDIS_URL (default redis://127.0.0.1:6379/0);
 they use a unique key prefix and remove it afterwards.
 """
@@ -48,14 +49,16 @@ from typing import Any
 import cachetools
 import diskcache
 import redis
+from bench_tiers import redis_url
 from dogpile.cache import make_region
 
-from datapipelines import DataPipeline, DataSource, NotFoundError
+from datapipelines import DataPipeline, NotFoundError, source
 from datapipelines.sinks.disk import DiskStore
 from datapipelines.sinks.memory import MemoryStore
 from datapipelines.sinks.redis import RedisStore
 
 CHART = Path(__file__).with_name("bench_peers.png")
+README_CHART = Path("docs", "bench_peers.png")  # beside the README that --readme rewrites
 BATCH = 100
 BURST = 1_000  # operations per timed burst (a batch case: keys)
 MARKERS = ("<!-- bench_peers table start -->", "<!-- bench_peers table end -->")
@@ -286,22 +289,12 @@ def redis_cases(url: str, prefix: str, size: int) -> list[Case]:
     ]
 
 
-class Users(DataSource):
+@source(User)
+def users(query: Any) -> User:
     """The remote every miss ends at: builds the user from the query."""
-
-    @DataSource.dispatch
-    def get(self, type: Any, query: Any, context: Any = None) -> Any:
-        raise NotImplementedError
-
-    @DataSource.dispatch
-    def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
-        raise NotImplementedError
-
-    @get.register(User)
-    def get_user(self, query: Any, context: Any = None) -> User:
-        if not query["key"].startswith("m"):
-            raise NotFoundError(f"no user {query['key']}")
-        return user(int(query["key"][1:]))
+    if not query["key"].startswith("m"):
+        raise NotFoundError(f"no user {query['key']}")
+    return user(int(query["key"][1:]))
 
 
 def miss_case(directory: str, url: str, prefix: str) -> Case:
@@ -311,7 +304,7 @@ def miss_case(directory: str, url: str, prefix: str) -> Case:
             MemoryStore(maxsize=1_000_000),
             DiskStore(os.path.join(directory, "miss-ours")),
             RedisStore(url, namespace=f"{prefix}-miss-ours"),
-            Users(),
+            users,
         ]
     )
     memory: cachetools.LRUCache[str, User] = cachetools.LRUCache(maxsize=1_000_000)
@@ -351,16 +344,6 @@ def miss_case(directory: str, url: str, prefix: str) -> Case:
         return 20
 
     return Case("miss, write-back to 3 tiers", ours_burst, {"by hand, raw libraries": raw_burst}, "<= 1.3x")
-
-
-def redis_url() -> str | None:
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=0.5) as client:
-            client.ping()
-    except (redis.RedisError, OSError):
-        return None
-    return url
 
 
 def remove_prefix(url: str, prefix: str) -> None:
@@ -413,7 +396,7 @@ def table(cases: list[Case], medians: dict[tuple[str, str], float], memory: dict
     return "\n".join(lines)
 
 
-def chart(cases: list[Case], medians: dict[tuple[str, str], float]) -> None:
+def chart(cases: list[Case], medians: dict[tuple[str, str], float], paths: list[Path]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,7 +415,9 @@ def chart(cases: list[Case], medians: dict[tuple[str, str], float]) -> None:
     axes.set_xlabel("µs per operation (a batch: per key), log scale; blue: datapipelines")
     axes.set_title("datapipelines vs dogpile.cache, cachetools and the raw libraries")
     figure.tight_layout()
-    figure.savefig(CHART, dpi=110)
+    for path in paths:
+        figure.savefig(path, dpi=110)
+        print(f"chart: {path}")
 
 
 def rewrite_readme(path: Path, text: str) -> None:
@@ -475,10 +460,11 @@ def main() -> int:
         f"Command: `{command}` (load average {load:.1f} when it ran)."
     )
     print(text)
-    chart(cases, medians)
-    print(f"chart: {CHART}")
+    charts = [CHART]
     if args.readme is not None:
         rewrite_readme(args.readme, text)
+        charts.append(args.readme.parent / README_CHART)
+    chart(cases, medians, charts)
     return 0
 
 
