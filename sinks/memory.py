@@ -23,9 +23,10 @@ _MARSHAL_VERSION = 2
 class _Entry:
     """One cached value. Only ``referenced`` ever changes: a new value is a new entry."""
 
-    __slots__ = ("value", "deadline", "written_at", "size", "referenced")
+    __slots__ = ("key", "value", "deadline", "written_at", "size", "referenced")
 
-    def __init__(self, value: Any, deadline: float, written_at: float, size: int) -> None:
+    def __init__(self, key: str, value: Any, deadline: float, written_at: float, size: int) -> None:
+        self.key = key  # the very object the dict holds: remembered queries share it, not a copy
         self.value = value
         self.deadline = deadline
         self.written_at = written_at
@@ -134,8 +135,9 @@ class MemoryStore(Store):
                 data = _dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION)
             except (ValueError, TypeError):
                 continue
-            if len(data) <= MEMO_ENTRY_BYTES:  # a bigger query costs more to keep than to key again
-                learned[data] = key
+            entry = self._get(key)
+            if entry is not None and len(data) <= MEMO_ENTRY_BYTES:  # bigger: cheaper to key again
+                learned[data] = entry.key
         with self._lock:
             if self._aliased + len(learned) > 2 * self.maxsize:
                 self._forget_aliases()
@@ -226,7 +228,7 @@ class MemoryStore(Store):
         sizeof = self._getsizeof
         with self._lock:
             for key, value in entries:
-                self._insert(key, _Entry(value, deadline, now, 1 if sizeof is None else sizeof(value)))
+                self._insert(key, _Entry(key, value, deadline, now, 1 if sizeof is None else sizeof(value)))
 
     def _insert(self, key: str, entry: _Entry) -> None:
         # Called with the lock held.
