@@ -168,6 +168,14 @@ class MemoryStore(Store):
             self._remember_aliases(type_, learned)
         return found
 
+    def store_many(
+        self, type_: Any, entries: Sequence[tuple[Mapping[str, Any], Any]], *, seconds: Any = MISSING
+    ) -> None:
+        super().store_many(type_, entries, seconds=seconds)
+        # Remember how these queries key (the process-wide memo has them now), so that
+        # their first reads compute no key either.
+        self._remember_aliases(type_, [(query, key_for(type_, query)) for query, _ in entries])
+
     def lookup_fresh(self, type_: Any, query: Mapping[str, Any], max_age: float) -> Any:
         # The hit path of a type with a Policy: like lookup, plus the age check.
         key = key_for(type_, query)
