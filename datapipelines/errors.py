@@ -66,5 +66,10 @@ class ConfigurationError(DataPipelinesError, ValueError):
     """A pipeline, store or policy was given settings that cannot work."""
 
 
+class DatabaseError(DataPipelinesError):
+    """A database could not be reached or read (an unreachable server, a file that is not a
+    database); the message names the URL or file, never its password."""
+
+
 # Mistakes in how a tier is used, not failures of the tier: a pipeline never swallows them.
 CALLER_ERRORS = (ConfigurationError, UnsupportedError, TypeError)

@@ -24,19 +24,18 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
-    make_url,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from datapipelines.database import UTC, create_engine, database_url, naive_utc, show_url
+from datapipelines.database import utc_now as utc_now  # the catalogue's default clock
 from datapipelines.errors import DataPipelinesError
 
 from .content import canonical_json
 
-UTC = datetime.timezone.utc
 PAGE_SIZE = 1000
 FieldsType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -51,46 +50,40 @@ class CatalogError(DataPipelinesError, ValueError):
     """Bad input to a catalogue, a local state or their key-value store."""
 
 
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(UTC)
-
-
 def to_db(value: datetime.datetime) -> datetime.datetime:
     """Naive UTC for storage; a naive input is taken to be UTC already."""
     if not isinstance(value, datetime.datetime):
         raise CatalogError(f"expected a datetime, got {type(value).__name__} ({value!r})")
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value
+    return naive_utc(value)
 
 
 def from_db(value: datetime.datetime | None) -> datetime.datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
 
 
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, what: str = "catalogue") -> Engine:
     """An engine for a SQLite or PostgreSQL URL; a bare path means a SQLite file.
 
-    ``postgresql://`` and ``postgres://`` use the psycopg 3 driver.
+    ``postgresql://`` and ``postgres://`` use the psycopg 3 driver. Database
+    errors name ``what`` and the URL (see ``datapipelines.database``).
     """
-    if "://" not in url:
-        url = f"sqlite:///{url}"
-    for plain in ("postgresql://", "postgres://"):
-        if url.startswith(plain):
-            url = "postgresql+psycopg://" + url[len(plain) :]
-    parsed = make_url(url)
+    parsed = database_url(url if "://" in url else f"sqlite:///{url}", CatalogError)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise CatalogError(
-            f"Catalogue URLs are sqlite:///path or postgresql://...; got {backend}:// in {url!r}"
+            f"Catalogue URLs are sqlite:///path or postgresql://...; got {backend}:// in {show_url(parsed)!r}"
         )
     if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    return create_engine(parsed, json_serializer=canonical_json)
+        folder = Path(parsed.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CatalogError(f"Cannot create the folder of the {what} {str(folder)!r}: {error}") from error
+    return create_engine(parsed, what, CatalogError, json_serializer=canonical_json)
 
 
 def display_url(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return show_url(engine.url)
 
 
 def record_table(metadata: MetaData, name: str, *, local: bool) -> Table:

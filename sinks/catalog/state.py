@@ -40,7 +40,7 @@ class LocalState:
         clock: Callable[[], datetime.datetime] = utc_now,
     ) -> None:
         self.catalog = catalog if isinstance(catalog, Catalog) else Catalog(catalog, clock=clock)
-        self.engine = engine_for(url)
+        self.engine = engine_for(url, "local state")
         metadata = MetaData()
         self.table = record_table(metadata, f"{prefix}_records", local=True)
         store = store_table(metadata, f"{prefix}_store")
