@@ -141,6 +141,47 @@ def test_release_twice_is_refused(db: Database) -> None:
         twin.succeeded()
 
 
+def test_release_twice_is_a_value_error_as_upstream(db: Database) -> None:
+    db.items()
+    batch = db.inventory().acquire_batch("j", count=2)
+    batch.succeeded()
+    with pytest.raises(ValueError, match=r"already released"):  # pybatchintory code catches ValueError
+        batch.failed("late")
+
+
+def test_succeeded_and_failed_record_a_log(db: Database) -> None:
+    db.items()
+    inventory = db.inventory(job_identifier="worker-a")
+    inventory.acquire_batch("j", count=2).succeeded({"rows": 2}, log="2 rows written\nno warnings\n")
+    [done] = inventory.batches("j")
+    assert (done.status, done.result) == ("succeeded", {"rows": 2})
+    assert done.log is not None
+    head, *body = done.log.splitlines()
+    assert head.startswith("attempt 1 (worker-a) succeeded at 2")
+    assert body == ["2 rows written", "no warnings"]
+
+    inventory.acquire_batch("j", count=2).failed(RuntimeError("disk full"), log="wrote 1 of 2 rows")
+    failed = inventory.batches("j")[1]
+    assert failed.log is not None
+    assert failed.log.splitlines()[1] == "wrote 1 of 2 rows"
+    assert "RuntimeError: disk full" in failed.log
+
+
+def test_weight_is_a_float_whether_running_or_released(db: Database) -> None:
+    db.items()
+    inventory = db.inventory()
+    running = inventory.acquire_batch("j", count=3)
+    assert type(running.weight) is float and running.weight == 6.0
+    assert type(running.record.weight) is float
+    assert all(type(r.weight) is float for r in inventory.batches("j"))
+    running.succeeded()
+    [released] = inventory.batches("j")
+    assert type(released.weight) is float and released.weight == 6.0
+    assert type(inventory.jobs()[0].weight) is float
+    unweighted = db.inventory(source=db.source(weight_column=None)).acquire_batch("k", count=2)
+    assert type(unweighted.weight) is float and unweighted.weight == 2.0
+
+
 def test_result_must_be_json(db: Database) -> None:
     db.items()
     inventory = db.inventory()

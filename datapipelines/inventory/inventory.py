@@ -70,7 +70,7 @@ class JobSummary:
     expired: int  # running past their lease
     last_id: int | None  # end of the last incremental range
     items: int  # items in succeeded ranges
-    weight: float  # weight of succeeded ranges
+    weight: float  # weight of succeeded ranges, always a float
     max_attempt: int
 
 
@@ -448,7 +448,7 @@ class Inventory:
         values: dict[str, Any] = {"status": status, "processing_end": now, "result": result}
         if log is not None:
             holder = f"attempt {batch.attempt} ({batch.record.job_identifier})"
-            values["log"] = self._append_log(f"{holder} failed at {now.isoformat()} UTC:\n{log.rstrip()}\n")
+            values["log"] = self._append_log(f"{holder} {status} at {now.isoformat()} UTC:\n{log.rstrip()}\n")
         self._update_running(batch, values)
 
     def _renew(self, batch: Batch, lease: float | timedelta | None) -> None:
@@ -513,7 +513,7 @@ class Inventory:
             .order_by(t.c.job, t.c.source_table)
         )
         with self._reading() as connection:
-            return [JobSummary(*row) for row in connection.execute(query)]
+            return [JobSummary(*row[:10], float(row[10]), row[11]) for row in connection.execute(query)]
 
     def batches(
         self, job: str | None = None, *, status: str | None = None, limit: int | None = None
