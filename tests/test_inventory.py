@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import sqlalchemy as sa
@@ -10,7 +11,15 @@ import test_inventory_support as support
 from test_inventory_support import Clock, Database
 
 from datapipelines.errors import ConfigurationError
-from datapipelines.inventory import BatchReleasedError, BatchResultError, Inventory, Source
+from datapipelines.inventory import (
+    BatchReleasedError,
+    BatchResultError,
+    Inventory,
+    Settings,
+    Source,
+    configure,
+    load_settings,
+)
 from datapipelines.inventory.schema import database_url
 
 db, sqlite_db, postgres_db, clock = support.db, support.sqlite_db, support.postgres_db, support.clock
@@ -481,3 +490,54 @@ def test_over_the_catalogue_weighted_by_size(tmp_path) -> None:
         assert [item["size"] for item in rest.items] == [400, 500, 600]
         assert inventory.acquire_batch("copy", where={"type": "builtins.bytes"}) is None
         assert inventory.acquire_batch("copy").count == 1  # the str row, past the filtered range
+
+
+# -- settings, as a pybatchintory deployment has them ------------------------------------------
+@pytest.fixture
+def clean_environment(monkeypatch):
+    for name in list(os.environ):
+        if name.upper().startswith(("DATAPIPELINES_INVENTORY", "PYBATCHINTORY_")):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_configure_from_pybatchintory_environment_and_dotenv(db: Database, tmp_path, clean_environment) -> None:
+    db.items()
+    dotenv = tmp_path / "inventory.env"
+    dotenv.write_text(
+        "# moved over from pybatchintory\n"
+        f"export PYBATCHINTORY_INVENTORY_CONN='{db.url}'\n"
+        f"pybatchintory_meta_table_name=items\n"
+        f"PYBATCHINTORY_META_CONN_SCHEMA={db.schema or ''}\n"
+        f"PYBATCHINTORY_INVENTORY_CONN_SCHEMA={db.schema or ''}\n"
+        "DATAPIPELINES_INVENTORY_WEIGHT_COLUMN=weight\n"
+        "DATAPIPELINES_INVENTORY_MAX_ATTEMPTS=5\n"
+    )
+    clean_environment.setenv("PYBATCHINTORY_ENV_FILE", str(dotenv))
+    clean_environment.setenv("DATAPIPELINES_INVENTORY_TABLE", "moved_inventory")
+    with configure(lease_seconds=60) as inventory:
+        assert (inventory.table.name, inventory.table.schema) == ("moved_inventory", db.schema)
+        assert (inventory.max_attempts, inventory.lease.total_seconds()) == (5, 60)
+        batch = inventory.acquire_batch("j", weight=12)
+        assert batch.id_range == (0, 3)
+    # The environment wins over the file, keyword arguments over both.
+    clean_environment.setenv("DATAPIPELINES_INVENTORY_MAX_ATTEMPTS", "2")
+    assert load_settings().max_attempts == 2
+    assert load_settings(max_attempts=7).max_attempts == 7
+    assert load_settings(dotenv).source_table == "items"
+
+
+def test_settings_errors_are_named(tmp_path, clean_environment) -> None:
+    assert load_settings() == Settings()
+    with pytest.raises(ConfigurationError, match="Unknown inventory setting 'tabel'"):
+        load_settings(tabel="x")
+    clean_environment.setenv("DATAPIPELINES_INVENTORY_LEASE_SECONDS", "an hour")
+    with pytest.raises(ConfigurationError, match="'lease_seconds' must be a number, got 'an hour'"):
+        load_settings()
+    clean_environment.delenv("DATAPIPELINES_INVENTORY_LEASE_SECONDS")
+    with pytest.raises(ConfigurationError, match="Cannot read the dotenv file '.*missing.env'"):
+        load_settings(tmp_path / "missing.env")
+    bad = tmp_path / "bad.env"
+    bad.write_text("URL sqlite:///x\n")
+    with pytest.raises(ConfigurationError, match="line 1: expected NAME=value"):
+        load_settings(bad)

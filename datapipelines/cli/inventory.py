@@ -22,9 +22,13 @@ def register(subparsers: Any) -> None:
 
     parser = subparsers.add_parser("inventory", help="show and retry the ranges jobs took from source tables")
     parser.add_argument(
-        "--url", help=f"the inventory database (default: ${URL_ENVIRONMENT} or a SQLite file in this folder)"
+        "--url",
+        help=f"the inventory database (default: ${URL_ENVIRONMENT}, $PYBATCHINTORY_INVENTORY_CONN, "
+        "the dotenv file in $DATAPIPELINES_INVENTORY_ENV_FILE, or a SQLite file in this folder)",
     )
-    parser.add_argument("--table", default=DEFAULT_TABLE, help=f"the inventory table ({DEFAULT_TABLE})")
+    parser.add_argument(
+        "--table", help=f"the inventory table (default: $DATAPIPELINES_INVENTORY_TABLE or {DEFAULT_TABLE})"
+    )
     parser.add_argument("--schema", help="the database schema of the table (PostgreSQL)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -44,9 +48,10 @@ def register(subparsers: Any) -> None:
 
 def _inventory(args: argparse.Namespace) -> Any:
     from ..errors import ConfigurationError
-    from ..inventory import Inventory
+    from ..inventory import configure
 
-    inventory = Inventory(args.url, table=args.table, schema=args.schema)
+    given = {"url": args.url, "table": args.table, "schema": args.schema}
+    inventory = configure(**{name: value for name, value in given.items() if value is not None})
     if not inventory.exists():
         inventory.close()
         where = inventory.url.render_as_string(hide_password=True)

@@ -9,6 +9,7 @@ it has not taken yet, failed work is offered again, and history can be re-run.
 from .batch import Batch, BatchRecord, BatchReleasedError, BatchResultError
 from .inventory import DEFAULT_URL, URL_ENVIRONMENT, Inventory, JobSummary
 from .schema import DEFAULT_TABLE, FAILED, RUNNING, STATUSES, SUCCEEDED
+from .settings import Settings, configure, load_settings
 from .source import Source, Where
 
 __all__ = [
@@ -26,5 +27,8 @@ __all__ = [
     "Inventory",
     "JobSummary",
     "Source",
+    "Settings",
     "Where",
+    "configure",
+    "load_settings",
 ]
