@@ -501,7 +501,7 @@ def clean_environment(monkeypatch):
     return monkeypatch
 
 
-def test_configure_from_pybatchintory_environment_and_dotenv(db: Database, tmp_path, clean_environment) -> None:
+def test_configure_from_pybatchintory_environment_and_dotenv(db: Database, tmp_path, clean_environment):
     db.items()
     dotenv = tmp_path / "inventory.env"
     dotenv.write_text(

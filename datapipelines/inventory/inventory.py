@@ -513,7 +513,10 @@ class Inventory:
             .order_by(t.c.job, t.c.source_table)
         )
         with self._reading() as connection:
-            return [JobSummary(*row[:10], float(row[10]), row[11]) for row in connection.execute(query)]
+            rows = [list(row) for row in connection.execute(query)]
+        for row in rows:
+            row[10] = float(row[10])  # a SUM of floats is an int on SQLite when every weight is whole
+        return [JobSummary(*row) for row in rows]
 
     def batches(
         self, job: str | None = None, *, status: str | None = None, limit: int | None = None

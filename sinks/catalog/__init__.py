@@ -7,21 +7,29 @@ or PostgreSQL through SQLAlchemy Core.
 """
 
 from ._db import CatalogError
+from .changes import Change
 from .content import canonical_json, content_bytes
 from .counts import Counts
+from .files import FILE_FIELDS, META_MISSING, ORIGINAL_MISSING
 from .kv import KeyValueStore
 from .records import Record
+from .remote import Remote
 from .sink import Catalog
 from .state import DELETED_REASON, LocalState
 
 __all__ = [
     "DELETED_REASON",
+    "FILE_FIELDS",
+    "META_MISSING",
+    "ORIGINAL_MISSING",
     "Catalog",
     "CatalogError",
+    "Change",
     "Counts",
     "KeyValueStore",
     "LocalState",
     "Record",
+    "Remote",
     "canonical_json",
     "content_bytes",
 ]

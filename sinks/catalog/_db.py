@@ -24,6 +24,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -104,10 +106,41 @@ def record_table(metadata: MetaData, name: str, *, local: bool) -> Table:
         columns += [
             Column("local", FieldsType, nullable=False),
             Column("local_updated", DateTime, nullable=True),
-            Column("deleted_at", DateTime, nullable=True, index=True),
-            Column("deleted_reason", Text, nullable=True),
         ]
+    # Soft deletion: the catalogue's own (a file that vanished) and a consumer's.
+    columns += [
+        Column("deleted_at", DateTime, nullable=True, index=True),
+        Column("deleted_reason", Text, nullable=True),
+    ]
     return Table(name, metadata, *columns)
+
+
+def changes_table(metadata: MetaData, name: str) -> Table:
+    """The append-only log of what changed, one row per record and change (see ``changes``)."""
+    return Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("key", Text, nullable=False, index=True),
+        Column("type", Text, nullable=False),
+        Column("changed_at", DateTime, nullable=False, index=True),
+        Column("action", String(16), nullable=False),
+        Column("columns", FieldsType, nullable=False),
+        Column("fields", FieldsType, nullable=False),
+    )
+
+
+def create_tables(engine: Engine, metadata: MetaData) -> None:
+    """Create missing tables, and add the nullable columns a table made by an older version lacks."""
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        inspector = inspect(connection)
+        for table in metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=connection.dialect)
+                    connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
 
 
 def store_table(metadata: MetaData, name: str) -> Table:
