@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
+from sqlalchemy import text
 from test_catalog import START, Clock, clock, database, postgres_answers, write_document
 
 from datapipelines.cli import main
@@ -440,3 +442,20 @@ def test_date_bounds_on_a_date_column(
     for name, expected in (("retrieved_after", [1, 2]), ("retrieved_before", [0])):
         code, out = cli(capsys, "catalog", "--catalog", url, "--json", "find", f"{name}=2024-03-02")
         assert [r["query"]["n"] for r in json.loads(out)] == expected
+
+
+def test_a_catalogue_made_before_soft_deletion_is_upgraded(database: Database, archive: Path) -> None:
+    url = database("catalog")
+    Catalog(url).generate(archive)
+    engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as connection:  # the tables as an older version made them
+        connection.execute(text("DROP INDEX ix_catalog_records_deleted_at"))
+        connection.execute(text("ALTER TABLE catalog_records DROP COLUMN deleted_at"))
+        connection.execute(text("ALTER TABLE catalog_records DROP COLUMN deleted_reason"))
+        connection.execute(text("DROP TABLE catalog_changes"))
+    engine.dispose()
+    catalog = Catalog(url)
+    (archive / "doc0.pdf").unlink()
+    assert catalog.generate(archive, ensure_files=True).deleted == 1
+    assert catalog.count() == 3 and catalog.count(deleted_reason=ORIGINAL_MISSING) == 1
+    assert [c.action for c in catalog.changes()] == ["deleted"]

@@ -215,9 +215,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _find(args: argparse.Namespace) -> int:
     state = _state(args, required=False)
-    filters = parse_filters(args.filters)
-    if state is not None:
-        filters["include_deleted"] = args.include_deleted
+    filters = {**parse_filters(args.filters), "include_deleted": args.include_deleted}
     target = state if state is not None else _catalog(args)
     if args.count:
         count = target.count(**filters)

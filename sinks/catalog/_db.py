@@ -141,6 +141,8 @@ def create_tables(engine: Engine, metadata: MetaData) -> None:
                 if column.name not in present and column.nullable:
                     kind = column.type.compile(dialect=connection.dialect)
                     connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)
 
 
 def store_table(metadata: MetaData, name: str) -> Table:
