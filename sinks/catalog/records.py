@@ -13,9 +13,10 @@ values, and ``fields={"type": "x"}`` reaches fields named like a column.
 from __future__ import annotations
 
 import datetime
+import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from functools import partial
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from sqlalchemy import ColumnElement, Engine, Table, and_, false, func, not_, or_, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
@@ -400,3 +401,39 @@ def _conditions(
     if "deleted_at" in table.c and not include_deleted and not asks_deleted:
         conditions.append(table.c.deleted_at.is_(None))
     return conditions or [~false()]
+
+
+class RecordQueries:
+    """``find``, ``find_one``, ``count`` and ``dump`` over ``self.table`` (catalogue or local state)."""
+
+    engine: Engine
+    table: Table
+    remote_templates: Mapping[str, str]
+
+    def _save_record(self, record_id: int, changed: Mapping[str, Any], removed: set[str]) -> None:
+        raise NotImplementedError
+
+    def find(
+        self, *, include_deleted: bool = False, limit: int | None = None, **filters: Any
+    ) -> Iterator[Record]:
+        """Records matching every filter (see the module docstring), in the order they were
+        first recorded; soft-deleted ones only if asked."""
+        return find_records(
+            self, self.engine, self.table, filters, include_deleted=include_deleted, limit=limit
+        )
+
+    def find_one(self, *, include_deleted: bool = False, **filters: Any) -> Record | None:
+        return next(self.find(include_deleted=include_deleted, limit=1, **filters), None)
+
+    def count(self, *, include_deleted: bool = False, **filters: Any) -> int:
+        return count_records(self.engine, self.table, filters, include_deleted=include_deleted)
+
+    def dump(self, out: IO[str] | None = None, *, include_deleted: bool = False, **filters: Any) -> int:
+        """Write the matching records to ``out`` (default stdout) as JSON lines, one
+        ``Record.as_dict()`` each; returns how many."""
+        stream = sys.stdout if out is None else out
+        written = 0
+        for record in self.find(include_deleted=include_deleted, **filters):
+            stream.write(canonical_json(record.as_dict()) + "\n")
+            written += 1
+        return written

@@ -6,11 +6,10 @@ import datetime
 import hashlib
 import logging
 import os
-import sys
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from sqlalchemy import MetaData, delete, func, select, update
 from sqlalchemy.engine import Connection
@@ -36,10 +35,10 @@ from ._db import (
     utc_now,
 )
 from .changes import ADDED, DELETED, RESTORED, UPDATED, Change, difference
-from .content import canonical_json, content_bytes, flatten
+from .content import content_bytes, flatten
 from .counts import Counts
 from .kv import KeyValueStore
-from .records import Record, count_records, find_records, save_fields
+from .records import RecordQueries, save_fields
 from .remote import check_templates
 
 LOGGER = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ def _for_type(functions: Mapping[Any, Any], type_: Any) -> Any:
     return functions.get(type_name_of(type_))
 
 
-class Catalog(DataSink):
+class Catalog(RecordQueries, DataSink):
     """What was collected: one row per item, keyed like the stores key it.
 
     ``url`` is ``sqlite:///path`` (or a bare path) or ``postgresql://...``;
@@ -292,26 +291,7 @@ class Catalog(DataSink):
         """When anything in the catalogue last changed (the store's ``meta_last_updated``), or None."""
         return self.store.get(META_LAST_UPDATED)
 
-    # -- queries ----------------------------------------------------------------------
-    def find(
-        self, *, include_deleted: bool = False, limit: int | None = None, **filters: Any
-    ) -> Iterator[Record]:
-        """Records matching every filter, in the order they were first recorded; soft-deleted
-        ones only if asked."""
-        return find_records(
-            self, self.engine, self.table, filters, include_deleted=include_deleted, limit=limit
-        )
-
-    def find_one(self, *, include_deleted: bool = False, **filters: Any) -> Record | None:
-        return next(self.find(include_deleted=include_deleted, limit=1, **filters), None)
-
-    def count(self, *, include_deleted: bool = False, **filters: Any) -> int:
-        return count_records(self.engine, self.table, filters, include_deleted=include_deleted)
-
-    def dump(self, out: IO[str] | None = None, *, include_deleted: bool = False, **filters: Any) -> int:
-        """Write the matching records to ``out`` (default stdout) as JSON lines; returns how many."""
-        return dump(self.find(include_deleted=include_deleted, **filters), out)
-
+    # -- queries: find, find_one, count and dump come from RecordQueries ---------------
     def summary(self) -> dict[str, Any]:
         """Live records, bytes and the latest update per type, soft-deleted ones per reason,
         and the key-value store."""
@@ -361,16 +341,6 @@ class Catalog(DataSink):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
-
-
-def dump(records: Iterable[Record], out: IO[str] | None) -> int:
-    """Records as JSON lines (``Record.as_dict``: columns, ``fields``, ``remote``); returns how many."""
-    stream = sys.stdout if out is None else out
-    written = 0
-    for record in records:
-        stream.write(canonical_json(record.as_dict()) + "\n")
-        written += 1
-    return written
 
 
 def deleted_reasons(engine: Any, table: Any) -> dict[str, int]:

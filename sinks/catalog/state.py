@@ -9,9 +9,9 @@ keep its reason), and local fields are never touched.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from sqlalchemy import MetaData, bindparam, func, insert, select, update
 
@@ -28,9 +28,9 @@ from ._db import (
 )
 from .counts import Counts
 from .kv import KeyValueStore
-from .records import Record, count_records, find_records, save_fields
+from .records import RecordQueries, save_fields
 from .remote import check_templates
-from .sink import Catalog, deleted_reasons, dump, url_from
+from .sink import Catalog, deleted_reasons, url_from
 
 DELETED_REASON = "state-missing"  # mmmeta's reason for a record gone from the catalogue
 STATE_LAST_UPDATED = "state_last_updated"
@@ -38,7 +38,7 @@ STATE_ENVIRONMENT = "DATAPIPELINES_STATE"
 _CHUNK = 500
 
 
-class LocalState:
+class LocalState(RecordQueries):
     """A consumer's state database for ``catalog`` (a Catalog or its URL) at ``url``.
 
     Without ``catalog``, ``$DATAPIPELINES_CATALOG``; without ``url``,
@@ -156,25 +156,7 @@ class LocalState:
         """When ``update()`` or a saved record last changed the local state, or None."""
         return self.store.get(STATE_LAST_UPDATED)
 
-    # -- queries ----------------------------------------------------------------------
-    def find(
-        self, *, include_deleted: bool = False, limit: int | None = None, **filters: Any
-    ) -> Iterator[Record]:
-        """Records matching every filter (see ``records``), soft-deleted ones only if asked."""
-        return find_records(
-            self, self.engine, self.table, filters, include_deleted=include_deleted, limit=limit
-        )
-
-    def find_one(self, *, include_deleted: bool = False, **filters: Any) -> Record | None:
-        return next(self.find(include_deleted=include_deleted, limit=1, **filters), None)
-
-    def count(self, *, include_deleted: bool = False, **filters: Any) -> int:
-        return count_records(self.engine, self.table, filters, include_deleted=include_deleted)
-
-    def dump(self, out: IO[str] | None = None, *, include_deleted: bool = False, **filters: Any) -> int:
-        """Write the matching records to ``out`` (default stdout) as JSON lines; returns how many."""
-        return dump(self.find(include_deleted=include_deleted, **filters), out)
-
+    # -- queries: find, find_one, count and dump come from RecordQueries ---------------
     def summary(self) -> dict[str, Any]:
         """Live and soft-deleted records, how many carry local changes, and the key-value store."""
         table = self.table
