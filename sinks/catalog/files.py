@@ -112,14 +112,14 @@ def generate(
 
     table = catalog.table
     with catalog.engine.begin() as connection:
-        existing = connection.execute(
-            select(table.c.key, table.c.source).where(table.c.type == type_name_of(type))
-        ).all()
         actions = catalog._apply(connection, rows, now)
         for action in actions.values():
             setattr(counts, action, getattr(counts, action) + 1)
         counts.skipped = len(rows) - len(actions)
         if prune or ensure:
+            existing = connection.execute(
+                select(table.c.key, table.c.source).where(table.c.type == type_name_of(type))
+            ).all()
             files = {path.relative_to(root).as_posix() for path in paths}
             stale = _stale(existing, rows, keys_by_file, files)
             if stale and not paths:

@@ -47,6 +47,8 @@ URL_ENVIRONMENT = "DATAPIPELINES_CATALOG"
 # Store keys touched in the same transaction as any change (as mmmeta's store has them).
 META_LAST_UPDATED = "meta_last_updated"
 _CHUNK = 500
+# What makes a record different; its fields follow from its bytes, so they are compared only then.
+_CONTENT = tuple(name for name in changes.LOGGED_COLUMNS if name != "retrieved_at")
 
 
 def url_from(url: str | None, environment: str, what: str) -> str:
@@ -153,15 +155,14 @@ class Catalog(RecordQueries, DataSink):
     def _apply(
         self, connection: Connection, rows: Mapping[str, dict[str, Any]], now: datetime.datetime
     ) -> dict[str, str]:
-        """Write the rows that change something, log what changed; each written key's action."""
+        """Write the rows whose bytes, source, query or deletion changed, and log what changed.
+
+        Returns each written key's action. Being fetched again (only
+        ``retrieved_at`` differs) is no change.
+        """
         table = self.table
-        wanted = [table.c.key, *(table.c[name] for name in changes.LOGGED_COLUMNS), table.c.fields]
-        keys = list(rows)
-        old: dict[str, Any] = {}
-        for start in range(0, len(keys), _CHUNK):
-            found = connection.execute(select(*wanted).where(table.c.key.in_(keys[start : start + _CHUNK])))
-            old.update((row.key, row._mapping) for row in found)
-        written, log, actions = [], [], {}
+        old = self._read(connection, rows, [table.c[name] for name in changes.LOGGED_COLUMNS])
+        pending = []
         for key, row in rows.items():
             # A row is live unless it says otherwise (generate's "original-missing").
             row = {"deleted_at": None, "deleted_reason": None, **row}
@@ -169,21 +170,36 @@ class Catalog(RecordQueries, DataSink):
             deleted = row["deleted_at"] is not None
             if deleted and before is not None and before["deleted_reason"] == row["deleted_reason"]:
                 row["deleted_at"] = before["deleted_at"] or row["deleted_at"]  # deleted for the same reason
-            columns, fields = difference(before, row)
-            if before is not None and not fields and set(columns) <= {"retrieved_at"}:
-                continue  # fetched again, nothing new
-            if deleted:
+            if before is None or any(before[name] != row[name] for name in _CONTENT):
+                pending.append((key, row, before))
+        # Only changed records' fields are read: decoding every record's JSON costs more than the write.
+        previous = self._read(connection, [key for key, _, before in pending if before], [table.c.fields])
+        written, log, actions = [], [], {}
+        for key, row, before in pending:
+            if row["deleted_at"] is not None:
                 action = DELETED
             elif before is None:
                 action = ADDED
             else:
                 action = RESTORED if before["deleted_at"] is not None else UPDATED
+            old_row = None if before is None else {**before, "fields": previous[key]["fields"]}
+            columns, fields = difference(old_row, row)
             written.append(row)
             log.append(changes.entry(key, row["type"], now, action, columns, fields))
             actions[key] = action
         upsert(connection, table, written)
         self._logged(connection, log)
         return actions
+
+    def _read(self, connection: Connection, keys: Iterable[str], columns: list[Any]) -> dict[str, Any]:
+        """``columns`` of the records with ``keys``, by key, a chunk of keys per query."""
+        table = self.table
+        keys = list(keys)
+        found: dict[str, Any] = {}
+        for start in range(0, len(keys), _CHUNK):
+            statement = select(table.c.key, *columns).where(table.c.key.in_(keys[start : start + _CHUNK]))
+            found.update((row.key, row._mapping) for row in connection.execute(statement))
+        return found
 
     def _logged(self, connection: Connection, entries: list[dict[str, Any]]) -> None:
         """Append to the change log and touch ``meta_last_updated``, if anything changed."""
