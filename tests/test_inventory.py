@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
 import test_inventory_support as support
 from test_inventory_support import Clock, Database
 
+from datapipelines.cli import main
 from datapipelines.errors import ConfigurationError
 from datapipelines.inventory import (
     BatchReleasedError,
@@ -541,3 +543,78 @@ def test_settings_errors_are_named(tmp_path, clean_environment) -> None:
     bad.write_text("URL sqlite:///x\n")
     with pytest.raises(ConfigurationError, match="line 1: expected NAME=value"):
         load_settings(bad)
+
+
+# -- moving a pybatchintory inventory over ----------------------------------------------------------
+def upstream_table(db: Database, old_names: bool = False) -> sa.Table:
+    """pybatchintory's inventory table (its newer column names, or with ``old_names`` the first ones)."""
+    prefix, result = ("meta_id", "job_result") if old_names else ("batch_id", "job_result_item")
+    sized = ("weight", "count") if old_names else ("batch_weight", "batch_count")
+    table = sa.Table(
+        "inventory", sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("meta_table", sa.String, nullable=False), sa.Column("job", sa.String, nullable=False),
+        sa.Column("job_identifier", sa.String), sa.Column(result, sa.JSON),
+        sa.Column("processing_start", sa.DateTime, nullable=False), sa.Column("processing_end", sa.DateTime),
+        sa.Column(f"{prefix}_start", sa.BigInteger, nullable=False),
+        sa.Column(f"{prefix}_end", sa.BigInteger, nullable=False),
+        sa.Column(sized[0], sa.Integer), sa.Column(sized[1], sa.Integer, nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False), sa.Column("status", sa.String, nullable=False),
+        sa.Column("logging", sa.String), sa.Column("config", sa.JSON, nullable=False),
+        schema=db.schema,
+    )  # fmt: skip
+    started = datetime(2029, 12, 31, 23, 0)
+    rows = [
+        (0, 3, 12, "succeeded", {"files": 4}, None),
+        (4, 5, 18, "failed", None, "OSError: disk full"),
+        (6, 6, 12, "running", None, None),
+    ]
+    with db.engine.begin() as connection:
+        table.create(connection)
+        connection.execute(
+            table.insert(),
+            [
+                {"meta_table": "items", "job": "j", "job_identifier": "old-host", result: outcome,
+                 "processing_start": started, f"{prefix}_start": first, f"{prefix}_end": last,
+                 sized[0]: weight, sized[1]: last - first + 1, "attempt": 1, "status": status,
+                 "logging": log, "config": {"batch_weight": 20}}
+                for first, last, weight, status, outcome, log in rows
+            ],
+        )  # fmt: skip
+    return table
+
+
+@pytest.mark.parametrize("old_names", [False, True])
+def test_import_pybatchintory_and_continue(db: Database, clock: Clock, old_names: bool) -> None:
+    db.items()
+    upstream_table(db, old_names)
+    inventory = db.inventory(clock=clock, lease=3600)
+    sources = {"items": db.source()}  # pybatchintory names the table alone; here it may be in a schema
+    assert inventory.import_pybatchintory(schema=db.schema, sources=sources) == 3
+    assert inventory.import_pybatchintory(schema=db.schema, sources=sources) == 0  # nothing new
+    records = inventory.batches("j")
+    assert [(r.id_range, r.status, r.weight, r.count) for r in records] == [
+        ((0, 3), "succeeded", 12.0, 4), ((4, 5), "failed", 18.0, 2), ((6, 6), "running", 12.0, 1)
+    ]  # fmt: skip
+    assert records[0].result == {"files": 4} and records[1].log == "OSError: disk full"
+    assert records[0].config["batch_weight"] == 20 and "pybatchintory:" in records[0].config["imported_from"]
+
+    retried = inventory.acquire_batch("j")  # the failed range first, then new items after the last one
+    assert (retried.id_range, retried.attempt) == ((4, 5), 2)
+    assert inventory.acquire_batch("j").id_range == (7, 9)
+    clock.advance(3600)  # the range running when moved over is taken over after its lease
+    assert inventory.acquire_batch("j").id_range == (6, 6)
+
+
+def test_import_pybatchintory_errors_and_cli(sqlite_db: Database, capsys) -> None:
+    sqlite_db.items()
+    inventory = sqlite_db.inventory()
+    with pytest.raises(ConfigurationError, match="No pybatchintory table 'inventory' in sqlite:///"):
+        inventory.import_pybatchintory()
+    with pytest.raises(ConfigurationError, match="'items' in sqlite:///.* is not a pybatchintory inventory"):
+        inventory.import_pybatchintory(table="items")
+    upstream_table(sqlite_db)
+    assert main(["inventory", "--url", sqlite_db.url, "--json", "import-pybatchintory"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"imported": 3}
+    assert main(["inventory", "--url", sqlite_db.url, "import-pybatchintory"]) == 0
+    assert capsys.readouterr().out == "0 range(s) imported from pybatchintory\n"

@@ -3,6 +3,7 @@
     datapipelines inventory --url sqlite:///inventory.sqlite3 status
     datapipelines inventory list [--job JOB] [--status failed] [--limit 50] [--log]
     datapipelines inventory retry [--job JOB] [--id ROW ...]
+    datapipelines inventory import-pybatchintory [--from-url URL] [--from-table inventory]
 
 Tables by default; ``--json`` prints one JSON document for scripts.
 """
@@ -44,15 +45,22 @@ def register(subparsers: Any) -> None:
     retry.add_argument("--job", help="only this job's ranges")
     retry.add_argument("--id", type=int, action="append", dest="ids", metavar="ROW", help="only this row")
     retry.set_defaults(func=_retry)
+    moved = commands.add_parser(
+        "import-pybatchintory", help="copy a pybatchintory inventory's ranges in, so its jobs continue"
+    )
+    moved.add_argument("--from-url", help="pybatchintory's database (default: the inventory's)")
+    moved.add_argument("--from-table", default="inventory", help="pybatchintory's table (inventory)")
+    moved.add_argument("--from-schema", help="pybatchintory's schema (PostgreSQL)")
+    moved.set_defaults(func=_import)
 
 
-def _inventory(args: argparse.Namespace) -> Any:
+def _inventory(args: argparse.Namespace, *, create: bool = False) -> Any:
     from ..errors import ConfigurationError
     from ..inventory import configure
 
     given = {"url": args.url, "table": args.table, "schema": args.schema}
     inventory = configure(**{name: value for name, value in given.items() if value is not None})
-    if not inventory.exists():
+    if not create and not inventory.exists():
         inventory.close()
         where = inventory.url.render_as_string(hide_password=True)
         raise ConfigurationError(f"No inventory table {inventory.table.fullname!r} in {where}")
@@ -125,4 +133,19 @@ def _retry(args: argparse.Namespace) -> int:
         print_json({"retried": retried})
     else:
         print(f"{retried} failed range(s) get one more attempt")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    inventory = _inventory(args, create=True)
+    try:
+        imported = inventory.import_pybatchintory(
+            args.from_url, table=args.from_table, schema=args.from_schema
+        )
+    finally:
+        inventory.close()
+    if args.json:
+        print_json({"imported": imported})
+    else:
+        print(f"{imported} range(s) imported from pybatchintory")
     return 0

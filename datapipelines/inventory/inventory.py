@@ -548,6 +548,19 @@ class Inventory:
         with self._engine.begin() as connection:
             return int(connection.execute(query.values(max_attempts=t.c.attempt + 1)).rowcount)
 
+    def import_pybatchintory(
+        self,
+        url: str | None = None,
+        *,
+        table: str = "inventory",
+        schema: str | None = None,
+        sources: Mapping[str, Source | str] | None = None,
+    ) -> int:
+        """Copy a pybatchintory inventory's ranges into this one (see ``upstream``); how many were new."""
+        from .upstream import import_pybatchintory
+
+        return import_pybatchintory(self, url, table=table, schema=schema, sources=sources)
+
     def now(self) -> datetime:
         """The inventory clock's current time as naive UTC, as the table stores times."""
         return utc(self._clock())
