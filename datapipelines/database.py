@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL, Engine
 from .errors import ConfigurationError, DatabaseError
 
 UTC = timezone.utc
+CONNECT_TIMEOUT = 10  # seconds to reach a PostgreSQL server, unless the URL says connect_timeout=
 
 
 def utc_now() -> datetime:
@@ -57,8 +58,12 @@ def show_url(url: URL) -> str:
 def create_engine(url: URL, what: str, error: type[Exception] = ConfigurationError, **options: Any) -> Engine:
     """An engine whose database errors are :class:`DatabaseError` naming ``what`` and the URL.
 
-    A scheme SQLAlchemy has no dialect or driver for raises ``error`` naming the URL.
+    A scheme SQLAlchemy has no dialect or driver for raises ``error`` naming the
+    URL. PostgreSQL connections give up after ``CONNECT_TIMEOUT`` seconds.
     """
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        # A server that drops packets would otherwise hold the first query for minutes.
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT, **options.get("connect_args", {})}
     try:
         engine = sa.create_engine(url, **options)
     except (sa.exc.NoSuchModuleError, ImportError) as problem:

@@ -11,11 +11,13 @@ import hashlib
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from datapipelines import database
 from datapipelines.cli import main
 from datapipelines.errors import ConfigurationError, DatabaseError, DataPipelinesError
 from datapipelines.inventory import Inventory
@@ -173,3 +175,26 @@ def test_typod_scheme_for_the_inventory_is_a_configuration_error(tmp_path: Path)
     with pytest.raises(CatalogError, match="got sqlit://"):
         Catalog(f"sqlit:///{tmp_path / 'x'}")
     assert issubclass(DatabaseError, DataPipelinesError)
+
+
+def test_a_silent_postgresql_costs_a_bounded_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that accepts TCP and never answers: opening gives up after the connect timeout,
+    the default one (here lowered to 1 s) or the URL's own."""
+    monkeypatch.setattr(database, "CONNECT_TIMEOUT", 1)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        default, explicit = (
+            f"postgresql://u@127.0.0.1:{port}/x",
+            f"postgresql://u@127.0.0.1:{port}/x?connect_timeout=1",
+        )
+        for open_it in (
+            lambda: Catalog(default),
+            lambda: Inventory(default).exists(),
+            lambda: Catalog(explicit),
+        ):
+            started = time.monotonic()
+            with pytest.raises(DatabaseError, match=f"127.0.0.1:{port}"):
+                open_it()
+            assert time.monotonic() - started < 20  # psycopg's own default is to wait for ever
