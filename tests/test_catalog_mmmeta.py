@@ -459,3 +459,17 @@ def test_a_catalogue_made_before_soft_deletion_is_upgraded(database: Database, a
     assert catalog.generate(archive, ensure_files=True).deleted == 1
     assert catalog.count() == 3 and catalog.count(deleted_reason=ORIGINAL_MISSING) == 1
     assert [c.action for c in catalog.changes()] == ["deleted"]
+
+
+def test_a_soft_deleted_record_recorded_again_is_restored(database: Database, clock: Clock) -> None:
+    catalog = Catalog(database("catalog"), clock=clock)
+    catalog.record(str, "x", query={"n": 1})
+    assert catalog.delete(str, {"n": 1}, reason="withdrawn") is True
+    assert catalog.delete(str, {"n": 1}, reason="withdrawn") is False  # already deleted
+    assert catalog.count() == 0 and catalog.count(deleted_reason="withdrawn") == 1
+    clock.advance(5)
+    catalog.record(str, "x", query={"n": 1})  # the same bytes, but it was deleted: restored
+    record = catalog.find_one()
+    assert record is not None and not record.deleted and record["deleted_reason"] is None
+    assert [c.action for c in catalog.changes()] == ["added", "deleted", "restored"]
+    assert catalog.changes()[-1].columns == ("retrieved_at", "deleted_at", "deleted_reason")

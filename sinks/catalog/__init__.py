@@ -1,9 +1,11 @@
 """The catalogue: what a pipeline collected, and what each consumer has done with it.
 
 ``Catalog`` is a sink that records one row per item (key, query, size, SHA-256,
-source, fields); ``Catalog.generate`` builds it from JSON metadata files;
-``LocalState`` keeps one consumer's own state against it. Both sit on SQLite
-or PostgreSQL through SQLAlchemy Core.
+source, fields) and logs what changed (``changes``, ``squash``);
+``Catalog.generate`` builds it from JSON metadata files (or the files
+themselves) and soft-deletes records whose files vanished; ``LocalState``
+keeps one consumer's own state against it. Both sit on SQLite or PostgreSQL
+through SQLAlchemy Core.
 """
 
 from ._db import CatalogError

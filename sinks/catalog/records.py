@@ -306,7 +306,7 @@ def as_datetime(name: str, value: Any) -> datetime.datetime:
             return datetime.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
         except ValueError:
             pass
-    raise CatalogError(f"Filter {name!r} needs an ISO 8601 date, got {value!r}")
+    raise CatalogError(f"{name!r} needs an ISO 8601 date, got {value!r}")
 
 
 def bound_text(value: Any) -> Any:
