@@ -75,47 +75,33 @@ def assert_one_line(err: str, *expected: str) -> None:
         assert text in err, err
 
 
-CATALOG_COMMANDS = [["find"], ["inspect"], ["find", "--count"]]
-INVENTORY_COMMANDS = [["status"], ["list"], ["retry"]]
+# Each command with {path} for the broken file ({ok} a good catalogue), and what the error names.
+BROKEN_FILE_COMMANDS = [
+    (["catalog", "--catalog", "{path}", "find"], "catalogue"),
+    (["catalog", "--catalog", "{path}", "find", "--count"], "catalogue"),
+    (["catalog", "--catalog", "{path}", "inspect"], "catalogue"),
+    (["catalog", "--catalog", "{path}", "dump"], "catalogue"),
+    (["catalog", "--catalog", "{path}", "changes"], "catalogue"),
+    (["catalog", "--catalog", "{ok}", "--state", "{path}", "update"], "local state"),
+    (["inventory", "--url", "sqlite:///{path}", "status"], "inventory database"),
+    (["inventory", "--url", "sqlite:///{path}", "list"], "inventory database"),
+    (["inventory", "--url", "sqlite:///{path}", "retry"], "inventory database"),
+]
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])
-@pytest.mark.parametrize("command", CATALOG_COMMANDS)
-def test_catalog_cli_on_a_broken_file(
-    capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest, kind: str, command: list[str]
-) -> None:
+@pytest.mark.parametrize(("argv", "named"), BROKEN_FILE_COMMANDS)
+def test_cli_on_a_broken_file(
+    capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest, tmp_path: Path, kind: str,
+    argv: list[str], named: str,
+) -> None:  # fmt: skip
     path: Path = request.getfixturevalue(kind)
     before = digest(path)
-    code, err = run(capsys, "catalog", "--catalog", str(path), *command)
+    code, err = run(capsys, *(arg.format(path=path, ok=tmp_path / "ok.db") for arg in argv))
     assert code == 2
-    assert_one_line(err, str(path))
+    assert_one_line(err, f"{named} sqlite:///{path}")
     assert digest(path) == before
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name)) == [path.name]
-
-
-@pytest.mark.parametrize("kind", ["garbage", "truncated"])
-def test_catalog_update_with_a_broken_state_file(
-    capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest, tmp_path: Path, kind: str
-) -> None:
-    path: Path = request.getfixturevalue(kind)
-    before = digest(path)
-    code, err = run(capsys, "catalog", "--catalog", str(tmp_path / "ok.db"), "--state", str(path), "update")
-    assert code == 2
-    assert_one_line(err, "local state", str(path))
-    assert digest(path) == before
-
-
-@pytest.mark.parametrize("kind", ["garbage", "truncated"])
-@pytest.mark.parametrize("command", INVENTORY_COMMANDS)
-def test_inventory_cli_on_a_broken_file(
-    capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest, kind: str, command: list[str]
-) -> None:
-    path: Path = request.getfixturevalue(kind)
-    before = digest(path)
-    code, err = run(capsys, "inventory", "--url", f"sqlite:///{path}", *command)
-    assert code == 2
-    assert_one_line(err, "inventory database", str(path))
-    assert digest(path) == before
 
 
 def test_typod_schemes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -124,28 +124,23 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    inventory = _inventory(args)
-    try:
+    with _inventory(args) as inventory:
         retried = inventory.retry(args.job, ids=args.ids)
-    finally:
-        inventory.close()
-    if args.json:
-        print_json({"retried": retried})
-    else:
-        print(f"{retried} failed range(s) get one more attempt")
+    _report(args, "retried", retried, f"{retried} failed range(s) get one more attempt")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    inventory = _inventory(args, create=True)
-    try:
+    with _inventory(args, create=True) as inventory:
         imported = inventory.import_pybatchintory(
             args.from_url, table=args.from_table, schema=args.from_schema
         )
-    finally:
-        inventory.close()
-    if args.json:
-        print_json({"imported": imported})
-    else:
-        print(f"{imported} range(s) imported from pybatchintory")
+    _report(args, "imported", imported, f"{imported} range(s) imported from pybatchintory")
     return 0
+
+
+def _report(args: argparse.Namespace, name: str, count: int, text: str) -> None:
+    if args.json:
+        print_json({name: count})
+    else:
+        print(text)
