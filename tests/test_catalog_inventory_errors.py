@@ -96,12 +96,39 @@ def test_cli_on_a_broken_file(
     argv: list[str], named: str,
 ) -> None:  # fmt: skip
     path: Path = request.getfixturevalue(kind)
+    Catalog(str(tmp_path / "ok.db")).close()
     before = digest(path)
     code, err = run(capsys, *(arg.format(path=path, ok=tmp_path / "ok.db") for arg in argv))
     assert code == 2
     assert_one_line(err, f"{named} sqlite:///{path}")
     assert digest(path) == before
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name)) == [path.name]
+
+
+def test_a_missing_sqlite_file_is_named_not_created(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "typo.db"
+    for command in (["find"], ["inspect"], ["dump"], ["changes"], ["squash"]):
+        code, err = run(capsys, "catalog", "--catalog", str(missing), *command)
+        assert code == 2
+        assert_one_line(err, f"No catalogue at {str(missing)!r} (--catalog)", "generate` creates one")
+    # A typo'd catalogue must not soft-delete every local record as gone from it.
+    state = tmp_path / "state.db"
+    Catalog(str(tmp_path / "real.db")).record(str, "x", query={"n": 1})
+    assert (
+        run(capsys, "catalog", "--catalog", str(tmp_path / "real.db"), "--state", str(state), "update")[0]
+        == 0
+    )
+    before = digest(state)
+    code, err = run(capsys, "catalog", "--catalog", str(missing), "--state", str(state), "update")
+    assert code == 2 and "No catalogue at" in err
+    code, err = run(
+        capsys, "catalog", "--catalog", str(tmp_path / "real.db"), "--state", str(missing), "find"
+    )
+    assert code == 2 and "No local state at" in err
+    assert digest(Path(state)) == before
+    assert not missing.exists()
 
 
 def test_typod_schemes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -126,11 +126,25 @@ def register(subparsers: Any) -> None:
 
 
 # -- opening ------------------------------------------------------------------------
+def _existing(url: str, what: str, option: str, creator: str) -> None:
+    """Refuse a SQLite file that is not there: a typo'd path is not an empty catalogue.
+
+    (An empty catalogue would make ``update`` soft-delete every local record.)
+    """
+    from datapipelines.sinks.catalog._db import sqlite_file
+
+    file = sqlite_file(url)
+    if file is not None and not file.exists():
+        raise ConfigurationError(f"No {what} at {str(file)!r} ({option}); `{creator}` creates one")
+
+
 def _catalog(args: argparse.Namespace) -> Any:
     from datapipelines.sinks.catalog import Catalog
 
     if not args.catalog:
         raise ConfigurationError("No catalogue given: pass --catalog URL or set DATAPIPELINES_CATALOG")
+    if args.command != "generate":
+        _existing(args.catalog, "catalogue", "--catalog", "datapipelines catalog generate")
     remote = {}
     for item in args.remote:
         name, equals, template = item.partition("=")
@@ -147,7 +161,10 @@ def _state(args: argparse.Namespace, required: bool) -> Any:
         if required:
             raise ConfigurationError("No local state given: pass --state URL or set DATAPIPELINES_STATE")
         return None
-    return LocalState(_catalog(args), args.state, prefix=args.state_prefix)
+    catalog = _catalog(args)
+    if args.command != "update":
+        _existing(args.state, "local state", "--state", "datapipelines catalog update")
+    return LocalState(catalog, args.state, prefix=args.state_prefix)
 
 
 # -- commands -----------------------------------------------------------------------

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 
 from datapipelines.database import UTC, create_engine, database_url, naive_utc, show_url
 from datapipelines.database import utc_now as utc_now  # the catalogue's default clock
@@ -69,7 +69,7 @@ def engine_for(url: str, what: str = "catalogue") -> Engine:
     ``postgresql://`` and ``postgres://`` use the psycopg 3 driver. Database
     errors name ``what`` and the URL (see ``datapipelines.database``).
     """
-    parsed = database_url(url if "://" in url else f"sqlite:///{url}", CatalogError)
+    parsed = parse_url(url)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise CatalogError(
@@ -82,6 +82,19 @@ def engine_for(url: str, what: str = "catalogue") -> Engine:
         except OSError as error:
             raise CatalogError(f"Cannot create the folder of the {what} {str(folder)!r}: {error}") from error
     return create_engine(parsed, what, CatalogError, json_serializer=canonical_json)
+
+
+def parse_url(url: str) -> URL:
+    """A catalogue URL parsed; a bare path means a SQLite file."""
+    return database_url(url if "://" in url else f"sqlite:///{url}", CatalogError)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (or bare path); None for PostgreSQL or an in-memory database."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def display_url(engine: Engine) -> str:
