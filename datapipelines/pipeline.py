@@ -176,6 +176,7 @@ class DataPipeline(BatchReads):
         self._invalidation = invalidation
         if invalidation is not None:
             invalidation.attach(self)
+        self._reports: dict[str, Callable[[], Any]] = {}
         self._policies: dict[Any, Policy] = {}
         for policy_type, policy in (policies or {}).items():
             self.set_policy(policy_type, policy)
@@ -560,7 +561,13 @@ class DataPipeline(BatchReads):
             is_tier = isinstance(element, DataSource) and isinstance(element, DataSink)
             group = "tiers" if is_tier else "sources"
             report[group][self._stats[id(element)].name] = entry
+        for section, build in self._reports.items():
+            report[section] = build()
         return report
+
+    def add_stats(self, section: str, report: Callable[[], Any]) -> None:
+        """Add ``section`` to :meth:`stats`, filled by calling ``report()`` each time (the ingest uses it)."""
+        self._reports[section] = report
 
     def reset_stats(self) -> None:
         """Set every counter back to zero and forget latency samples."""
