@@ -100,6 +100,8 @@ class Ingest:
         for target in self.targets:
             target.stop(timeout)
         self.write_status()
+        for work in self.work_folders:
+            tracker_for(work).release_all()
 
     def __enter__(self) -> Ingest:
         return self.start()

@@ -63,6 +63,11 @@ class Tracker:
         with self._lock:
             self._pending.pop(uid, None)
 
+    def release_all(self) -> None:
+        """Forget every file: on stop, what is left in the work folder is the next start's to take up."""
+        with self._lock:
+            self._pending.clear()
+
     def holds(self, uid: str) -> bool:
         return uid in self._pending
 

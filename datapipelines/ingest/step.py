@@ -183,6 +183,10 @@ class Step(Target):
                 self._settle(batch, outcomes, seconds)
         os.close(self._wake_read)
         os.close(self._wake_write)
+        with self._lock:
+            # Left on disk (a retry with its sidecar): the next start's reconcile takes them up.
+            self._pending.clear()
+            self._delayed.clear()
         self._thread = None
 
     def idle(self) -> bool:
