@@ -131,7 +131,11 @@ def test_hostile_entries_never_stop_the_listener(tmp_path: Path) -> None:
         wait_for(lambda: listener.report()["rescans"] >= rescans + 2)  # scans meet the folder and the link
         assert ingest.wait_idle(10)
         stats = pipeline.stats()["ingest"]["listeners"]["incoming"]
-    names = sorted(os.fsencode(p.name) for p in (tmp_path / "archive").iterdir() if p.is_file() and not p.name.endswith(".tags"))
+    names = sorted(
+        os.fsencode(p.name)
+        for p in (tmp_path / "archive").iterdir()
+        if p.is_file() and not p.name.endswith(".tags")
+    )
     # Unreadable, newline, invalid UTF-8 and empty files are archived like any other, with their tags.
     assert names == sorted([b"after.txt", b"bad-\xff\xfe.txt", b"empty", b"locked.bin", b"two\nlines.txt"])
     tags = json.loads((tmp_path / "archive" / (os.fsdecode(b"bad-\xff\xfe.txt") + ".tags")).read_text())

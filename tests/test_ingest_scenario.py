@@ -42,7 +42,9 @@ class Parser:
             raise ValueError(f"cannot parse {file.name} yet")
 
 
-def build(tmp_path: Path, parser: Parser, retry_total: int = 3) -> tuple[DataPipeline, DirectoryListener, Step]:
+def build(
+    tmp_path: Path, parser: Parser, retry_total: int = 3
+) -> tuple[DataPipeline, DirectoryListener, Step]:
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     archive = ArchiveSink(tmp_path / "archive")
@@ -84,7 +86,9 @@ def test_the_mfdata_scenario(tmp_path: Path) -> None:
     assert abx_tags["latest.core.uid"].endswith((".1", ".2"))
     # Czz was kept, with its tags, in the no-match folder.
     kept = [p.name for p in files_under(tmp_path / "nomatch")]
-    assert len(kept) == 2 and any(n.endswith("__Czz") for n in kept) and any(n.endswith(".tags") for n in kept)
+    assert (
+        len(kept) == 2 and any(n.endswith("__Czz") for n in kept) and any(n.endswith(".tags") for n in kept)
+    )
     # Bbar.csv: three attempts ~0.1 s apart, and never again once it succeeded.
     bbar = [c for c in parser.calls if c[0] == "Bbar.csv"]
     assert [c[1] for c in bbar] == [1, 2, 3]
@@ -127,8 +131,13 @@ def test_a_self_reinjecting_rule_stops_at_step_limit(tmp_path: Path) -> None:
     incoming.mkdir()
     runs: list[str] = []
     router = Router([], no_match=FailurePolicy.delete())  # the rules are set below: the step loops back
-    loop = Step("loop", lambda f: runs.append(f.tags["latest.core.step_counter"]), then=router, step_limit=5,
-                failure=FailurePolicy.keep(tmp_path / "trash"))
+    loop = Step(
+        "loop",
+        lambda f: runs.append(f.tags["latest.core.step_counter"]),
+        then=router,
+        step_limit=5,
+        failure=FailurePolicy.keep(tmp_path / "trash"),
+    )
     router._rules = [Rule.always(loop)]
     pipeline = DataPipeline([router])
     with Ingest(pipeline, DirectoryListener(incoming)) as ingest:
@@ -159,7 +168,9 @@ def test_the_retry_schedule_survives_a_restart(tmp_path: Path) -> None:
     incoming = Path(listener.directory)
     archive = ArchiveSink(tmp_path / "archive")
     step2 = Step("parser", parser2, retry=RetryPolicy(total=2, min_wait=1.5, max_wait=1.5))
-    router = Router([Rule.fnmatch("A*", archive), Rule.regex(r".*\.csv$", step2)], no_match=FailurePolicy.delete())
+    router = Router(
+        [Rule.fnmatch("A*", archive), Rule.regex(r".*\.csv$", step2)], no_match=FailurePolicy.delete()
+    )
     pipeline2 = DataPipeline([router])
     with Ingest(pipeline2, DirectoryListener(incoming)) as ingest2:
         assert ingest2.wait_idle(10)

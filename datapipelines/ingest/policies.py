@@ -111,17 +111,25 @@ class FailurePolicy:
         return destination
 
 
-def move_file(source: str, destination: str) -> None:
-    """Rename ``source`` to ``destination``, copying across filesystems (never over an existing file)."""
+def link_or_copy(source: str, destination: str) -> None:
+    """A hard link of ``source`` at ``destination``, or a copy where links are not possible."""
     try:
         os.link(source, destination)
     except FileExistsError:
-        if not os.path.samefile(source, destination):
-            raise
+        raise
     except OSError:
         temporary = destination + ".partial"
         shutil.copyfile(source, temporary)
         os.rename(temporary, destination)
+
+
+def move_file(source: str, destination: str) -> None:
+    """Move ``source`` to ``destination``, across filesystems too; a redo finds its own earlier link."""
+    try:
+        link_or_copy(source, destination)
+    except FileExistsError:
+        if not os.path.samefile(source, destination):
+            raise
     remove_quietly(source)
 
 

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError
-from .files import IncomingFile, work_name
-from .policies import FailurePolicy
+from .files import ORIGINAL_UID, IncomingFile, work_name
+from .policies import FailurePolicy, link_or_copy
 from .rules import Rule, load_rules
 from .stats import Counters, tracker_for
 from .targets import Target
@@ -151,27 +151,13 @@ class Router(Target):
             folder = os.path.join(file.work, target.name)
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, work_name(uid, file.name))
+            tracker.claimed(uid)
             if not os.path.exists(path):
                 link_or_copy(file.path, path)
-            tracker.claimed(uid)
-            copies.append(file.with_tags({}, uid=uid, path=path))
+            copies.append(file.with_tags({ORIGINAL_UID: file.original_uid}, uid=uid, path=path))
         os.unlink(file.path)
         tracker.finished(file.uid)
         return copies
 
     def report(self) -> dict[str, Any]:
         return self.counters.snapshot()
-
-
-def link_or_copy(source: str, destination: str) -> None:
-    """A hard link of ``source`` at ``destination``, or a copy where links are not possible."""
-    try:
-        os.link(source, destination)
-    except FileExistsError:
-        raise
-    except OSError:
-        temporary = destination + ".partial"
-        with open(source, "rb") as reader, open(temporary, "wb") as writer:
-            while chunk := reader.read(1 << 20):
-                writer.write(chunk)
-        os.rename(temporary, destination)
