@@ -1,4 +1,4 @@
-"""ArchiveSink: template names, no overwrite, durability modes, catalogue rows, and redoing a half-done archive."""
+"""ArchiveSink: template names, no overwrite, durability modes, catalogue rows, redoing half-done work."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from datapipelines.errors import ConfigurationError
-from datapipelines.keys import key_for
 from datapipelines.ingest import ArchivedFile, ArchiveSink, FailurePolicy, IncomingFile, Tags, new_uid
 from datapipelines.ingest.files import ORIGINAL_BASENAME, ORIGINAL_UID, work_name
+from datapipelines.keys import key_for
 from datapipelines.sinks.catalog import Catalog
 
 

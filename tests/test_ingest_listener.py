@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ingest_support import drop, files_under, wait_for
+from ingest_support import drop, wait_for
 
 from datapipelines import DataPipeline
 from datapipelines.errors import ConfigurationError

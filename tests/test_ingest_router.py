@@ -1,4 +1,4 @@
-"""Router: mfdata's rule kinds, the union of targets, copies under derived uids, rules files reloaded in place."""
+"""Router: mfdata's rule kinds, the union of targets, copies under derived uids, rules files reloaded."""
 
 from __future__ import annotations
 

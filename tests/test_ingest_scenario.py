@@ -92,7 +92,7 @@ def test_the_mfdata_scenario(tmp_path: Path) -> None:
     # Bbar.csv: three attempts ~0.1 s apart, and never again once it succeeded.
     bbar = [c for c in parser.calls if c[0] == "Bbar.csv"]
     assert [c[1] for c in bbar] == [1, 2, 3]
-    gaps = [b[2] - a[2] for a, b in zip(bbar, bbar[1:])]
+    gaps = [b[2] - a[2] for a, b in zip(bbar, bbar[1:], strict=False)]
     assert all(0.09 <= gap <= 0.4 for gap in gaps), gaps
     step = stats["steps"]["parser"]
     assert (step["processed"], step["failed"], step["retried"], step["dead"]) == (4, 2, 2, 0)
