@@ -277,13 +277,16 @@ class Step(Target):
             with self._lock:
                 self._sleeping = False
 
-    def _hand_back(self, batches: list[list[IncomingFile]]) -> None:
+    def _hand_back(self, batches: list[tuple[list[IncomingFile], bool]]) -> None:
         """Batches a dead worker never answered: run again, unless a file keeps killing workers."""
         again = []
-        for batch in batches:
+        for batch, in_hand in batches:
             for file in batch:
-                deliveries = self._deliveries[file.uid] = self._deliveries.get(file.uid, 0) + 1
                 self.counters.add("reprocessed")
+                if not in_hand:
+                    again.append(file)
+                    continue
+                deliveries = self._deliveries[file.uid] = self._deliveries.get(file.uid, 0) + 1
                 if deliveries >= self.max_deliveries:
                     self.counters.add("dead")
                     self._deliveries.pop(file.uid, None)

@@ -26,6 +26,8 @@ from .files import IncomingFile
 LOGGER = logging.getLogger(__name__)
 
 Outcome = tuple[bool, "str | None"]  # (succeeded, error text)
+Finished = tuple[list[IncomingFile], list[Outcome], float]  # a batch, one outcome per file, seconds taken
+HandedBack = tuple[list[IncomingFile], bool]  # a batch never answered, and whether a worker died running it
 
 
 def describe(error: BaseException) -> str:
@@ -76,20 +78,16 @@ class WorkQueue(Protocol):
 
     def send(self, batch: list[IncomingFile]) -> None: ...
 
-    def wait(
-        self, timeout: float, wake: int
-    ) -> tuple[list[tuple[list[IncomingFile], list[Outcome], float]], list[list[IncomingFile]]]:
-        """(finished batches with outcomes and seconds, batches handed back), waiting at most ``timeout``
-        or until the file descriptor ``wake`` is readable."""
+    def wait(self, timeout: float, wake: int) -> tuple[list[Finished], list[HandedBack]]:
+        """(finished batches, batches handed back), waiting at most ``timeout`` seconds or until the
+        file descriptor ``wake`` is readable."""
         ...
 
     def busy(self) -> int:
         """Batches sent and not answered."""
         ...
 
-    def stop(
-        self, timeout: float
-    ) -> tuple[list[tuple[list[IncomingFile], list[Outcome], float]], list[list[IncomingFile]]]:
+    def stop(self, timeout: float) -> tuple[list[Finished], list[list[IncomingFile]]]:
         """Let each worker finish its current batch and stop: (finished, never started)."""
         ...
 
@@ -187,14 +185,12 @@ class WorkerPool:
         except OSError:
             pass  # it died: wait() notices and hands the batch back
 
-    def wait(
-        self, timeout: float, wake: int
-    ) -> tuple[list[tuple[list[IncomingFile], list[Outcome], float]], list[list[IncomingFile]]]:
+    def wait(self, timeout: float, wake: int) -> tuple[list[Finished], list[HandedBack]]:
         by_connection = {w.connection: w for w in self._workers}
         by_sentinel = {w.process.sentinel: w for w in self._workers}
         ready = multiprocessing.connection.wait([*by_connection, *by_sentinel, wake], timeout)
-        done: list[tuple[list[IncomingFile], list[Outcome], float]] = []
-        returned: list[list[IncomingFile]] = []
+        done: list[Finished] = []
+        returned: list[HandedBack] = []
         dead: list[_Worker] = []
         for item in ready:
             worker = by_connection.get(item)  # type: ignore[call-overload]
@@ -205,7 +201,9 @@ class WorkerPool:
                 dead.append(by_sentinel[item])  # type: ignore[index]
         for worker in dict.fromkeys(dead):
             self._receive(worker, done)
-            returned.extend(worker.outstanding.values())
+            # The oldest unanswered batch was in hand when it died; the others had not started.
+            for position, batch in enumerate(worker.outstanding.values()):
+                returned.append((batch, position == 0))
             self._replace(worker)
         return done, returned
 
@@ -236,12 +234,10 @@ class WorkerPool:
         )
         self._workers[index] = self._spawn()
 
-    def stop(
-        self, timeout: float
-    ) -> tuple[list[tuple[list[IncomingFile], list[Outcome], float]], list[list[IncomingFile]]]:
+    def stop(self, timeout: float) -> tuple[list[Finished], list[list[IncomingFile]]]:
         """Each worker finishes its current batch (SIGTERM); the rest come back. Stragglers are killed."""
         self._stopping = True
-        done: list[tuple[list[IncomingFile], list[Outcome], float]] = []
+        done: list[Finished] = []
         returned: list[list[IncomingFile]] = []
         for worker in self._workers:
             if worker.process.is_alive():
