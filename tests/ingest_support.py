@@ -64,3 +64,8 @@ def slow(file: IncomingFile) -> None:
 def batch_of_flags(files: list[IncomingFile]) -> Iterable[bool]:
     """A batch step: files named bad* fail, the others succeed."""
     return [not f.name.startswith("bad") for f in files]
+
+
+def fail_on_bad(file: IncomingFile) -> None:
+    if file.name.startswith("bad"):
+        raise ValueError(f"{file.name} is bad")

@@ -1,4 +1,4 @@
-"""50,000 files against the kernel's default inotify queue: the overflow is seen, a rescan recovers every file."""
+"""50,000 files against the default inotify queue: the overflow is seen, a rescan recovers every file."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from ..errors import DataPipelinesError
 
 # Subcommand groups, each a module of this package with a register(subparsers).
-GROUPS: tuple[str, ...] = ("audit", "inventory", "catalog")
+GROUPS: tuple[str, ...] = ("audit", "inventory", "catalog", "ingest")
 
 
 def build_parser() -> argparse.ArgumentParser:

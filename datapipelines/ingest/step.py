@@ -348,10 +348,13 @@ class Step(Target):
         write_json_atomic(os.path.join(folder, file.uid + TAGS_SUFFIX), tags_to_json(tags))
         return file.with_tags(tags)
 
+    def failure_policy(self, work: str) -> FailurePolicy:
+        """The failure policy in force for files of the work folder ``work``."""
+        return self.failure or FailurePolicy.keep(os.path.join(work, ".trash", self.name))
+
     def _give_up(self, file: IncomingFile, reason: str, error: str | None) -> None:
-        policy = self.failure or FailurePolicy.keep(os.path.join(file.work, ".trash", self.name))
         try:
-            policy.apply(file, step=self.name, reason=reason, error=error)
+            self.failure_policy(file.work).apply(file, step=self.name, reason=reason, error=error)
         except OSError as os_error:
             LOGGER.error("Step %s: cannot apply the failure policy to %r: %s", self.name, file.path, os_error)
 
