@@ -126,8 +126,9 @@ def split_work_name(entry: str) -> tuple[str, str] | None:
 
 
 def tags_to_json(tags: Mapping[str, str]) -> str:
-    # ASCII escapes keep names that are not valid UTF-8 (surrogate escapes) round-tripping.
-    return json.dumps(dict(tags), sort_keys=True, indent=1)
+    # ASCII escapes keep names that are not valid UTF-8 (surrogate escapes) round-tripping; no indent,
+    # which would leave json's C encoder for its Python one.
+    return json.dumps(dict(tags), sort_keys=True, separators=(",", ":"))
 
 
 def write_json_atomic(path: str, text: str, *, partial_dir: str | None = None, fsync: bool = False) -> None:

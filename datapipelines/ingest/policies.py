@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .files import (
+    DUE,
     ERROR,
     ERROR_STEP,
     REASON,
@@ -134,7 +135,12 @@ def move_file(source: str, destination: str) -> None:
 
 
 def finish(file: IncomingFile) -> None:
-    """The ingest is done with ``file``: drop it from the in-flight gauge and its work sidecar."""
+    """The ingest is done with ``file``: drop it from the in-flight gauge, and its work sidecar if any."""
     tracker_for(file.work).finished(file.uid)
-    if file.work:
+    if has_sidecar(file):
         remove_quietly(os.path.join(os.path.dirname(file.path), file.uid + TAGS_SUFFIX))
+
+
+def has_sidecar(file: IncomingFile) -> bool:
+    """Whether ``file`` has tags saved beside it in the work folder: a retry is due, or its name was cut."""
+    return DUE in file.tags or os.path.basename(file.path) != work_name(file.uid, file.name)
