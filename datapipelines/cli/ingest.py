@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         ingest.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    _print_report(ingest.report())
+    print_report(ingest.report())
     return 0 if not args.until_idle or idle else 1
 
 
@@ -94,7 +94,7 @@ def _status(args: argparse.Namespace) -> int:
             alive = _alive(status["pid"])
             state = "running" if alive else "not running"
             print(f"ingest pid {status['pid']} ({state}), status written {age:.1f} s ago")
-            _print_report(status["ingest"])
+            print_report(status["ingest"])
         if not args.watch:
             return 0
         try:
@@ -127,7 +127,7 @@ _STEP_COLUMNS = (
 )
 
 
-def _print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any]) -> None:
     listeners = [
         [name, *(entry.get(c) for c in _LISTENER_COLUMNS)] for name, entry in report["listeners"].items()
     ]
@@ -146,12 +146,18 @@ def _print_report(report: dict[str, Any]) -> None:
             entry = {
                 "received": entry["routed_files"],
                 "processed": entry["routed_files"],
-                "dead": entry["no_match"],
+                "no_match": entry["no_match"],
             }
         steps.append([name, *(entry.get(c) for c in _STEP_COLUMNS)])
     print(table(["step", *_STEP_COLUMNS], steps))
     print()
     print(f"in flight: {report['in_flight']}   oldest pending: {report['oldest_pending_age_s'] or 0} s")
+
+
+def printable(name: str) -> str:
+    """A file name safe to print: undecodable bytes and control characters as escapes."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _retry(args: argparse.Namespace) -> int:
@@ -192,7 +198,7 @@ def _retry(args: argparse.Namespace) -> int:
             uid, name = parts
             source = os.path.join(folder, entry)
             back = name if not os.path.exists(os.path.join(watched, name)) else entry
-            moved.append([step, os.fsencode(name).decode("utf-8", "backslashreplace")])
+            moved.append([step, printable(name)])
             if args.dry_run:
                 continue
             # A temporary (ignored) name first, then the rename the listener acts on.
