@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,3 +117,18 @@ def test_a_template_cannot_leave_the_root(tmp_path: Path) -> None:
     archive.handle(file)
     assert not (tmp_path / "escape").exists()
     assert (tmp_path / "t" / work_name(file.uid, "escape")).exists()
+
+
+def test_temporary_files_of_a_dead_process_are_cleared_at_start_and_a_live_ones_kept(tmp_path: Path) -> None:
+    partial = tmp_path / "a" / ".partial"
+    partial.mkdir(parents=True)
+    command = [sys.executable, "-c", "import os; print(os.getpid())"]
+    dead = subprocess.run(command, capture_output=True, text=True)
+    (partial / f".{dead.stdout.strip()}.abcdef.tmp").write_text("{")
+    (partial / f".{os.getpid()}.123456.tmp").write_text("{")
+    archive = ArchiveSink(tmp_path / "a")
+    archive.start()
+    assert os.listdir(partial) == [f".{os.getpid()}.123456.tmp"]
+    os.unlink(partial / f".{os.getpid()}.123456.tmp")
+    archive.stop()
+    assert not partial.exists()

@@ -296,6 +296,11 @@ class ArchiveSink(Target):
             self._flusher.join(timeout)
             self._flusher = None
         self.flush()
+        try:
+            os.rmdir(self._partial)  # only when empty: nothing is being written any more
+            self._folders.discard(self._partial)
+        except OSError:
+            pass
 
     def idle(self) -> bool:
         return not self._unflushed
