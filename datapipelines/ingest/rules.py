@@ -13,10 +13,21 @@ from typing import Any
 from ..errors import ConfigurationError
 from .files import ORIGINAL_BASENAME, IncomingFile
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+
+def toml_module() -> Any:
+    """``tomllib`` (Python 3.11+), or ``tomli`` from the ``ingest`` extra on 3.10."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:  # pragma: no cover - Python 3.10
+        import tomli
+    except ImportError as error:  # pragma: no cover
+        raise ConfigurationError(
+            'Reading TOML on Python 3.10 needs tomli: pip install "datapipelines[ingest]"'
+        ) from error
+    return tomli
+
 
 # IncomingFile fields a rule may test instead of a tag.
 ATTRIBUTES = ("name", "uid", "size", "mtime", "attempt", "path", "listener")
@@ -166,11 +177,12 @@ def rules_from_tables(tables: Any, targets: Mapping[str, Any], where: str, key: 
 
 def load_rules(path: str, targets: Mapping[str, Any]) -> list[Rule]:
     """The ``[[rule]]`` tables of the TOML file at ``path``."""
+    toml = toml_module()
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            data = toml.load(handle)
     except OSError as error:
         raise ConfigurationError(f"rules file {path}: cannot be read ({error.strerror})") from error
-    except tomllib.TOMLDecodeError as error:
+    except toml.TOMLDecodeError as error:
         raise ConfigurationError(f"rules file {path}: not valid TOML ({error})") from error
     return rules_from_tables(data.get("rule", []), targets, f"rules file {path}")
