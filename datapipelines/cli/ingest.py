@@ -77,6 +77,7 @@ def _status_path(config: str) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     from ..errors import ConfigurationError
+    from ..ingest.files import process_alive
 
     path = _status_path(args.config)
     while True:
@@ -91,7 +92,7 @@ def _status(args: argparse.Namespace) -> int:
             if args.watch:
                 print("\033[2J\033[H", end="")
             age = time.time() - status["time"]
-            alive = _alive(status["pid"])
+            alive = process_alive(status["pid"])
             state = "running" if alive else "not running"
             print(f"ingest pid {status['pid']} ({state}), status written {age:.1f} s ago")
             print_report(status["ingest"])
@@ -101,16 +102,6 @@ def _status(args: argparse.Namespace) -> int:
             time.sleep(args.watch)
         except KeyboardInterrupt:
             return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _LISTENER_COLUMNS = ("received", "claimed", "ignored", "overflows", "rescans", "paused")

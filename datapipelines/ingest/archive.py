@@ -21,6 +21,7 @@ from .files import (
     TAGS_SUFFIX,
     IncomingFile,
     Tags,
+    process_alive,
     read_tags,
     remove_quietly,
     tags_to_json,
@@ -267,7 +268,7 @@ class ArchiveSink(Target):
             return
         for entry in entries:
             pid = entry.split(".")[1] if entry.count(".") >= 2 else ""
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 remove_quietly(os.path.join(self._partial, entry))
 
     # -- durability=batch ---------------------------------------------------------------------
@@ -315,13 +316,3 @@ def _fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -19,7 +19,7 @@ from .engine import Ingest
 from .listener import DEFAULT_IGNORE, DirectoryListener
 from .policies import NO_RETRY, BatchPolicy, FailurePolicy, RetryPolicy
 from .router import Router
-from .rules import load_callable, rules_from_tables, toml_module
+from .rules import load_callable, read_toml, rules_from_tables
 from .step import DEFAULT_STEP_LIMIT, Step
 from .targets import Target
 
@@ -107,14 +107,7 @@ def _policy(reader: _Reader, key: str, default: FailurePolicy) -> FailurePolicy:
 def load_config(path: str | os.PathLike[str]) -> IngestConfig:
     """Parse and check the ingest config at ``path``; nothing starts until ``build().start()``."""
     file = os.path.abspath(os.fspath(path))
-    toml = toml_module()
-    try:
-        with open(file, "rb") as handle:
-            data = toml.load(handle)
-    except OSError as error:
-        raise ConfigurationError(f"ingest config {file}: cannot be read ({error.strerror})") from error
-    except toml.TOMLDecodeError as error:
-        raise ConfigurationError(f"ingest config {file}: not valid TOML ({error})") from error
+    data = read_toml(file, f"ingest config {file}")
     top = _Reader(file, "", data)
     top.only("listener", "router", "rule", "step", "archive")
     folder = os.path.dirname(file)

@@ -47,6 +47,15 @@ def _matcher(kind: str, pattern: Any) -> Callable[[str], bool]:
 KINDS = ("equal", "notequal", "fnmatch", "notfnmatch", "regex", "notregex", "always", "python")
 
 
+def _constructor(kind: str) -> Any:
+    def build(cls: Any, pattern: str, *targets: Any, on: str = ORIGINAL_BASENAME) -> Rule:
+        return cls(kind, pattern, targets, on)
+
+    build.__name__ = kind
+    build.__doc__ = f"A {kind} rule: files whose tag (or attribute) ``on`` passes {kind} ``pattern``."
+    return classmethod(build)
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """Send files matching ``pattern`` (as ``kind`` reads it) on ``on`` to ``targets``.
@@ -84,30 +93,13 @@ class Rule:
         assert self._test is not None
         return self._test(str(value)) != self.kind.startswith("not")
 
-    # mfdata's names, as constructors: Rule.fnmatch("A*", archive)
-    @classmethod
-    def equal(cls, pattern: str, *targets: Any, on: str = ORIGINAL_BASENAME) -> Rule:
-        return cls("equal", pattern, targets, on)
-
-    @classmethod
-    def notequal(cls, pattern: str, *targets: Any, on: str = ORIGINAL_BASENAME) -> Rule:
-        return cls("notequal", pattern, targets, on)
-
-    @classmethod
-    def fnmatch(cls, pattern: str, *targets: Any, on: str = ORIGINAL_BASENAME) -> Rule:
-        return cls("fnmatch", pattern, targets, on)
-
-    @classmethod
-    def notfnmatch(cls, pattern: str, *targets: Any, on: str = ORIGINAL_BASENAME) -> Rule:
-        return cls("notfnmatch", pattern, targets, on)
-
-    @classmethod
-    def regex(cls, pattern: str, *targets: Any, on: str = ORIGINAL_BASENAME) -> Rule:
-        return cls("regex", pattern, targets, on)
-
-    @classmethod
-    def notregex(cls, pattern: str, *targets: Any, on: str = ORIGINAL_BASENAME) -> Rule:
-        return cls("notregex", pattern, targets, on)
+    # mfdata's names, as constructors: Rule.fnmatch("A*", archive), Rule.always(archive)
+    equal = _constructor("equal")
+    notequal = _constructor("notequal")
+    fnmatch = _constructor("fnmatch")
+    notfnmatch = _constructor("notfnmatch")
+    regex = _constructor("regex")
+    notregex = _constructor("notregex")
 
     @classmethod
     def always(cls, *targets: Any) -> Rule:
@@ -175,14 +167,19 @@ def rules_from_tables(tables: Any, targets: Mapping[str, Any], where: str, key: 
     return rules
 
 
-def load_rules(path: str, targets: Mapping[str, Any]) -> list[Rule]:
-    """The ``[[rule]]`` tables of the TOML file at ``path``."""
+def read_toml(path: str, what: str) -> dict[str, Any]:
+    """The parsed TOML file at ``path``; a ConfigurationError starting with ``what`` when it cannot be."""
     toml = toml_module()
     try:
         with open(path, "rb") as handle:
-            data = toml.load(handle)
+            return toml.load(handle)  # type: ignore[no-any-return]
     except OSError as error:
-        raise ConfigurationError(f"rules file {path}: cannot be read ({error.strerror})") from error
+        raise ConfigurationError(f"{what}: cannot be read ({error.strerror})") from error
     except toml.TOMLDecodeError as error:
-        raise ConfigurationError(f"rules file {path}: not valid TOML ({error})") from error
+        raise ConfigurationError(f"{what}: not valid TOML ({error})") from error
+
+
+def load_rules(path: str, targets: Mapping[str, Any]) -> list[Rule]:
+    """The ``[[rule]]`` tables of the TOML file at ``path``."""
+    data = read_toml(path, f"rules file {path}")
     return rules_from_tables(data.get("rule", []), targets, f"rules file {path}")
