@@ -112,6 +112,7 @@ _STEP_COLUMNS = (
     "failed",
     "retried",
     "dead",
+    "no_match",
     "reprocessed",
     "p50_ms",
     "p99_ms",

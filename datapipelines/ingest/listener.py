@@ -223,7 +223,6 @@ class DirectoryListener:
             name = self._backlog.popleft()
             if self._ignore.match(name):
                 continue
-            self.counters.add("received")
             self._candidates.pop(name, None)
             self._take(name)
 
@@ -253,7 +252,6 @@ class DirectoryListener:
                 if not entry.is_file(follow_symlinks=False):
                     self.counters.add("ignored")
                     continue
-                self.counters.add("received")
                 if self._settled(info.st_mtime, now):
                     self._take(name)
                 else:
@@ -300,6 +298,7 @@ class DirectoryListener:
         if not stat.S_ISREG(info.st_mode):
             self.counters.add("ignored")
             return None
+        self.counters.add("received")
         uid = new_uid()
         received = uid_time(uid)
         tags = Tags(
