@@ -185,3 +185,18 @@ def test_a_free_disk_floor_pauses_claiming(tmp_path: Path) -> None:
 def test_bad_listener_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="is not a folder"):
         DirectoryListener(tmp_path / "missing")
+
+
+def test_a_scan_never_takes_a_file_still_open_for_writing_even_after_a_long_pause(tmp_path: Path) -> None:
+    pipeline, listener, recorder = setup(tmp_path, settle=0.2, rescan_every=0.1)  # scans all the time
+    path = tmp_path / "incoming" / "paused.bin"
+    with Ingest(pipeline, listener) as ingest:
+        with open(path, "wb") as handle:
+            handle.write(b"a" * 1000)
+            handle.flush()
+            time.sleep(1.0)  # five times settle: only the open file says it is not done
+            assert recorder.seen == []
+            handle.write(b"b" * 1000)
+        wait_for(lambda: recorder.seen)
+        assert ingest.wait_idle(10)
+    assert recorder.seen == [("paused.bin", 2000, 2000)]

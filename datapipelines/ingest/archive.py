@@ -178,6 +178,12 @@ class ArchiveSink(Target):
         try:
             archived = self._archive(file)
         except (OSError, ConfigurationError) as error:
+            if not os.path.lexists(file.path):
+                # Removed from the work folder behind the ingest's back: nothing left to archive.
+                LOGGER.warning("Archive %s: %r vanished before it was archived", self.name, file.name)
+                self.counters.add("failed")
+                finish(file)
+                return
             self.counters.add("failed")
             LOGGER.warning("Archive %s: cannot archive %r: %s", self.name, file.name, error)
             self.failure.apply(

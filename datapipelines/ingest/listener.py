@@ -11,6 +11,7 @@ claimed twice, whatever else scans the folder at the same time.
 from __future__ import annotations
 
 import errno
+import fcntl
 import fnmatch
 import logging
 import os
@@ -44,6 +45,7 @@ LOGGER = logging.getLogger(__name__)
 
 DEFAULT_IGNORE = (".*", "*.tmp", "*.t", "*.part", "*.working")
 _NAME_MAX = 255
+_YOUNG = 60.0  # seconds: files changed more recently get the open-for-writing check
 
 try:  # the optional extra datapipelines[ingest]
     import inotify_simple
@@ -154,7 +156,9 @@ class DirectoryListener:
         return inotify
 
     def _run(self, inotify: Any) -> None:
-        next_rescan = time.monotonic() + self.rescan_every
+        # Polling is a rescan every `poll` seconds; with inotify, one every `rescan_every`.
+        period = self.poll if inotify is None and self.poll is not None else self.rescan_every
+        next_rescan = time.monotonic() + period
         try:
             while not self._stop.is_set():
                 try:
@@ -164,13 +168,12 @@ class DirectoryListener:
                     self._drain_backlog()
                     if self._rescan_needed or time.monotonic() >= next_rescan:
                         self._rescan_needed = False
-                        next_rescan = time.monotonic() + self.rescan_every
+                        next_rescan = time.monotonic() + period
                         self.rescan()
                     self._check_candidates()
                     wait = self.settle / 4 if self._candidates else 0.5
                     if inotify is None:
-                        self._stop.wait(self.poll if not self._candidates else min(self.poll or 1.0, wait))
-                        self._rescan_needed = True
+                        self._stop.wait(max(0.0, min(wait, next_rescan - time.monotonic())))
                     else:
                         self._read_events(inotify, wait)
                 except Exception:
@@ -252,13 +255,36 @@ class DirectoryListener:
                 if not entry.is_file(follow_symlinks=False):
                     self.counters.add("ignored")
                     continue
-                if self._settled(info.st_mtime, now):
+                if self._settled(info.st_mtime, now) and not self._being_written(
+                    entry.path, info.st_mtime, now
+                ):
                     self._take(name)
                 else:
                     self._candidates[name] = (info.st_size, info.st_mtime_ns, time.monotonic())
 
     def _settled(self, mtime: float, now: float) -> bool:
         return now - self.settle >= mtime and mtime <= now
+
+    @staticmethod
+    def _being_written(path: str, mtime: float, now: float) -> bool:
+        """Whether a recently changed file is still open for writing (a writer pausing longer than
+        ``settle``). A read lease is refused while anyone has the file open for writing; where
+        leases are not available (NFS, another owner) only ``settle`` decides."""
+        if now - mtime > _YOUNG:
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return False
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as error:
+            return error.errno == errno.EAGAIN
+        else:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            return False
+        finally:
+            os.close(fd)
 
     def _check_candidates(self) -> None:
         """Claim the files found still changing once they have been left alone for ``settle`` seconds."""
@@ -274,6 +300,9 @@ class DirectoryListener:
             if (info.st_size, info.st_mtime_ns) != (size, mtime_ns):
                 self._candidates[name] = (info.st_size, info.st_mtime_ns, clock)
             elif self._settled(info.st_mtime, now) or clock - since >= self.settle:
+                if self._being_written(os.path.join(self.directory, name), info.st_mtime, now):
+                    self._candidates[name] = (size, mtime_ns, clock)
+                    continue
                 del self._candidates[name]
                 self._take(name)
 
