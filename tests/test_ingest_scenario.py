@@ -179,3 +179,35 @@ def test_the_retry_schedule_survives_a_restart(tmp_path: Path) -> None:
     assert pipeline2.stats()["ingest"]["steps"]["parser"]["reprocessed"] == 1
     assert not any(p.name != ".status.json" for p in files_under(Path(listener.work)))
     assert os.listdir(incoming) == [".work"]
+
+
+class FlakyCatalog:
+    """Stands in for a catalogue whose database fails the first time."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, object] = {}
+        self.failures = 1
+
+    def record(self, type: object, item: object, *, query: dict[str, str], source: str | None = None) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("database went away")
+        self.rows[query["uid"]] = item
+
+
+def test_a_hand_over_that_fails_is_taken_up_again_by_the_next_reconcile(tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    catalog = FlakyCatalog()
+    archive = ArchiveSink(tmp_path / "archive", "{original_basename}", catalog=catalog)
+    step = Step("check", lambda f: None, then=archive)
+    pipeline = DataPipeline([Router([Rule.always(step)], no_match=FailurePolicy.delete())])
+    with Ingest(pipeline, DirectoryListener(incoming), reconcile_every=0.3) as ingest:
+        drop(incoming, "once.txt")
+        wait_for(lambda: len(catalog.rows) == 1, timeout=20)
+        assert ingest.wait_idle(10)
+        assert ingest.report()["reprocessed"] == 1
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir() if p.is_file()) == [
+        "once.txt",
+        "once.txt.tags",
+    ]

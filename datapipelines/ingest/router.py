@@ -126,6 +126,14 @@ class Router(Target):
         return list(chosen.values())
 
     def handle(self, file: IncomingFile) -> None:
+        try:
+            self._route(file)
+        except Exception:
+            # Left in the work folder and released: the next reconcile scan routes it again.
+            tracker_for(file.work).finished(file.uid)
+            raise
+
+    def _route(self, file: IncomingFile) -> None:
         if self._rules_path is not None and time.monotonic() - self._checked >= self.reload_every:
             self.reload()
         targets = self.select(file)

@@ -27,7 +27,7 @@ from .files import (
     write_json_atomic,
 )
 from .policies import NO_RETRY, BatchPolicy, FailurePolicy, RetryPolicy, finish
-from .stats import Counters
+from .stats import Counters, tracker_for
 from .targets import Target
 from .workers import Outcome, WorkerPool, WorkQueue, run_function
 
@@ -215,11 +215,13 @@ class Step(Target):
             if self._queue is None:
                 with self._lock:
                     self._running = len(batch)
-                started = time.perf_counter()
-                outcomes = run_function(self.function, batch, self.batch is not None)
-                self._settle(batch, outcomes, time.perf_counter() - started)
-                with self._lock:
-                    self._running = 0
+                try:
+                    started = time.perf_counter()
+                    outcomes = run_function(self.function, batch, self.batch is not None)
+                    self._settle(batch, outcomes, time.perf_counter() - started)
+                finally:
+                    with self._lock:
+                        self._running = 0
                 return
             self._queue.send(batch)
             if self._queue.free() > 0:
@@ -311,10 +313,12 @@ class Step(Target):
                 else:
                     self.counters.add("failed")
                     self._failed(file, error or "failed")
-            except OSError as os_error:
+            except Exception as error:
+                # Released, so the next reconcile scan takes it up from the work folder.
                 LOGGER.error(
-                    "Step %s: cannot settle %r (left in the work folder): %s", self.name, file.path, os_error
+                    "Step %s: cannot settle %r (left in the work folder): %r", self.name, file.path, error
                 )
+                tracker_for(file.work).finished(file.uid)
 
     def _succeeded(self, file: IncomingFile) -> None:
         if self.then is not None:
