@@ -118,8 +118,10 @@ def test_hostile_entries_never_stop_the_listener(tmp_path: Path) -> None:
     pipeline = DataPipeline([Router([Rule.always(archive)], no_match=FailurePolicy.delete())])
     listener = DirectoryListener(incoming, settle=0.1, rescan_every=0.3)
     with Ingest(pipeline, listener) as ingest:
-        locked = drop(incoming, "locked.bin", b"private")
-        os.chmod(locked, 0)
+        locked = incoming / ".locked.bin.part"
+        locked.write_bytes(b"private")
+        os.chmod(locked, 0)  # unreadable before it arrives
+        os.rename(locked, incoming / "locked.bin")
         drop(incoming, "two\nlines.txt", b"nl")
         drop(incoming, os.fsdecode(b"bad-\xff\xfe.txt"), b"latin")
         drop(incoming, "empty", b"")
