@@ -131,6 +131,7 @@ class ArchiveSink(Target):
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.counters = Counters("archived", "collisions", "failed", "redone", "flushes")
+        self._random = "{random_id}" in template
         self._partial = os.path.join(self.root, _PARTIAL)
         self._folders: set[str] = set()
         self._lock = threading.Lock()
@@ -148,7 +149,7 @@ class ArchiveSink(Target):
             "original_basename": file.tags.get(ORIGINAL_BASENAME, file.name),
             "original_uid": file.tags.get(ORIGINAL_UID, file.uid),
             "uid": file.uid,
-            "random_id": secrets.token_hex(8),
+            "random_id": secrets.token_hex(8) if self._random else "",
             "name": file.name,
         }
         dated = (

@@ -258,7 +258,7 @@ class DirectoryListener:
                 if self._settled(info.st_mtime, now) and not self._being_written(
                     entry.path, info.st_mtime, now
                 ):
-                    self._take(name)
+                    self._take(name, info)
                 else:
                     self._candidates[name] = (info.st_size, info.st_mtime_ns, time.monotonic())
 
@@ -307,16 +307,17 @@ class DirectoryListener:
                 self._take(name)
 
     # -- claiming ----------------------------------------------------------------------------
-    def _take(self, name: str) -> None:
-        file = self.claim(name)
+    def _take(self, name: str, info: os.stat_result | None = None) -> None:
+        file = self.claim(name, info)
         if file is not None:
             self._pipeline.put(IncomingFile, file)
 
-    def claim(self, name: str) -> IncomingFile | None:
-        """Rename ``name`` into the work folder under a new uid; None if it is gone or not a regular file."""
+    def claim(self, name: str, info: os.stat_result | None = None) -> IncomingFile | None:
+        """Rename ``name`` into the work folder under a new uid; None if it is gone or not a regular file.
+        ``info``: its lstat, when a scan just made one."""
         source = os.path.join(self.directory, name)
         try:
-            info = os.lstat(source)
+            info = info or os.lstat(source)
         except FileNotFoundError:
             self.counters.add("vanished")
             return None
