@@ -138,7 +138,7 @@ def test_a_self_reinjecting_rule_stops_at_step_limit(tmp_path: Path) -> None:
         step_limit=5,
         failure=FailurePolicy.keep(tmp_path / "trash"),
     )
-    router._rules = [Rule.always(loop)]
+    router.replace_rules([Rule.always(loop)])
     pipeline = DataPipeline([router])
     with Ingest(pipeline, DirectoryListener(incoming)) as ingest:
         drop(incoming, "again.txt")

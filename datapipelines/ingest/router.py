@@ -60,10 +60,7 @@ class Router(Target):
             self._rules = load_rules(self._rules_path, self._named)
         else:
             self._rules = list(rules)
-        for rule in self._rules:
-            for target in rule.targets:
-                if not isinstance(target, Target):
-                    raise ConfigurationError(f"rule targets must be ingest targets, got {target!r}")
+        self._check_targets(self._rules)
 
     def __repr__(self) -> str:
         return f"Router({self.name!r})"
@@ -71,6 +68,18 @@ class Router(Target):
     @property
     def rules(self) -> list[Rule]:
         return list(self._rules)
+
+    def replace_rules(self, rules: Sequence[Rule]) -> None:
+        """Put ``rules`` in force from the next file on (a rules file, if any, still reloads over them)."""
+        self._check_targets(rules)
+        self._rules = list(rules)
+
+    @staticmethod
+    def _check_targets(rules: Sequence[Rule]) -> None:
+        for rule in rules:
+            for target in rule.targets:
+                if not isinstance(target, Target):
+                    raise ConfigurationError(f"rule targets must be ingest targets, got {target!r}")
 
     def targets(self) -> list[Target]:
         found: dict[int, Target] = {id(t): t for t in self._named.values()}
