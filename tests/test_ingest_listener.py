@@ -202,3 +202,16 @@ def test_a_scan_never_takes_a_file_still_open_for_writing_even_after_a_long_paus
         wait_for(lambda: recorder.seen)
         assert ingest.wait_idle(10)
     assert recorder.seen == [("paused.bin", 2000, 2000)]
+
+
+def test_without_inotify_simple_the_listener_polls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datapipelines.ingest.listener as listener_module
+
+    monkeypatch.setattr(listener_module, "inotify_simple", None)
+    pipeline, listener, recorder = setup(tmp_path, settle=0.1)
+    assert listener.poll == 1.0
+    with Ingest(pipeline, listener) as ingest:
+        drop(tmp_path / "incoming", "polled.txt", b"p")
+        wait_for(lambda: recorder.seen, timeout=10)
+        assert ingest.wait_idle(10)
+    assert recorder.seen == [("polled.txt", 1, 1)]
