@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -177,6 +178,71 @@ def serve(pipeline: DataPipeline, address: str | None) -> Any:
     return server
 
 
+def ingest_pass() -> None:
+    """Files dropped into a folder: routed by rules, one step failing twice before it succeeds,
+    archived with their tags, then the counters."""
+    from datapipelines.cli.ingest import print_report
+    from datapipelines.ingest import (
+        ArchiveSink,
+        DirectoryListener,
+        FailurePolicy,
+        Ingest,
+        RetryPolicy,
+        Router,
+        Rule,
+        Step,
+    )
+
+    root = os.path.join(DEMO_DIRECTORY, "ingest")
+    shutil.rmtree(root, ignore_errors=True)
+    incoming = os.path.join(root, "incoming")
+    os.makedirs(incoming)
+    failures = {"flaky.csv": 2}
+
+    def parse(file: Any) -> None:
+        if failures.get(file.name, 0) >= file.attempt:
+            raise ValueError(f"{file.name}: attempt {file.attempt} fails")
+        print(f"  parser: {file.name} parsed on attempt {file.attempt}")
+
+    archive = ArchiveSink(os.path.join(root, "archive"), "%Y%m%d/{original_basename}")
+    parser = Step(
+        "parser",
+        parse,
+        retry=RetryPolicy(total=3, min_wait=0.2, max_wait=1.0),
+        then=archive,
+        failure=FailurePolicy.keep(os.path.join(root, "trash")),
+    )
+    router = Router(
+        [Rule.regex(r".*\.csv$", parser), Rule.fnmatch("*.txt", archive)],
+        no_match=FailurePolicy.keep(os.path.join(root, "nomatch")),
+    )
+    pipeline = DataPipeline([router])
+    print(f"\nIngest: files dropped into {incoming}, *.csv -> parser -> archive, *.txt -> archive")
+    with Ingest(pipeline, DirectoryListener(incoming, settle=0.2)) as ingest:
+        for name in ("flaky.csv", "clean.csv", "notes.txt", "unknown.bin"):
+            temporary = os.path.join(incoming, name + ".part")
+            with open(temporary, "w") as handle:
+                handle.write(f"contents of {name}\n")
+            os.rename(temporary, os.path.join(incoming, name))
+        ingest.wait_idle(30)
+        report = ingest.report()
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            if name.endswith(".tags") and "archive" in folder:
+                with open(os.path.join(folder, name)) as handle:
+                    tags = json.load(handle)
+                attempt = tags.get("latest.core.attempt", "1")
+                print(
+                    f"  {os.path.relpath(os.path.join(folder, name), root)}: original "
+                    f"{tags['first.core.original_basename']}, uid {tags['latest.core.uid']}, "
+                    f"attempt {attempt}"
+                )
+            elif not name.startswith(".") and "archive" not in folder and "incoming" not in folder:
+                print(f"  {os.path.relpath(os.path.join(folder, name), root)}")
+    print()
+    print_report(report)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datapipelines.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--serve", metavar="[HOST]:PORT", help="serve the pipeline's metrics until Ctrl-C")
@@ -194,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(run_pass("new process (memory empty)", pipeline, tiers))
         print_report(results, tiers)
         http_pass(tiers)
+        ingest_pass()
         if server is not None:
             from datapipelines.cli.stats import wait_for_interrupt
 
@@ -209,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tiers[1].close()  # type: ignore[attr-defined]
     print(f"Disk: values kept in {os.path.abspath(DEMO_DIRECTORY)} (`make clean` removes it)")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

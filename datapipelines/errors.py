@@ -79,5 +79,10 @@ class QueryKeyError(DataPipelinesError, TypeError, ValueError):
     """
 
 
+class DatabaseError(DataPipelinesError):
+    """A database could not be reached or read (an unreachable server, a file that is not a
+    database); the message names the URL or file, never its password."""
+
+
 # Mistakes in how a tier is used, not failures of the tier: a pipeline never swallows them.
 CALLER_ERRORS = (ConfigurationError, UnsupportedError, TypeError)

@@ -208,6 +208,7 @@ class DataPipeline(BatchReads):
         self._invalidation = invalidation
         if invalidation is not None:
             invalidation.attach(self)
+        self._reports: dict[str, Callable[[], Any]] = {}
         self._policies: dict[Any, Policy] = {}
         for policy_type, policy in (policies or {}).items():
             self.set_policy(policy_type, policy)
@@ -721,6 +722,8 @@ class DataPipeline(BatchReads):
                 entry["breaker"] = breaker.state
             group = "tiers" if is_tier(element) else "sources"
             report[group][self._stats[id(element)].name] = entry
+        for section, build in self._reports.items():
+            report[section] = build()
         return report
 
     def stats_by_type(self) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
@@ -736,6 +739,10 @@ class DataPipeline(BatchReads):
         for (owner, type), stats in list(self._type_stats.items()):
             report[groups[owner]].setdefault(stats.name, {})[type_name(type)] = stats.snapshot()
         return report
+
+    def add_stats(self, section: str, report: Callable[[], Any]) -> None:
+        """Add ``section`` to :meth:`stats`, filled by calling ``report()`` each time (the ingest uses it)."""
+        self._reports[section] = report
 
     def reset_stats(self) -> None:
         """Set every counter back to zero and forget latency samples."""

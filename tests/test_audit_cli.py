@@ -150,13 +150,13 @@ def test_control_characters_in_stored_text_are_escaped_in_tables_and_exact_in_js
     with AuditRecorder(directory) as recorder:
         pipeline = DataPipeline([recorder, RemoteSource(Adapter())])
         with pipeline.session(HOSTILE, meta={"note": HOSTILE}):
-            pipeline.get(RawResponse, {"url": "mem://" + HOSTILE})
+            pipeline.get(RawResponse, {"url": "mem://host/" + HOSTILE})
     code, out = run(capsys, "--dir", str(directory), "sessions")
     assert code == 0 and "\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\u202eevil\\x0d\\x0aname\\x08" in out
-    code, out = run(capsys, "--dir", str(directory), "show", request_id({"url": "mem://" + HOSTILE}))
-    assert code == 0 and "GET mem://\\x1b]0;owned" in out
+    code, out = run(capsys, "--dir", str(directory), "show", request_id({"url": "mem://host/" + HOSTILE}))
+    assert code == 0 and "GET mem://host/\\x1b]0;owned" in out
     for command in ("sessions", "show"):
-        argv = [command] + ([request_id({"url": "mem://" + HOSTILE})] if command == "show" else [])
+        argv = [command] + ([request_id({"url": "mem://host/" + HOSTILE})] if command == "show" else [])
         for json_flag in ([], ["--json"]):
             code, out = run(capsys, "--dir", str(directory), *json_flag, *argv)
             assert code == 0 and all(c == "\n" or c.isprintable() for c in out), (command, json_flag)

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
 import test_inventory_support as support
 from test_inventory_support import Clock, Database
 
+from datapipelines.cli import main
 from datapipelines.errors import ConfigurationError
-from datapipelines.inventory import BatchReleasedError, BatchResultError, Inventory, Source
+from datapipelines.inventory import (
+    BatchReleasedError,
+    BatchResultError,
+    Inventory,
+    Settings,
+    Source,
+    configure,
+    load_settings,
+)
 from datapipelines.inventory.schema import database_url
 
 db, sqlite_db, postgres_db, clock = support.db, support.sqlite_db, support.postgres_db, support.clock
@@ -139,6 +150,47 @@ def test_release_twice_is_refused(db: Database) -> None:
     failed.failed("first")
     with pytest.raises(BatchReleasedError, match=r"already released as failed"):
         twin.succeeded()
+
+
+def test_release_twice_is_a_value_error_as_upstream(db: Database) -> None:
+    db.items()
+    batch = db.inventory().acquire_batch("j", count=2)
+    batch.succeeded()
+    with pytest.raises(ValueError, match=r"already released"):  # pybatchintory code catches ValueError
+        batch.failed("late")
+
+
+def test_succeeded_and_failed_record_a_log(db: Database) -> None:
+    db.items()
+    inventory = db.inventory(job_identifier="worker-a")
+    inventory.acquire_batch("j", count=2).succeeded({"rows": 2}, log="2 rows written\nno warnings\n")
+    [done] = inventory.batches("j")
+    assert (done.status, done.result) == ("succeeded", {"rows": 2})
+    assert done.log is not None
+    head, *body = done.log.splitlines()
+    assert head.startswith("attempt 1 (worker-a) succeeded at 2")
+    assert body == ["2 rows written", "no warnings"]
+
+    inventory.acquire_batch("j", count=2).failed(RuntimeError("disk full"), log="wrote 1 of 2 rows")
+    failed = inventory.batches("j")[1]
+    assert failed.log is not None
+    assert failed.log.splitlines()[1] == "wrote 1 of 2 rows"
+    assert "RuntimeError: disk full" in failed.log
+
+
+def test_weight_is_a_float_whether_running_or_released(db: Database) -> None:
+    db.items()
+    inventory = db.inventory()
+    running = inventory.acquire_batch("j", count=3)
+    assert type(running.weight) is float and running.weight == 6.0
+    assert type(running.record.weight) is float
+    assert all(type(r.weight) is float for r in inventory.batches("j"))
+    running.succeeded()
+    [released] = inventory.batches("j")
+    assert type(released.weight) is float and released.weight == 6.0
+    assert type(inventory.jobs()[0].weight) is float
+    unweighted = db.inventory(source=db.source(weight_column=None)).acquire_batch("k", count=2)
+    assert type(unweighted.weight) is float and unweighted.weight == 2.0
 
 
 def test_result_must_be_json(db: Database) -> None:
@@ -440,3 +492,129 @@ def test_over_the_catalogue_weighted_by_size(tmp_path) -> None:
         assert [item["size"] for item in rest.items] == [400, 500, 600]
         assert inventory.acquire_batch("copy", where={"type": "builtins.bytes"}) is None
         assert inventory.acquire_batch("copy").count == 1  # the str row, past the filtered range
+
+
+# -- settings, as a pybatchintory deployment has them ------------------------------------------
+@pytest.fixture
+def clean_environment(monkeypatch):
+    for name in list(os.environ):
+        if name.upper().startswith(("DATAPIPELINES_INVENTORY", "PYBATCHINTORY_")):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_configure_from_pybatchintory_environment_and_dotenv(db: Database, tmp_path, clean_environment):
+    db.items()
+    dotenv = tmp_path / "inventory.env"
+    dotenv.write_text(
+        "# moved over from pybatchintory\n"
+        f"export PYBATCHINTORY_INVENTORY_CONN='{db.url}'\n"
+        f"pybatchintory_meta_table_name=items\n"
+        f"PYBATCHINTORY_META_CONN_SCHEMA={db.schema or ''}\n"
+        f"PYBATCHINTORY_INVENTORY_CONN_SCHEMA={db.schema or ''}\n"
+        "DATAPIPELINES_INVENTORY_WEIGHT_COLUMN=weight\n"
+        "DATAPIPELINES_INVENTORY_MAX_ATTEMPTS=5\n"
+    )
+    clean_environment.setenv("PYBATCHINTORY_ENV_FILE", str(dotenv))
+    clean_environment.setenv("DATAPIPELINES_INVENTORY_TABLE", "moved_inventory")
+    with configure(lease_seconds=60) as inventory:
+        assert (inventory.table.name, inventory.table.schema) == ("moved_inventory", db.schema)
+        assert (inventory.max_attempts, inventory.lease.total_seconds()) == (5, 60)
+        batch = inventory.acquire_batch("j", weight=12)
+        assert batch.id_range == (0, 3)
+    # The environment wins over the file, keyword arguments over both.
+    clean_environment.setenv("DATAPIPELINES_INVENTORY_MAX_ATTEMPTS", "2")
+    assert load_settings().max_attempts == 2
+    assert load_settings(max_attempts=7).max_attempts == 7
+    assert load_settings(dotenv).source_table == "items"
+
+
+def test_settings_errors_are_named(tmp_path, clean_environment) -> None:
+    assert load_settings() == Settings()
+    with pytest.raises(ConfigurationError, match="Unknown inventory setting 'tabel'"):
+        load_settings(tabel="x")
+    clean_environment.setenv("DATAPIPELINES_INVENTORY_LEASE_SECONDS", "an hour")
+    with pytest.raises(ConfigurationError, match="'lease_seconds' must be a number, got 'an hour'"):
+        load_settings()
+    clean_environment.delenv("DATAPIPELINES_INVENTORY_LEASE_SECONDS")
+    with pytest.raises(ConfigurationError, match="Cannot read the dotenv file '.*missing.env'"):
+        load_settings(tmp_path / "missing.env")
+    bad = tmp_path / "bad.env"
+    bad.write_text("URL sqlite:///x\n")
+    with pytest.raises(ConfigurationError, match="line 1: expected NAME=value"):
+        load_settings(bad)
+
+
+# -- moving a pybatchintory inventory over ----------------------------------------------------------
+def upstream_table(db: Database, old_names: bool = False) -> sa.Table:
+    """pybatchintory's inventory table (its newer column names, or with ``old_names`` the first ones)."""
+    prefix, result = ("meta_id", "job_result") if old_names else ("batch_id", "job_result_item")
+    sized = ("weight", "count") if old_names else ("batch_weight", "batch_count")
+    table = sa.Table(
+        "inventory", sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("meta_table", sa.String, nullable=False), sa.Column("job", sa.String, nullable=False),
+        sa.Column("job_identifier", sa.String), sa.Column(result, sa.JSON),
+        sa.Column("processing_start", sa.DateTime, nullable=False), sa.Column("processing_end", sa.DateTime),
+        sa.Column(f"{prefix}_start", sa.BigInteger, nullable=False),
+        sa.Column(f"{prefix}_end", sa.BigInteger, nullable=False),
+        sa.Column(sized[0], sa.Integer), sa.Column(sized[1], sa.Integer, nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False), sa.Column("status", sa.String, nullable=False),
+        sa.Column("logging", sa.String), sa.Column("config", sa.JSON, nullable=False),
+        schema=db.schema,
+    )  # fmt: skip
+    started = datetime(2029, 12, 31, 23, 0)
+    rows = [
+        (0, 3, 12, "succeeded", {"files": 4}, None),
+        (4, 5, 18, "failed", None, "OSError: disk full"),
+        (6, 6, 12, "running", None, None),
+    ]
+    with db.engine.begin() as connection:
+        table.create(connection)
+        connection.execute(
+            table.insert(),
+            [
+                {"meta_table": "items", "job": "j", "job_identifier": "old-host", result: outcome,
+                 "processing_start": started, f"{prefix}_start": first, f"{prefix}_end": last,
+                 sized[0]: weight, sized[1]: last - first + 1, "attempt": 1, "status": status,
+                 "logging": log, "config": {"batch_weight": 20}}
+                for first, last, weight, status, outcome, log in rows
+            ],
+        )  # fmt: skip
+    return table
+
+
+@pytest.mark.parametrize("old_names", [False, True])
+def test_import_pybatchintory_and_continue(db: Database, clock: Clock, old_names: bool) -> None:
+    db.items()
+    upstream_table(db, old_names)
+    inventory = db.inventory(clock=clock, lease=3600)
+    sources = {"items": db.source()}  # pybatchintory names the table alone; here it may be in a schema
+    assert inventory.import_pybatchintory(schema=db.schema, sources=sources) == 3
+    assert inventory.import_pybatchintory(schema=db.schema, sources=sources) == 0  # nothing new
+    records = inventory.batches("j")
+    assert [(r.id_range, r.status, r.weight, r.count) for r in records] == [
+        ((0, 3), "succeeded", 12.0, 4), ((4, 5), "failed", 18.0, 2), ((6, 6), "running", 12.0, 1)
+    ]  # fmt: skip
+    assert records[0].result == {"files": 4} and records[1].log == "OSError: disk full"
+    assert records[0].config["batch_weight"] == 20 and "pybatchintory:" in records[0].config["imported_from"]
+
+    retried = inventory.acquire_batch("j")  # the failed range first, then new items after the last one
+    assert (retried.id_range, retried.attempt) == ((4, 5), 2)
+    assert inventory.acquire_batch("j").id_range == (7, 9)
+    clock.advance(3600)  # the range running when moved over is taken over after its lease
+    assert inventory.acquire_batch("j").id_range == (6, 6)
+
+
+def test_import_pybatchintory_errors_and_cli(sqlite_db: Database, capsys) -> None:
+    sqlite_db.items()
+    inventory = sqlite_db.inventory()
+    with pytest.raises(ConfigurationError, match="No pybatchintory table 'inventory' in sqlite:///"):
+        inventory.import_pybatchintory()
+    with pytest.raises(ConfigurationError, match="'items' in sqlite:///.* is not a pybatchintory inventory"):
+        inventory.import_pybatchintory(table="items")
+    upstream_table(sqlite_db)
+    assert main(["inventory", "--url", sqlite_db.url, "--json", "import-pybatchintory"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"imported": 3}
+    assert main(["inventory", "--url", sqlite_db.url, "import-pybatchintory"]) == 0
+    assert capsys.readouterr().out == "0 range(s) imported from pybatchintory\n"

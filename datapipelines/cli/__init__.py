@@ -17,7 +17,7 @@ from ..extras import MissingExtraError
 from .output import printable
 
 # Subcommand groups, each a module of this package with a register(subparsers).
-GROUPS: tuple[str, ...] = ("audit", "inventory", "catalog", "check", "stats")
+GROUPS: tuple[str, ...] = ("audit", "inventory", "catalog", "ingest", "check", "stats")
 
 
 def build_parser() -> argparse.ArgumentParser:

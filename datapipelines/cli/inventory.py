@@ -3,6 +3,7 @@
     datapipelines inventory --url sqlite:///inventory.sqlite3 status
     datapipelines inventory list [--job JOB] [--status failed] [--limit 50] [--log]
     datapipelines inventory retry [--job JOB] [--id ROW ...]
+    datapipelines inventory import-pybatchintory [--from-url URL] [--from-table inventory]
 
 Tables by default; ``--json`` prints one JSON document for scripts.
 """
@@ -22,9 +23,13 @@ def register(subparsers: Any) -> None:
 
     parser = subparsers.add_parser("inventory", help="show and retry the ranges jobs took from source tables")
     parser.add_argument(
-        "--url", help=f"the inventory database (default: ${URL_ENVIRONMENT} or a SQLite file in this folder)"
+        "--url",
+        help=f"the inventory database (default: ${URL_ENVIRONMENT}, $PYBATCHINTORY_INVENTORY_CONN, "
+        "the dotenv file in $DATAPIPELINES_INVENTORY_ENV_FILE, or a SQLite file in this folder)",
     )
-    parser.add_argument("--table", default=DEFAULT_TABLE, help=f"the inventory table ({DEFAULT_TABLE})")
+    parser.add_argument(
+        "--table", help=f"the inventory table (default: $DATAPIPELINES_INVENTORY_TABLE or {DEFAULT_TABLE})"
+    )
     parser.add_argument("--schema", help="the database schema of the table (PostgreSQL)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -40,14 +45,22 @@ def register(subparsers: Any) -> None:
     retry.add_argument("--job", help="only this job's ranges")
     retry.add_argument("--id", type=int, action="append", dest="ids", metavar="ROW", help="only this row")
     retry.set_defaults(func=_retry)
+    moved = commands.add_parser(
+        "import-pybatchintory", help="copy a pybatchintory inventory's ranges in, so its jobs continue"
+    )
+    moved.add_argument("--from-url", help="pybatchintory's database (default: the inventory's)")
+    moved.add_argument("--from-table", default="inventory", help="pybatchintory's table (inventory)")
+    moved.add_argument("--from-schema", help="pybatchintory's schema (PostgreSQL)")
+    moved.set_defaults(func=_import)
 
 
-def _inventory(args: argparse.Namespace) -> Any:
+def _inventory(args: argparse.Namespace, *, create: bool = False) -> Any:
     from ..errors import ConfigurationError
-    from ..inventory import Inventory
+    from ..inventory import configure
 
-    inventory = Inventory(args.url, table=args.table, schema=args.schema)
-    if not inventory.exists():
+    given = {"url": args.url, "table": args.table, "schema": args.schema}
+    inventory = configure(**{name: value for name, value in given.items() if value is not None})
+    if not create and not inventory.exists():
         inventory.close()
         where = inventory.url.render_as_string(hide_password=True)
         raise ConfigurationError(f"No inventory table {inventory.table.fullname!r} in {where}")
@@ -111,13 +124,23 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    inventory = _inventory(args)
-    try:
+    with _inventory(args) as inventory:
         retried = inventory.retry(args.job, ids=args.ids)
-    finally:
-        inventory.close()
-    if args.json:
-        print_json({"retried": retried})
-    else:
-        print(f"{retried} failed range(s) get one more attempt")
+    _report(args, "retried", retried, f"{retried} failed range(s) get one more attempt")
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    with _inventory(args, create=True) as inventory:
+        imported = inventory.import_pybatchintory(
+            args.from_url, table=args.from_table, schema=args.from_schema
+        )
+    _report(args, "imported", imported, f"{imported} range(s) imported from pybatchintory")
+    return 0
+
+
+def _report(args: argparse.Namespace, name: str, count: int, text: str) -> None:
+    if args.json:
+        print_json({name: count})
+    else:
+        print(text)

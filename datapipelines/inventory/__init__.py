@@ -16,6 +16,7 @@ except ImportError as error:
 from .batch import Batch, BatchRecord, BatchReleasedError, BatchResultError
 from .inventory import DEFAULT_URL, URL_ENVIRONMENT, Inventory, JobSummary
 from .schema import DEFAULT_TABLE, FAILED, RUNNING, STATUSES, SUCCEEDED
+from .settings import Settings, configure, load_settings
 from .source import Source, Where
 
 __all__ = [
@@ -33,5 +34,8 @@ __all__ = [
     "Inventory",
     "JobSummary",
     "Source",
+    "Settings",
     "Where",
+    "configure",
+    "load_settings",
 ]

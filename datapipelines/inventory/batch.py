@@ -19,8 +19,11 @@ if TYPE_CHECKING:
     from .source import BoundSource
 
 
-class BatchReleasedError(DataPipelinesError):
-    """A batch was released twice, or after another process took it over."""
+class BatchReleasedError(DataPipelinesError, ValueError):
+    """A batch was released twice, or after another process took it over.
+
+    A ``ValueError``, as pybatchintory raises for a batch released twice.
+    """
 
 
 class BatchResultError(DataPipelinesError, TypeError):
@@ -52,7 +55,11 @@ class BatchRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> BatchRecord:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        values = {f.name: row[f.name] for f in fields(cls)}
+        # SQLite hands back an inserted whole weight as int, a stored one as float: always float.
+        if values["weight"] is not None:
+            values["weight"] = float(values["weight"])
+        return cls(**values)
 
     @property
     def id_range(self) -> tuple[int, int]:
@@ -111,23 +118,26 @@ class Batch:
             self._items = self._inventory._items(self._source, self.id_start, self.id_end, self._where)
         return self._items
 
-    def succeeded(self, result: Any = None) -> None:
-        """Record the range as done, with a JSON-serialisable ``result``."""
+    def succeeded(self, result: Any = None, *, log: str | None = None) -> None:
+        """Record the range as done, with a JSON-serialisable ``result`` and, if given, a ``log`` text."""
         try:
             json.dumps(result)
         except (TypeError, ValueError) as error:
             raise BatchResultError(
                 f"The result of {self!r} cannot be stored as JSON ({error}); the batch is still running"
             ) from error
-        self._release(SUCCEEDED, result=result)
+        self._release(SUCCEEDED, result=result, log=log)
 
-    def failed(self, error: BaseException | str) -> None:
-        """Record the range as failed; it is offered again until it has had its max attempts."""
+    def failed(self, error: BaseException | str, *, log: str | None = None) -> None:
+        """Record the range as failed; it is offered again until it has had its max attempts.
+
+        The row's log gets ``log`` (if given), then the error's traceback (or the text).
+        """
         if isinstance(error, BaseException):
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         else:
             text = str(error)
-        self._release(FAILED, log=text)
+        self._release(FAILED, log=text if log is None else f"{log.rstrip()}\n{text}")
 
     def process(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``func(items, *args, **kwargs)``, then release the batch with the outcome; errors propagate."""

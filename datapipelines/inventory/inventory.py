@@ -70,7 +70,7 @@ class JobSummary:
     expired: int  # running past their lease
     last_id: int | None  # end of the last incremental range
     items: int  # items in succeeded ranges
-    weight: float  # weight of succeeded ranges
+    weight: float  # weight of succeeded ranges, always a float
     max_attempt: int
 
 
@@ -448,7 +448,7 @@ class Inventory:
         values: dict[str, Any] = {"status": status, "processing_end": now, "result": result}
         if log is not None:
             holder = f"attempt {batch.attempt} ({batch.record.job_identifier})"
-            values["log"] = self._append_log(f"{holder} failed at {now.isoformat()} UTC:\n{log.rstrip()}\n")
+            values["log"] = self._append_log(f"{holder} {status} at {now.isoformat()} UTC:\n{log.rstrip()}\n")
         self._update_running(batch, values)
 
     def _renew(self, batch: Batch, lease: float | timedelta | None) -> None:
@@ -513,7 +513,10 @@ class Inventory:
             .order_by(t.c.job, t.c.source_table)
         )
         with self._reading() as connection:
-            return [JobSummary(*row) for row in connection.execute(query)]
+            rows = [list(row) for row in connection.execute(query)]
+        for row in rows:
+            row[10] = float(row[10])  # a SUM of floats is an int on SQLite when every weight is whole
+        return [JobSummary(*row) for row in rows]
 
     def batches(
         self, job: str | None = None, *, status: str | None = None, limit: int | None = None
@@ -544,6 +547,19 @@ class Inventory:
             query = query.where(t.c.id.in_(list(ids)))
         with self._engine.begin() as connection:
             return int(connection.execute(query.values(max_attempts=t.c.attempt + 1)).rowcount)
+
+    def import_pybatchintory(
+        self,
+        url: str | None = None,
+        *,
+        table: str = "inventory",
+        schema: str | None = None,
+        sources: Mapping[str, Source | str] | None = None,
+    ) -> int:
+        """Copy a pybatchintory inventory's ranges into this one (see ``upstream``); how many were new."""
+        from .upstream import import_pybatchintory
+
+        return import_pybatchintory(self, url, table=table, schema=schema, sources=sources)
 
     def now(self) -> datetime:
         """The inventory clock's current time as naive UTC, as the table stores times."""

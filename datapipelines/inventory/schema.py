@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
+from .. import database
+from ..database import database_url as database_url
+from ..database import show_url as show_url
 from ..errors import ConfigurationError
 
 RUNNING = "running"
@@ -58,21 +60,6 @@ def inventory_table(name: str, schema: str | None = None) -> sa.Table:
     )
 
 
-def database_url(url: str | URL) -> URL:
-    """Parse ``url``; plain ``postgresql://`` and ``postgres://`` use the psycopg 3 driver."""
-    try:
-        parsed = sa.make_url(url)
-    except sa.exc.ArgumentError as error:
-        raise ConfigurationError(f"Not a database URL: {url!r} ({error})") from error
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
-
-
-def show_url(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
 def create_engine(url: str | URL, *, immediate: bool) -> Engine:
     """An engine for ``url``; with ``immediate`` every SQLite transaction is BEGIN IMMEDIATE."""
     parsed = database_url(url)
@@ -81,7 +68,7 @@ def create_engine(url: str | URL, *, immediate: bool) -> Engine:
     if is_sqlite and "timeout" not in parsed.query:
         # Writers queue on the database lock; wait for them rather than fail.
         kwargs["connect_args"] = {"timeout": 60}
-    engine = sa.create_engine(parsed, **kwargs)
+    engine = database.create_engine(parsed, "inventory database", **kwargs)
     if is_sqlite and immediate:
         _begin_immediate(engine)
     return engine
@@ -132,12 +119,6 @@ def table_exists(engine: Engine, table: sa.Table) -> bool:
         return sa.inspect(connection).has_table(table.name, schema=table.schema)
 
 
-def utc(moment: datetime) -> datetime:
-    """``moment`` as naive UTC, the form stored in the table (aware input is converted)."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return moment
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+# The inventory stores naive UTC; the catalogue's helpers serve it too.
+utc = database.naive_utc
+now_utc = database.utc_now

@@ -24,19 +24,20 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
-    make_url,
+    inspect,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 
+from datapipelines.database import UTC, create_engine, database_url, naive_utc, show_url
+from datapipelines.database import utc_now as utc_now  # the catalogue's default clock
 from datapipelines.errors import DataPipelinesError
 
 from .content import canonical_json
 
-UTC = datetime.timezone.utc
 PAGE_SIZE = 1000
 FieldsType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -51,46 +52,53 @@ class CatalogError(DataPipelinesError, ValueError):
     """Bad input to a catalogue, a local state or their key-value store."""
 
 
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(UTC)
-
-
 def to_db(value: datetime.datetime) -> datetime.datetime:
     """Naive UTC for storage; a naive input is taken to be UTC already."""
     if not isinstance(value, datetime.datetime):
         raise CatalogError(f"expected a datetime, got {type(value).__name__} ({value!r})")
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value
+    return naive_utc(value)
 
 
 def from_db(value: datetime.datetime | None) -> datetime.datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
 
 
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, what: str = "catalogue") -> Engine:
     """An engine for a SQLite or PostgreSQL URL; a bare path means a SQLite file.
 
-    ``postgresql://`` and ``postgres://`` use the psycopg 3 driver.
+    ``postgresql://`` and ``postgres://`` use the psycopg 3 driver. Database
+    errors name ``what`` and the URL (see ``datapipelines.database``).
     """
-    if "://" not in url:
-        url = f"sqlite:///{url}"
-    for plain in ("postgresql://", "postgres://"):
-        if url.startswith(plain):
-            url = "postgresql+psycopg://" + url[len(plain) :]
-    parsed = make_url(url)
+    parsed = parse_url(url)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise CatalogError(
-            f"Catalogue URLs are sqlite:///path or postgresql://...; got {backend}:// in {url!r}"
+            f"Catalogue URLs are sqlite:///path or postgresql://...; got {backend}:// in {show_url(parsed)!r}"
         )
     if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    return create_engine(parsed, json_serializer=canonical_json)
+        folder = Path(parsed.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CatalogError(f"Cannot create the folder of the {what} {str(folder)!r}: {error}") from error
+    return create_engine(parsed, what, CatalogError, json_serializer=canonical_json)
+
+
+def parse_url(url: str) -> URL:
+    """A catalogue URL parsed; a bare path means a SQLite file."""
+    return database_url(url if "://" in url else f"sqlite:///{url}", CatalogError)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (or bare path); None for PostgreSQL or an in-memory database."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def display_url(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return show_url(engine.url)
 
 
 def record_table(metadata: MetaData, name: str, *, local: bool) -> Table:
@@ -111,10 +119,43 @@ def record_table(metadata: MetaData, name: str, *, local: bool) -> Table:
         columns += [
             Column("local", FieldsType, nullable=False),
             Column("local_updated", DateTime, nullable=True),
-            Column("deleted_at", DateTime, nullable=True, index=True),
-            Column("deleted_reason", Text, nullable=True),
         ]
+    # Soft deletion: the catalogue's own (a file that vanished) and a consumer's.
+    columns += [
+        Column("deleted_at", DateTime, nullable=True, index=True),
+        Column("deleted_reason", Text, nullable=True),
+    ]
     return Table(name, metadata, *columns)
+
+
+def changes_table(metadata: MetaData, name: str) -> Table:
+    """The append-only log of what changed, one row per record and change (see ``changes``)."""
+    return Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("key", Text, nullable=False, index=True),
+        Column("type", Text, nullable=False),
+        Column("changed_at", DateTime, nullable=False, index=True),
+        Column("action", String(16), nullable=False),
+        Column("columns", FieldsType, nullable=False),
+        Column("fields", FieldsType, nullable=False),
+    )
+
+
+def create_tables(engine: Engine, metadata: MetaData) -> None:
+    """Create missing tables, and add the nullable columns a table made by an older version lacks."""
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        inspector = inspect(connection)
+        for table in metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=connection.dialect)
+                    connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)
 
 
 def store_table(metadata: MetaData, name: str) -> Table:

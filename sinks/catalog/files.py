@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from datapipelines.keys import key_for, type_name_of
 
-from ._db import UTC, CatalogError, to_db, upsert
+from ._db import UTC, CatalogError, to_db
 from .content import canonical_json, flatten
 from .counts import Counts
 
@@ -29,7 +29,12 @@ if TYPE_CHECKING:
     from .sink import Catalog
 
 FILE_SOURCE = "file:"
-_DELETE_CHUNK = 500
+# Why generate soft-deletes a record, in mmmeta's words.
+META_MISSING = "meta-missing"  # its metadata file is gone (ensure=True)
+ORIGINAL_MISSING = "original-missing"  # the actual file it names is gone (ensure_files=True)
+# The fields of a record indexed from a file itself (no_meta=True).
+FILE_FIELDS = ("file_name", "file_path", "file_size", "modified_at", "content_hash")
+_READ_CHUNK = 1 << 20
 
 
 class _Invalid(Exception):
@@ -40,26 +45,45 @@ def generate(
     catalog: Catalog,
     folder: str | Path,
     *,
-    key: str = "id",
+    key: str | None = None,
     required: Iterable[str] = (),
     type: Any = "document",
     retrieved_field: str = "retrieved_at",
     prune: bool = False,
+    ensure: bool = False,
+    ensure_files: bool = False,
+    file_field: str = "file_name",
+    files_root: str | Path | None = None,
+    no_meta: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Counts:
-    """Add new records, update changed ones, and count what was skipped or invalid.
+    """Add new records, update changed ones, and count what was skipped, deleted or invalid.
 
-    ``key`` names the unique field (after flattening); ``required`` fields must
-    be present and not null. ``retrieved_at`` comes from ``retrieved_field``
-    (ISO 8601) or, without it, the file's modification time. Nothing is deleted
-    unless ``prune=True``: then records of ``type`` whose file is gone, or now
-    holds another key, are removed. ``progress(done, total)`` is called per file.
-    All writes happen in one transaction.
+    ``key`` names the unique field (after flattening; default ``id``, or
+    ``file_path`` with ``no_meta``); ``required`` fields must be present and not
+    null. ``retrieved_at`` comes from ``retrieved_field`` (ISO 8601) or, without
+    it, the file's modification time. Records of ``type`` whose file is gone (or
+    now holds another key) are removed with ``prune=True``, soft-deleted as
+    ``meta-missing`` with ``ensure=True``, and otherwise kept. ``ensure_files``
+    soft-deletes, as ``original-missing``, records whose actual file (the
+    ``file_field`` path, below ``files_root``, default ``folder``) is gone, and
+    restores them when it is back. ``no_meta`` catalogues every file below
+    ``folder`` itself, without JSON metadata (fields: ``FILE_FIELDS``).
+    ``progress(done, total)`` is called per file. All writes happen in one transaction.
     """
     root = Path(folder)
     if not root.is_dir():
         raise CatalogError(f"Metadata folder {str(root)!r} does not exist or is not a folder")
-    paths = sorted(path for path in root.rglob("*.json") if path.is_file())
+    if prune and ensure:
+        raise CatalogError("generate(prune=True) deletes what ensure=True soft-deletes: choose one")
+    key = key or ("file_path" if no_meta else "id")
+    if no_meta and key not in FILE_FIELDS:
+        raise CatalogError(f"With no_meta, the key is one of {', '.join(FILE_FIELDS)}; got {key!r}")
+    originals = Path(files_root) if files_root is not None else root
+    if no_meta:
+        paths = sorted(path for path in root.rglob("*") if path.is_file())
+    else:
+        paths = sorted(path for path in root.rglob("*.json") if path.is_file())
     required = tuple(required)
     now = to_db(catalog._clock())
     counts = Counts()
@@ -68,7 +92,12 @@ def generate(
     for done, path in enumerate(paths, 1):
         name = path.relative_to(root).as_posix()
         try:
-            row = _read(path, name, type, key, required, retrieved_field, now)
+            if no_meta:
+                row = _index(path, name, type, key, now)
+            else:
+                row = _read(path, name, type, key, required, retrieved_field, now)
+                if ensure_files and not _original_exists(originals, row["fields"], file_field):
+                    row.update(deleted_at=now, deleted_reason=ORIGINAL_MISSING)
             other = rows.get(row["key"])
             if other is not None:
                 first = other["source"][len(FILE_SOURCE) :]
@@ -83,36 +112,68 @@ def generate(
 
     table = catalog.table
     with catalog.engine.begin() as connection:
-        existing = {
-            found.key: found
-            for found in connection.execute(
-                select(table.c.key, table.c.sha256, table.c.source).where(table.c.type == type_name_of(type))
-            )
-        }
-        changed = []
-        for record_key, row in rows.items():
-            old = existing.get(record_key)
-            if old is None:
-                counts.added += 1
-            elif (old.sha256, old.source) == (row["sha256"], row["source"]):
-                counts.skipped += 1
-                continue
-            else:
-                counts.updated += 1
-            changed.append(row)
-        upsert(connection, table, changed)
-        if prune:
+        actions = catalog._apply(connection, rows, now)
+        for action in actions.values():
+            setattr(counts, action, getattr(counts, action) + 1)
+        counts.skipped = len(rows) - len(actions)
+        if prune or ensure:
+            existing = connection.execute(
+                select(table.c.key, table.c.source).where(table.c.type == type_name_of(type))
+            ).all()
             files = {path.relative_to(root).as_posix() for path in paths}
-            stale = _stale(existing.values(), rows, keys_by_file, files)
+            stale = _stale(existing, rows, keys_by_file, files)
             if stale and not paths:
                 raise CatalogError(
-                    f"No JSON files below {str(root)!r}: refusing to prune all {len(stale)} records "
-                    "generated from files (is it the right folder?)"
+                    f"No {'files' if no_meta else 'JSON files'} below {str(root)!r}: refusing to "
+                    f"{'prune' if prune else 'soft-delete'} all {len(stale)} records generated from files "
+                    "(is it the right folder?)"
                 )
-            for start in range(0, len(stale), _DELETE_CHUNK):
-                connection.execute(delete(table).where(table.c.key.in_(stale[start : start + _DELETE_CHUNK])))
-            counts.deleted = len(stale)
+            if prune:
+                counts.deleted += catalog._hard_delete(connection, stale, now)
+            else:
+                reason = ORIGINAL_MISSING if no_meta else META_MISSING
+                counts.deleted += catalog._soft_delete(connection, stale, reason, now)
     return counts
+
+
+def _original_exists(root: Path, fields: dict[str, Any], file_field: str) -> bool:
+    """Whether the actual file a metadata file names is there; a name leaving ``root`` is invalid."""
+    name = fields.get(file_field)
+    if not isinstance(name, str) or not name:
+        raise _Invalid(f"missing the file field {file_field!r} that ensure_files checks")
+    target = root / name
+    if Path(name).is_absolute() or not target.resolve().is_relative_to(root.resolve()):
+        raise _Invalid(f"file field {file_field!r} points outside {str(root)!r}: {name!r}")
+    return target.is_file()
+
+
+def _index(path: Path, name: str, type_: Any, key: str, now: datetime.datetime) -> dict[str, Any]:
+    """The record of a file catalogued as itself: its name, path, size, time and SHA-256."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            while chunk := file.read(_READ_CHUNK):
+                digest.update(chunk)
+        stat = path.stat()
+    except OSError as error:
+        raise _Invalid(f"cannot read the file ({error.strerror})") from None
+    modified = datetime.datetime.fromtimestamp(stat.st_mtime, UTC)
+    fields = {
+        "file_name": path.name, "file_path": name, "file_size": stat.st_size,
+        "modified_at": modified.isoformat(), "content_hash": digest.hexdigest(),
+    }  # fmt: skip
+    query = {key: fields[key]}
+    return {
+        "key": key_for(type_, query),
+        "type": type_name_of(type_),
+        "query": query,
+        "size": stat.st_size,
+        "sha256": fields["content_hash"],
+        "source": FILE_SOURCE + name,
+        "retrieved_at": to_db(modified),
+        "last_updated": now,
+        "fields": fields,
+    }
 
 
 def _stale(

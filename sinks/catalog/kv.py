@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from sqlalchemy import Engine, Table, delete, func, select
+from sqlalchemy.engine import Connection
 
 from ._db import CatalogError, to_db, upsert
 
@@ -62,6 +63,11 @@ class KeyValueStore(MutableMapping[str, Any]):
         return _DECODERS[row.kind](row.value)
 
     def __setitem__(self, key: str, value: Any) -> None:
+        with self._engine.begin() as connection:
+            self.set_in(connection, key, value)
+
+    def set_in(self, connection: Connection, key: str, value: Any) -> None:
+        """Store ``value`` under ``key`` within the caller's transaction."""
         check_key(key)
         encoder = _ENCODERS.get(type(value))
         if encoder is None:
@@ -71,8 +77,7 @@ class KeyValueStore(MutableMapping[str, Any]):
             )
         kind, encode = encoder
         row = {"key": key, "kind": kind, "value": encode(value), "updated_at": to_db(self._clock())}
-        with self._engine.begin() as connection:
-            upsert(connection, self._table, [row])
+        upsert(connection, self._table, [row])
 
     def __delitem__(self, key: str) -> None:
         with self._engine.begin() as connection:

@@ -13,17 +13,20 @@ values, and ``fields={"type": "x"}`` reaches fields named like a column.
 from __future__ import annotations
 
 import datetime
+import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from functools import partial
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from sqlalchemy import ColumnElement, Engine, Table, and_, false, func, not_, or_, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection
 
 from datapipelines.keys import type_name_of
 
 from ._db import DATE_COLUMNS, CatalogError, from_db, pages, to_db
 from .content import canonical_json
+from .remote import Remote, render
 
 # Columns every record shows; none of them can be set through a record.
 CORE_COLUMNS = (
@@ -36,6 +39,9 @@ Predicate = Callable[[Any, str], ColumnElement[bool]]
 
 
 class Owner(Protocol):
+    @property
+    def remote_templates(self) -> Mapping[str, str]: ...
+
     def _save_record(self, record_id: int, changed: Mapping[str, Any], removed: set[str]) -> None: ...
 
 
@@ -43,6 +49,8 @@ class Record(MutableMapping[str, Any]):
     """One catalogued item as a mapping: columns, then local fields, then remote fields.
 
     Set fields with ``record["imported"] = True`` and write them with ``save()``.
+    A field named like a column (``id``, ``type``...) is hidden by the column in
+    ``record[name]``: :attr:`columns` and :meth:`field` never mix the two.
     """
 
     def __init__(
@@ -67,6 +75,43 @@ class Record(MutableMapping[str, Any]):
     def fields(self) -> dict[str, Any]:
         """Every field, local over remote, including those named like a column."""
         return {**self._fields, **(self._local or {})}
+
+    @property
+    def columns(self) -> dict[str, Any]:
+        """The catalogue's own columns (id, key, type, query, size, ...), never a field."""
+        return dict(self._core)
+
+    def field(self, name: str, default: Any = None) -> Any:
+        """The field ``name`` (local over remote), never a column: ``record.field("id")``."""
+        if self._local is not None and name in self._local:
+            return self._local[name]
+        return self._fields.get(name, default)
+
+    @property
+    def uid(self) -> Any:
+        """The query's value when the query has one entry (a generated record's key field), else the key."""
+        query = self._core.get("query")
+        if isinstance(query, Mapping) and len(query) == 1:
+            return next(iter(query.values()))
+        return self.key
+
+    @property
+    def name(self) -> Any:
+        """The ``file_name`` field, else :attr:`uid` (mmmeta's ``File.name``)."""
+        return self.field("file_name", self.uid)
+
+    @property
+    def remote(self) -> Remote:
+        """Locations from the owner's remote templates: ``record.remote.url`` (see ``remote``)."""
+        values = {"uid": self.uid, "name": self.name, "key": self.key, "type": self._core.get("type")}
+        return render(self._owner.remote_templates, {**values, **self.fields}, self.key)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Columns, then ``fields`` (and ``remote`` when there are templates), nothing shadowed."""
+        document = {**self._core, "fields": self.fields}
+        if self._owner.remote_templates:
+            document["remote"] = dict(self.remote)
+        return document
 
     @property
     def deleted(self) -> bool:
@@ -131,19 +176,19 @@ def make_record(owner: Owner, row: Any, table: Table) -> Record:
 
 
 def save_fields(
-    engine: Engine, table: Table, column: str, record_id: int,
+    connection: Connection, table: Table, column: str, record_id: int,
     changed: Mapping[str, Any], removed: set[str], stamp: Mapping[str, Any],
-) -> None:  # fmt: skip
-    """Merge changes into one JSON column of a row, reading and writing in one transaction."""
-    with engine.begin() as connection:
-        current = connection.execute(
-            select(table.c[column]).where(table.c.id == record_id).with_for_update()
-        ).scalar_one_or_none()
-        if current is None:
-            raise CatalogError(f"Record {record_id} is no longer in {table.name}")
-        merged = {k: v for k, v in current.items() if k not in removed}
-        merged.update(changed)
-        connection.execute(update(table).where(table.c.id == record_id).values({column: merged, **stamp}))
+) -> tuple[str, str]:  # fmt: skip
+    """Merge changes into one JSON column of a row in the caller's transaction; the row's key and type."""
+    current = connection.execute(
+        select(table.c[column], table.c.key, table.c.type).where(table.c.id == record_id).with_for_update()
+    ).one_or_none()
+    if current is None:
+        raise CatalogError(f"Record {record_id} is no longer in {table.name}")
+    merged = {k: v for k, v in current[0].items() if k not in removed}
+    merged.update(changed)
+    connection.execute(update(table).where(table.c.id == record_id).values({column: merged, **stamp}))
+    return current.key, current.type
 
 
 # -- filters ---------------------------------------------------------------------
@@ -219,10 +264,9 @@ def where(table: Table, filters: Mapping[str, Any], dialect: str) -> list[Column
             stem, after = comparison
             column = _date_column(table, stem) if columns else None
             if column is not None:
-                bound = to_db(value)
+                bound = to_db(as_datetime(name, value))
                 return column >= bound if after else column < bound  # type: ignore[no-any-return]
-            text = value.isoformat() if isinstance(value, (datetime.date, datetime.datetime)) else value
-            return field(stem, partial(_text_bound, json, text, after))
+            return field(stem, partial(_text_bound, json, bound_text(value), after))
         value = _scalar(name, value)
         if value is None:
             return field(name, json.absent)
@@ -248,6 +292,38 @@ def where(table: Table, filters: Mapping[str, Any], dialect: str) -> list[Column
         else:
             conditions.append(condition(name, value, True))
     return conditions
+
+
+def as_datetime(name: str, value: Any) -> datetime.datetime:
+    """A date filter's value as a datetime: a datetime, a date (its midnight, UTC) or ISO 8601 text."""
+    if isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, datetime.date):
+        return datetime.datetime.combine(value, datetime.time(), datetime.timezone.utc)
+    if isinstance(value, str):
+        try:
+            # Python 3.10 does not read a trailing "Z" itself.
+            return datetime.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+        except ValueError:
+            pass
+    raise CatalogError(f"{name!r} needs an ISO 8601 date, got {value!r}")
+
+
+def bound_text(value: Any) -> Any:
+    """The text a field is compared with for ``<field>_after`` / ``_before``.
+
+    Text is taken as it is. A date, or a datetime at midnight UTC, is its date
+    alone ("2019-04-12"), so a field holding that date compares equal to it
+    rather than below its longer ISO form: ``_after`` includes the day and
+    ``_before`` leaves it out, whether the field holds dates or datetimes.
+    """
+    if isinstance(value, datetime.datetime):
+        if value.time() == datetime.time() and value.utcoffset() in (None, datetime.timedelta(0)):
+            return value.date().isoformat()
+        return value.isoformat()
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return value
 
 
 def _scalar(name: str, value: Any) -> Any:
@@ -286,7 +362,7 @@ def _column_condition(table: Table, name: str, value: Any) -> ColumnElement[bool
     if value is None:
         return column.is_(None)
     if name in DATE_COLUMNS:
-        return column == to_db(value)  # type: ignore[no-any-return]
+        return column == to_db(as_datetime(name, value))  # type: ignore[no-any-return]
     if name == "type" and not isinstance(value, str):
         value = type_name_of(value)
     return column == value  # type: ignore[no-any-return]
@@ -325,3 +401,39 @@ def _conditions(
     if "deleted_at" in table.c and not include_deleted and not asks_deleted:
         conditions.append(table.c.deleted_at.is_(None))
     return conditions or [~false()]
+
+
+class RecordQueries:
+    """``find``, ``find_one``, ``count`` and ``dump`` over ``self.table`` (catalogue or local state)."""
+
+    engine: Engine
+    table: Table
+    remote_templates: Mapping[str, str]
+
+    def _save_record(self, record_id: int, changed: Mapping[str, Any], removed: set[str]) -> None:
+        raise NotImplementedError
+
+    def find(
+        self, *, include_deleted: bool = False, limit: int | None = None, **filters: Any
+    ) -> Iterator[Record]:
+        """Records matching every filter (see the module docstring), in the order they were
+        first recorded; soft-deleted ones only if asked."""
+        return find_records(
+            self, self.engine, self.table, filters, include_deleted=include_deleted, limit=limit
+        )
+
+    def find_one(self, *, include_deleted: bool = False, **filters: Any) -> Record | None:
+        return next(self.find(include_deleted=include_deleted, limit=1, **filters), None)
+
+    def count(self, *, include_deleted: bool = False, **filters: Any) -> int:
+        return count_records(self.engine, self.table, filters, include_deleted=include_deleted)
+
+    def dump(self, out: IO[str] | None = None, *, include_deleted: bool = False, **filters: Any) -> int:
+        """Write the matching records to ``out`` (default stdout) as JSON lines, one
+        ``Record.as_dict()`` each; returns how many."""
+        stream = sys.stdout if out is None else out
+        written = 0
+        for record in self.find(include_deleted=include_deleted, **filters):
+            stream.write(canonical_json(record.as_dict()) + "\n")
+            written += 1
+        return written

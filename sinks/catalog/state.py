@@ -2,49 +2,67 @@
 
 ``update()`` merges the catalogue in: new records are added, changed ones get
 the catalogue's columns and fields, records gone from the catalogue are
-soft-deleted with the time and a reason, and local fields are never touched.
+soft-deleted with the time and a reason (and those the catalogue soft-deleted
+keep its reason), and local fields are never touched.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 from sqlalchemy import MetaData, bindparam, func, insert, select, update
 
-from ._db import REMOTE_COLUMNS, display_url, engine_for, pages, record_table, store_table, to_db, utc_now
+from ._db import (
+    REMOTE_COLUMNS,
+    create_tables,
+    display_url,
+    engine_for,
+    pages,
+    record_table,
+    store_table,
+    to_db,
+    utc_now,
+)
 from .counts import Counts
 from .kv import KeyValueStore
-from .records import Record, count_records, find_records, save_fields
-from .sink import Catalog
+from .records import RecordQueries, save_fields
+from .remote import check_templates
+from .sink import Catalog, deleted_reasons, url_from
 
-DELETED_REASON = "removed from the remote catalogue"
+DELETED_REASON = "state-missing"  # mmmeta's reason for a record gone from the catalogue
+STATE_LAST_UPDATED = "state_last_updated"
+STATE_ENVIRONMENT = "DATAPIPELINES_STATE"
 _CHUNK = 500
 
 
-class LocalState:
+class LocalState(RecordQueries):
     """A consumer's state database for ``catalog`` (a Catalog or its URL) at ``url``.
 
+    Without ``catalog``, ``$DATAPIPELINES_CATALOG``; without ``url``,
+    ``$DATAPIPELINES_STATE``. ``remote`` templates default to the catalogue's.
     Tables are ``<prefix>_records`` and ``<prefix>_store``, so several consumers
     can share one database under different prefixes.
     """
 
     def __init__(
         self,
-        catalog: Catalog | str,
-        url: str,
+        catalog: Catalog | str | None = None,
+        url: str | None = None,
         *,
         prefix: str = "state",
+        remote: Mapping[str, str] | None = None,
         clock: Callable[[], datetime.datetime] = utc_now,
     ) -> None:
         self.catalog = catalog if isinstance(catalog, Catalog) else Catalog(catalog, clock=clock)
-        self.engine = engine_for(url)
+        self.remote_templates = self.catalog.remote_templates if remote is None else check_templates(remote)
+        self.engine = engine_for(url_from(url, STATE_ENVIRONMENT, "local state"), "local state")
         metadata = MetaData()
         self.table = record_table(metadata, f"{prefix}_records", local=True)
         store = store_table(metadata, f"{prefix}_store")
-        metadata.create_all(self.engine)
+        create_tables(self.engine, metadata)
         self.store = KeyValueStore(self.engine, store, clock)
         self._clock = clock
 
@@ -77,35 +95,45 @@ class LocalState:
         seen: set[str] = set()
         done = 0
         refresh = update(table).where(table.c.key == bindparam("match_key"))
+        copied = (*REMOTE_COLUMNS, "deleted_at", "deleted_reason")
         with self.engine.begin() as connection:
             for rows in pages(self.catalog.engine, select(remote), remote.c.id):
                 added, changed = [], []
                 for row in rows:
-                    values = {name: row._mapping[name] for name in REMOTE_COLUMNS}
+                    values = {name: row._mapping[name] for name in copied}
                     seen.add(row.key)
                     old = known.get(row.key)
+                    # The catalogue's own soft deletions (a vanished file) are copied with their reason.
+                    remote_deleted = row.deleted_at is not None
                     if old is None:
-                        counts.added += 1
                         added.append({**values, "local": {}})
-                    elif old[2]:
-                        counts.restored += 1
-                        changed.append(values)
-                    elif old[:2] != (row.sha256, row.last_updated):
-                        counts.updated += 1
-                        changed.append(values)
-                    else:
+                        if remote_deleted:
+                            counts.deleted += 1
+                        else:
+                            counts.added += 1
+                        continue
+                    if old[:2] == (row.sha256, row.last_updated) and old[2] == remote_deleted:
                         counts.skipped += 1
+                        continue
+                    if remote_deleted and not old[2]:
+                        counts.deleted += 1
+                    elif old[2] and not remote_deleted:
+                        counts.restored += 1
+                    elif remote_deleted:
+                        counts.skipped += 1
+                    else:
+                        counts.updated += 1
+                    changed.append(values)
                 if added:
                     connection.execute(insert(table), added)
                 if changed:
                     connection.execute(
                         refresh,
                         [
-                            {**{k: v for k, v in values.items() if k != "key"}, "match_key": values["key"],
-                             "deleted_at": None, "deleted_reason": None}
+                            {**{k: v for k, v in values.items() if k != "key"}, "match_key": values["key"]}
                             for values in changed
                         ],
-                    )  # fmt: skip
+                    )
                 done += len(rows)
                 if progress is not None:
                     progress(done, total)
@@ -118,24 +146,17 @@ class LocalState:
                     .where(table.c.key.in_(gone[start : start + _CHUNK]))
                     .values(deleted_at=now, deleted_reason=reason)
                 )
-            counts.deleted = len(gone)
+            counts.deleted += len(gone)
+            if counts.added or counts.updated or counts.deleted or counts.restored:
+                self.store.set_in(connection, STATE_LAST_UPDATED, self._clock())
         return counts
 
-    # -- queries ----------------------------------------------------------------------
-    def find(
-        self, *, include_deleted: bool = False, limit: int | None = None, **filters: Any
-    ) -> Iterator[Record]:
-        """Records matching every filter (see ``records``), soft-deleted ones only if asked."""
-        return find_records(
-            self, self.engine, self.table, filters, include_deleted=include_deleted, limit=limit
-        )
+    @property
+    def state_last_updated(self) -> datetime.datetime | None:
+        """When ``update()`` or a saved record last changed the local state, or None."""
+        return self.store.get(STATE_LAST_UPDATED)
 
-    def find_one(self, *, include_deleted: bool = False, **filters: Any) -> Record | None:
-        return next(self.find(include_deleted=include_deleted, limit=1, **filters), None)
-
-    def count(self, *, include_deleted: bool = False, **filters: Any) -> int:
-        return count_records(self.engine, self.table, filters, include_deleted=include_deleted)
-
+    # -- queries: find, find_one, count and dump come from RecordQueries ---------------
     def summary(self) -> dict[str, Any]:
         """Live and soft-deleted records, how many carry local changes, and the key-value store."""
         table = self.table
@@ -152,13 +173,16 @@ class LocalState:
             "catalog": self.catalog.url,
             "records": records,
             "deleted": deleted,
+            "deleted_reasons": deleted_reasons(self.engine, table),
             "changed_locally": changed,
             "store": dict(self.store),
         }
 
     def _save_record(self, record_id: int, changed: Mapping[str, Any], removed: set[str]) -> None:
         stamp = {"local_updated": to_db(self._clock())}
-        save_fields(self.engine, self.table, "local", record_id, changed, removed, stamp)
+        with self.engine.begin() as connection:
+            save_fields(connection, self.table, "local", record_id, changed, removed, stamp)
+            self.store.set_in(connection, STATE_LAST_UPDATED, self._clock())
 
     # -- lifetime ---------------------------------------------------------------------
     def close(self) -> None:
