@@ -77,7 +77,7 @@ class MemoryStore(Store):
         self._size = 0  # entries, or bytes with getsizeof
         # type -> marshal bytes of a query -> its key, for the queries this store has answered.
         # Sized with the store rather than the process-wide key memo, so a hit costs the same
-        # with 10^6 keys in use as with 10^3; started over when it outgrows twice the store.
+        # with 10^6 keys in use as with 10^3; started over when it outgrows twice the entries.
         self._aliases: defaultdict[Any, dict[bytes, str]] = defaultdict(dict)
         self._aliased = 0
         # The dict's own clear: a bound method of the store would keep the store alive.
@@ -139,7 +139,8 @@ class MemoryStore(Store):
             if entry is not None and len(data) <= MEMO_ENTRY_BYTES:  # bigger: cheaper to key again
                 learned[data] = entry.key
         with self._lock:
-            if self._aliased + len(learned) > 2 * self.maxsize:
+            # Bounded by what the store holds (maxsize may be a byte budget), with room for churn.
+            if self._aliased + len(learned) > 2 * len(self._entries) + 1024:
                 self._forget_aliases()
             self._aliases[type_].update(learned)
             self._aliased += len(learned)

@@ -230,3 +230,17 @@ def test_typed_queries_stay_apart_on_the_remembered_path() -> None:
     for _ in range(2):  # the second round is answered from the remembered keys
         assert [store.lookup(str, {"id": v}) for v in variants] == ["1", "1.0", "'1'", "True"]
         assert store.lookup_many(str, [{"id": v} for v in variants]) == ["1", "1.0", "'1'", "True"]
+
+
+@pytest.mark.parametrize("options", [{"maxsize": 100}, {"maxsize": 10**9, "getsizeof": len}])
+def test_remembered_queries_stay_bounded_by_what_the_store_holds(options: dict[str, Any]) -> None:
+    # Many distinct queries come and go (evicted or deleted): what the store remembers of
+    # them must not grow with the traffic, even when maxsize is a byte budget.
+    store = MemoryStore(**options)
+    for i in range(20_000):
+        store.store_many(str, [({"id": i}, "x")])
+        assert store.lookup(str, {"id": i}) == "x"
+        if "getsizeof" in options:
+            store.delete(str, {"id": i - 50})
+    remembered = sum(len(table) for table in store._aliases.values())
+    assert remembered <= 2 * len(store) + 1024
