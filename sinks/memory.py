@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshal
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -78,7 +78,7 @@ class MemoryStore(Store):
         # type -> marshal bytes of a query -> its key, for the queries this store has answered.
         # Sized with the store rather than the process-wide key memo, so a hit costs the same
         # with 10^6 keys in use as with 10^3; started over when it outgrows twice the entries.
-        self._aliases: defaultdict[Any, dict[bytes, str]] = defaultdict(dict)
+        self._aliases: dict[Any, dict[bytes, str]] = {}  # a plain dict: a defaultdict subscript is slower
         self._aliased = 0
         # The dict's own clear: a bound method of the store would keep the store alive.
         on_keys_changed(self, self._aliases.clear)
@@ -105,9 +105,9 @@ class MemoryStore(Store):
         # (see keys.key_for); anything it cannot write takes the general path.
         try:
             key = self._aliases[type_].get(
-                _dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION)
+                _dumps(query if type(query) is dict else dict(query), _MARSHAL_VERSION)
             )
-        except (ValueError, TypeError):
+        except (KeyError, ValueError, TypeError):  # a type not read yet; a query marshal cannot write
             key = None
         if key is None:
             return self._lookup_unaliased(type_, query)
@@ -132,7 +132,7 @@ class MemoryStore(Store):
         learned = {}
         for query, key in pairs:
             try:
-                data = _dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION)
+                data = _dumps(query if type(query) is dict else dict(query), _MARSHAL_VERSION)
             except (ValueError, TypeError):
                 continue
             entry = self._get(key)
@@ -142,7 +142,7 @@ class MemoryStore(Store):
             # Bounded by what the store holds (maxsize may be a byte budget), with room for churn.
             if self._aliased + len(learned) > 2 * len(self._entries) + 1024:
                 self._forget_aliases()
-            self._aliases[type_].update(learned)
+            self._aliases.setdefault(type_, {}).update(learned)
             self._aliased += len(learned)
 
     def _forget_aliases(self) -> None:
@@ -152,11 +152,11 @@ class MemoryStore(Store):
     def lookup_many_entries(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
         # The batch hit path: keys from the remembered bytes where known, then one pass.
         self._check_type(type_)
-        aliased = self._aliases[type_].get
+        aliased = self._aliases.get(type_, {}).get
         keys, fresh = [], []
         for index, query in enumerate(queries):
             try:
-                key = aliased(_dumps(query if query.__class__ is dict else dict(query), _MARSHAL_VERSION))
+                key = aliased(_dumps(query if type(query) is dict else dict(query), _MARSHAL_VERSION))
             except (ValueError, TypeError):
                 key = None
             if key is None:
