@@ -83,6 +83,16 @@ class BatchReads:
                 break
             tried.append(route.name)
             found = self._fetch_batch(route, [queries[i] for i in pending], policy, passed)
+            if route.plain:
+                # Nothing to convert or write back: the values are the results.
+                missed = []
+                for index, value in zip(pending, found, strict=True):
+                    if value is MISSING:
+                        missed.append(index)
+                    else:
+                        results[index] = value
+                pending = missed
+                continue
             hits = [(i, value) for i, value in zip(pending, found, strict=True) if value is not MISSING]
             if not hits:
                 continue

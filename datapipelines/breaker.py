@@ -38,9 +38,10 @@ class CircuitBreaker:
 
     @property
     def state(self) -> str:
-        if self._open_until is None:
+        until = self._open_until  # read once: a success on another thread may reset it to None
+        if until is None:
             return "closed"
-        return "half-open" if self._clock() >= self._open_until else "open"
+        return "half-open" if self._clock() >= until else "open"
 
     def allow(self) -> bool:
         """May a call go to the tier now?"""

@@ -18,7 +18,8 @@ import hashlib
 import marshal
 import sys
 import uuid
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import QueryKeyError
@@ -80,6 +81,23 @@ def set_schema_version(type_: Any, version: int) -> None:
     _schema_versions[type_] = version
     _memo.clear()
     _items_memo.clear()
+    _forget_remembered_keys()
+
+
+_key_rememberers: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
+
+
+def on_keys_changed(owner: Any, forget: Callable[[], None]) -> None:
+    """Have ``forget`` called whenever keys change (a schema version is set), while ``owner`` lives.
+
+    For a store that remembers which key a query had, as this module's memo does.
+    """
+    _key_rememberers[owner] = forget
+
+
+def _forget_remembered_keys() -> None:
+    for forget in list(_key_rememberers.values()):
+        forget()
 
 
 def schema_version(type_: Any) -> int:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gc
+import itertools
+import random
 import threading
+import time
+import weakref
 from typing import Any
 
 import pytest
 from test_store_contract import Item
 
-from datapipelines import MISSING
+from datapipelines import MISSING, keys, set_schema_version
 from datapipelines.sinks.memory import MemoryStore
 
 
@@ -77,3 +82,165 @@ def test_safe_to_share_between_threads() -> None:
     for thread in threads:
         thread.join()
     assert errors == [] and len(store) <= 64
+
+
+class _RecordingClock:
+    """time.monotonic that remembers, per thread, the last reading it gave."""
+
+    def __init__(self) -> None:
+        self._seen = threading.local()
+
+    def __call__(self) -> float:
+        self._seen.now = time.monotonic()
+        return self._seen.now  # type: ignore[no-any-return]
+
+    def last(self) -> float:
+        return self._seen.now  # type: ignore[no-any-return]
+
+
+def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model() -> None:
+    # Each key has one owner thread, which puts (with short, long or no expiry) and deletes it;
+    # every operation gets a per-key sequence number and a global tick when it completed. Readers
+    # tick before each lookup. Whatever a read returns must be MISSING or a value of that key
+    # that is not older than the last operation completed before the read began, and not past
+    # its deadline when the read began.
+    clock, ticks = _RecordingClock(), itertools.count()
+    store = MemoryStore(maxsize=40, clock=clock)
+    keys, writers, readers, steps = 160, 4, 4, 3000
+    # Per key: (sequence number, tick when done, "put" or "delete", deadline).
+    history: dict[int, list[tuple[int, int, str, float]]] = {k: [] for k in range(keys)}
+    observations: list[tuple[int, int, Any, float]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(writers + readers)
+
+    def write(owner: int) -> None:
+        rng, sequence = random.Random(owner), dict.fromkeys(range(owner, keys, writers), 0)
+        start.wait()
+        for _ in range(steps):
+            key = rng.randrange(owner, keys, writers)
+            sequence[key] += 1
+            seq = sequence[key]
+            if rng.random() < 0.15:
+                store.delete(tuple, {"id": key})
+                history[key].append((seq, next(ticks), "delete", 0.0))
+                continue
+            seconds = rng.choice([None, 0.0005, 0.01, 60])
+            store.store_many(tuple, [({"id": key}, (key, seq))], seconds=seconds)
+            deadline = float("inf") if seconds is None else clock.last() + seconds
+            history[key].append((seq, next(ticks), "put", deadline))
+
+    def read(reader: int) -> None:
+        rng, seen = random.Random(100 + reader), []
+        start.wait()
+        for _ in range(steps):
+            queries = [{"id": rng.randrange(keys)} for _ in range(rng.choice([1, 1, 5]))]
+            began, now = next(ticks), clock()
+            if len(queries) == 1:
+                values = [store.lookup(tuple, queries[0])]
+            else:
+                values = store.lookup_many(tuple, queries)
+            seen.extend((q["id"], began, v, now) for q, v in zip(queries, values, strict=True))
+        observations.extend(seen)
+
+    def guarded(target: Any, n: int) -> threading.Thread:
+        def run() -> None:
+            try:
+                target(n)
+            except BaseException as error:  # collected: an assertion in a thread would be lost
+                errors.append(error)
+
+        return threading.Thread(target=run)
+
+    threads = [guarded(write, n) for n in range(writers)] + [guarded(read, n) for n in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store) <= 40
+
+    returned = 0
+    for key, began, value, now in observations:
+        done_before = [seq for seq, tick, _, _ in history[key] if tick < began]
+        if value is MISSING:
+            continue
+        returned += 1
+        found_key, seq = value
+        assert found_key == key, f"key {key} answered with the value of key {found_key}"
+        op = next(entry for entry in history[key] if entry[0] == seq)
+        assert op[2] == "put"
+        assert not done_before or seq >= max(done_before), f"key {key}: read {seq} after {max(done_before)}"
+        assert op[3] > now, f"key {key}: value {seq} returned past its deadline"
+    assert returned > 1000  # the readers did see values, not just misses
+
+    # At rest the store holds, for each key, at most the last value its owner put (if unexpired).
+    now = clock()
+    for key, ops in history.items():
+        value = store.lookup(tuple, {"id": key})
+        if value is not MISSING:
+            seq, _, op, deadline = ops[-1]
+            assert value == (key, seq) and op == "put" and deadline > now
+
+
+def test_a_hit_costs_no_key_computation_however_many_keys_are_in_use(monkeypatch: Any) -> None:
+    # More keys than the process-wide key memo holds: the store remembers its own queries' keys.
+    count = 70_000
+    store = MemoryStore(maxsize=count)
+    queries = [{"key": f"k{i}"} for i in range(count)]
+    store.store_many(str, [(q, q["key"]) for q in queries])
+    computed = []
+    real = keys.compute_key
+    monkeypatch.setattr(keys, "compute_key", lambda *args: computed.append(args) or real(*args))
+    assert [store.lookup(str, q) for q in queries] == [q["key"] for q in queries]  # first reads too
+    assert [store.lookup(str, q) for q in queries[::2]] == [q["key"] for q in queries[::2]]
+    assert store.lookup_many(str, queries[1::2]) == [q["key"] for q in queries[1::2]]
+    assert computed == []
+
+
+def test_remembered_keys_follow_a_schema_bump_and_a_clear() -> None:
+    class Versioned:
+        pass
+
+    store = MemoryStore()
+    store.store_many(Versioned, [({"id": 1}, "v1")])
+    assert store.lookup(Versioned, {"id": 1}) == "v1" and store.lookup_many(Versioned, [{"id": 1}]) == ["v1"]
+    set_schema_version(Versioned, 2)
+    assert store.lookup(Versioned, {"id": 1}) is MISSING
+    assert store.lookup_many(Versioned, [{"id": 1}]) == [MISSING]
+    store.store_many(Versioned, [({"id": 1}, "v2")])
+    assert store.lookup(Versioned, {"id": 1}) == "v2"
+    store.clear()
+    assert store.lookup(Versioned, {"id": 1}) is MISSING
+
+
+def test_a_store_nobody_holds_is_freed() -> None:
+    store = MemoryStore()
+    store.store_many(str, [({"id": 1}, "x")])
+    assert store.lookup(str, {"id": 1}) == "x"
+    freed = weakref.ref(store)
+    del store
+    gc.collect()
+    assert freed() is None
+
+
+def test_typed_queries_stay_apart_on_the_remembered_path() -> None:
+    store = MemoryStore()
+    variants: list[Any] = [1, 1.0, "1", True]
+    store.store_many(str, [({"id": v}, repr(v)) for v in variants])
+    for _ in range(2):  # the second round is answered from the remembered keys
+        assert [store.lookup(str, {"id": v}) for v in variants] == ["1", "1.0", "'1'", "True"]
+        assert store.lookup_many(str, [{"id": v} for v in variants]) == ["1", "1.0", "'1'", "True"]
+
+
+@pytest.mark.parametrize("options", [{"maxsize": 100}, {"maxsize": 10**9, "getsizeof": len}])
+def test_remembered_queries_stay_bounded_by_what_the_store_holds(options: dict[str, Any]) -> None:
+    # Many distinct queries come and go (evicted or deleted): what the store remembers of
+    # them must not grow with the traffic, even when maxsize is a byte budget.
+    store = MemoryStore(**options)
+    for i in range(20_000):
+        store.store_many(str, [({"id": i}, "x")])
+        assert store.lookup(str, {"id": i}) == "x"
+        if "getsizeof" in options:
+            store.delete(str, {"id": i - 50})
+    remembered = sum(len(table) for table in store._aliases.values())
+    assert remembered <= 2 * len(store) + 1024
