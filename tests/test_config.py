@@ -180,6 +180,10 @@ def test_from_config_takes_a_dict_and_keyword_options(app: Path) -> None:
             "policies.weatherapp:Weather: ",
         ),
         ("[tiers.memory\n", "pipeline.toml: not valid TOML"),
+        ('sources = ["weatherapp:api"]\npolicies = 3\n', "pipeline.toml: policies: expected tables"),
+        ("[tiers.memory]\nexpirations = 5\n", "tiers.memory: MemoryStore: Expirations must map"),
+        ('[tiers.disk]\ndirectory = "/dev/null/cache"\n', "pipeline.toml: tiers.disk: DiskStore: "),
+        ('[tiers.audit]\ndirectory = "/dev/null/audit"\n', "pipeline.toml: tiers.audit: AuditRecorder: "),
     ],
 )
 def test_bad_config_is_one_error_naming_file_and_key(app: Path, config: str, message: str) -> None:
@@ -190,6 +194,12 @@ def test_bad_config_is_one_error_naming_file_and_key(app: Path, config: str, mes
     assert "\n" not in text
     assert str(app / "pipeline.toml") in text
     assert message.replace("pipeline.toml: ", "") in text
+
+
+def test_a_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    (tmp_path / "garbage.toml").write_bytes(b"\xab\xcd\x00\xff" * 64)
+    with pytest.raises(ConfigurationError, match=r"garbage\.toml: not a TOML file \(not UTF-8"):
+        DataPipeline.from_config(tmp_path / "garbage.toml")
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
