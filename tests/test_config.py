@@ -272,6 +272,10 @@ def test_stats_runs_a_job_and_prints_its_counters(app: Path) -> None:
         (("--serve", "9109"), "--serve: expected [HOST]:PORT such as :9109, got '9109'"),
         (("--run", "weatherapp:nothing"), "--run: module 'weatherapp' has no 'nothing'"),
         (("--run", "weatherapp:recorded"), "--run: weatherapp:recorded is not a function"),
+        (
+            ("--run", "os:getcwd"),
+            "--run: os:getcwd cannot be called as FUNCTION(pipeline) (too many positional arguments)",
+        ),
     ],
 )
 def test_stats_errors_are_one_line(app: Path, args: tuple[str, ...], message: str) -> None:
