@@ -15,7 +15,7 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-from .output import print_json, table
+from .output import print_json, printable, table
 
 
 def register(subparsers: Any) -> None:
@@ -119,7 +119,10 @@ def _list(args: argparse.Namespace) -> int:
     if args.log:
         for r in records:
             if r.log:
-                print(f"\n-- row {r.id} ({r.job}, ids {r.id_start}..{r.id_end}) --\n{r.log.rstrip()}")
+                # Job names and failure texts come from anyone's code: escaped line by line.
+                print()
+                print(printable(f"-- row {r.id} ({r.job}, ids {r.id_start}..{r.id_end}) --"))
+                print("\n".join(printable(line) for line in r.log.rstrip().split("\n")))
     return 0
 
 
