@@ -15,6 +15,7 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
+from .arguments import non_negative
 from .output import print_json, printable, table
 
 
@@ -38,7 +39,9 @@ def register(subparsers: Any) -> None:
     listing = commands.add_parser("list", help="the ranges jobs took, oldest first")
     listing.add_argument("--job", help="only this job")
     listing.add_argument("--status", choices=STATUSES, help="only ranges with this status")
-    listing.add_argument("--limit", type=int, default=50, help="the newest N ranges (default 50, 0 for all)")
+    listing.add_argument(
+        "--limit", type=non_negative(int), default=50, help="the newest N ranges (default 50, 0 for all)"
+    )
     listing.add_argument("--log", action="store_true", help="print each failed range's log below the table")
     listing.set_defaults(func=_list)
     retry = commands.add_parser("retry", help="give failed ranges that used up their attempts one more")
