@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line, whatever the message quotes from a file: control characters escaped.
         print(f"datapipelines: error: {printable(error)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`dump | head`): stop quietly, and keep the interpreter's
+        # final flush of stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        print("datapipelines: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
