@@ -306,8 +306,9 @@ def _canonical_request(query: Mapping[str, Any], session: Pairs = ()) -> RemoteR
     target = url if url is not None else path
     if not isinstance(target, str) or not target:
         raise RemoteQueryError(f"'url'/'path' must be a non-empty str in query {query!r}")
-    if _CONTROL.search(target):
-        # urlsplit would silently drop CR, LF and tab, sending another request than the one named.
+    if _CONTROL.search(target) and (url is None or target.lower().startswith(("http:", "https:"))):
+        # HTTP cannot carry them, and urlsplit would silently drop CR, LF and tab, sending
+        # another request than the one named. Other adapters' targets are theirs to judge.
         raise RemoteQueryError(f"{target!r} is not a valid URL: it holds a control character")
     target, in_target = canonical_url(target) if url is not None else _split_path(target)
     body, is_json = _body(query.get("body"), query)
