@@ -350,3 +350,32 @@ def test_a_failing_tier_shows_as_errors_skips_and_an_open_breaker(
     assert metrics["datapipelines.tier.breaker_open"][tier].value == 1
     assert metrics["datapipelines.tier.errors"][tier].value == entry["errors"] > 0
     assert metrics["datapipelines.tier.skips"][tier].value == entry["skips"] > 0
+
+
+def test_damaged_entries_are_exported(providers: dict[str, Any], reader: InMemoryMetricReader) -> None:
+    from datapipelines import DataSink, DataSource
+    from datapipelines.errors import DamagedEntryError
+
+    class TamperedCache(DataSource, DataSink):
+        def __repr__(self) -> str:
+            return "tampered"
+
+        def get(self, type: Any, query: Any, context: Any = None) -> Any:
+            raise DamagedEntryError("signature does not match")
+
+        def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
+            raise DamagedEntryError("signature does not match")
+
+        def put(self, type: Any, item: Any, context: Any = None) -> None:
+            pass
+
+        def put_many(self, type: Any, items: Any, context: Any = None) -> None:
+            pass
+
+    pipeline = DataPipeline([TamperedCache(), Api()], name="tampered")
+    instrument(pipeline, **providers)
+    for _ in range(3):
+        assert pipeline.get(Weather, {"city": "Oslo"}) == Weather("Oslo", 3.5)
+    tier = (("pipeline", "tampered"), ("tier", "tampered"))
+    entry = pipeline.stats()["tiers"]["tampered"]
+    assert exported(reader)["datapipelines.tier.damaged"][tier].value == entry["damaged"] == 3
