@@ -72,6 +72,10 @@ def resolve(spec: Any) -> Any:
         found: Any = importlib.import_module(module_name)
     except ImportError as error:
         raise ConfigurationError(f"cannot import {module_name!r} ({error})") from error
+    except Exception as error:
+        # The module itself fails (a syntax error, a raise at import): name it, as for a missing one.
+        why = f"{type(error).__name__}: {error}"
+        raise ConfigurationError(f"cannot import {module_name!r} ({why})") from error
     for part in attribute.split("."):
         try:
             found = getattr(found, part)

@@ -202,6 +202,25 @@ def test_a_file_that_is_not_text_is_named(tmp_path: Path) -> None:
         DataPipeline.from_config(tmp_path / "garbage.toml")
 
 
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        ("def broken(:\n", "SyntaxError: "),
+        ('raise RuntimeError("needs its settings")\n', "RuntimeError: needs"),
+    ],
+)
+def test_a_module_failing_at_import_is_named(app: Path, module: str, message: str) -> None:
+    (app / "brokenapp.py").write_text(module, encoding="utf-8")
+    (app / "pipeline.toml").write_text('sources = ["brokenapp:api"]\n', encoding="utf-8")
+    try:
+        done = run_cli("check", "pipeline.toml", cwd=app)
+    finally:
+        sys.modules.pop("brokenapp", None)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    expected = f"datapipelines: error: pipeline.toml: sources[0]: cannot import 'brokenapp' ({message}"
+    assert done.stderr.startswith(expected)
+
+
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"nothing\.toml: cannot read it"):
         DataPipeline.from_config(tmp_path / "nothing.toml")
