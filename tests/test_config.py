@@ -283,6 +283,9 @@ def test_stats_runs_a_job_and_prints_its_counters(app: Path) -> None:
     assert report["pipeline"] == "weather"
     assert report["sources"]["api"]["calls"] == 2
     assert report["tiers"]["MemoryStore(maxsize=500)"]["hits"] == 2
+    table = run_cli("stats", "pipeline.toml", "--run", "weatherapp:job", cwd=app).stdout.splitlines()
+    header = table[0].split()
+    assert header[:2] == ["role", "element"] and set(header[2:]) == set(report["sources"]["api"])
 
 
 @pytest.mark.parametrize(

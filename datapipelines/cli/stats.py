@@ -47,7 +47,7 @@ def _print(pipeline: Any, as_json: bool) -> None:
         print_json({"pipeline": pipeline.name, **report})
         return
     counters = ("hits", "misses", "puts", "errors", "skips", "calls", "joins", "stale", "negative",
-                "p50_us", "p99_us")  # fmt: skip
+                "damaged", "p50_us", "p99_us")  # fmt: skip
     rows = [
         (group[:-1], name, *(entry.get(c) for c in counters))
         for group in ("tiers", "sources")
