@@ -44,7 +44,17 @@ def a_header_only(directory):
     os.truncate(directory / "audit.sqlite", 60)
 
 
-GARBAGE = [random_bytes, truncated, a_header_only]
+def a_table_dropped(directory):
+    # Recreating it would show every session with no responses, and change the file.
+    with AuditRecorder(directory) as recorder:
+        recorder.record(response_for(request_for({"url": "mem://1"}), payload=b"x", status_code=200))
+    db = sqlite3.connect(directory / "audit.sqlite")
+    db.execute("DROP TABLE responses")
+    db.commit()
+    db.close()
+
+
+GARBAGE = [random_bytes, truncated, a_header_only, a_table_dropped]
 
 
 def digest(path):
