@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -44,8 +45,32 @@ def _register_unavailable(subparsers: Any, group: str, missing: MissingExtraErro
     parser.set_defaults(func=unavailable)
 
 
+class _WarningLines(logging.Handler):
+    """The library's warnings as ``datapipelines: warning: ...`` lines, control characters
+    escaped as in every table (Python's fallback printed them raw, paths and all)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"datapipelines: warning: {printable(record.getMessage())}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logger = logging.getLogger("datapipelines")
+    warnings = _WarningLines()
+    logger.addHandler(warnings)
+    try:
+        return _run(args)
+    finally:
+        logger.removeHandler(warnings)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except DataPipelinesError as error:
