@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import TYPE_WILDCARD
-from .errors import ConfigurationError, NoConversionError, element_name, type_name
+from .errors import ConfigurationError, DataPipelinesError, NoConversionError, element_name, type_name
 from .policy import Policy
 from .sink import DataSink
 from .source import DataSource
@@ -72,6 +72,10 @@ def resolve(spec: Any) -> Any:
         found: Any = importlib.import_module(module_name)
     except ImportError as error:
         raise ConfigurationError(f"cannot import {module_name!r} ({error})") from error
+    except Exception as error:
+        # The module itself fails (a syntax error, a raise at import): name it, as for a missing one.
+        why = f"{type(error).__name__}: {error}"
+        raise ConfigurationError(f"cannot import {module_name!r} ({why})") from error
     for part in attribute.split("."):
         try:
             found = getattr(found, part)
@@ -138,7 +142,8 @@ class _Reader:
     def _call(self, key: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> Any:
         try:
             return factory(**options)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, DataPipelinesError) as error:
+            # A store that cannot open its directory is a mistake in this config too: name the key.
             raise self.error(key, f"{type_name(factory)}: {error}") from error
 
     def listed(self, config: Mapping[str, Any], key: str) -> list[Any]:
@@ -157,6 +162,8 @@ def load(config: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[Mapping[st
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigurationError(f"{path}: cannot read it ({error.strerror or error})") from error
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(f"{path}: not a TOML file (not UTF-8 text: {error.reason})") from error
     try:
         return tomllib.loads(text), _Reader(str(path), path.resolve().parent)
     except tomllib.TOMLDecodeError as error:
@@ -189,7 +196,10 @@ def pipeline_from_config(config: str | os.PathLike[str] | Mapping[str, Any], **o
         for i, spec in enumerate(reader.listed(data, "transformers"))
     ]
     policies = {}
-    for spec, settings in dict(data.get("policies", {})).items():
+    policy_specs = data.get("policies", {})
+    if not isinstance(policy_specs, Mapping):
+        raise reader.error("policies", 'expected tables such as [policies."module:Type"]')
+    for spec, settings in policy_specs.items():
         if not isinstance(settings, Mapping):
             raise reader.error(f"policies.{spec}", "expected a table such as { ttl = 300 }")
         try:

@@ -67,9 +67,11 @@ def create_engine(url: URL, what: str, error: type[Exception] = ConfigurationErr
     try:
         engine = sa.create_engine(url, **options)
     except (sa.exc.NoSuchModuleError, ImportError) as problem:
+        # The driver this project installs for PostgreSQL is an extra: say which.
+        hint = '; pip install "datapipelines[postgres]"' if url.drivername == "postgresql+psycopg" else ""
         raise error(
             f"The {what} {show_url(url)!r} has a scheme no installed database driver serves "
-            f"({url.drivername}://): {problem}"
+            f"({url.drivername}://): {problem}{hint}"
         ) from problem
     label = f"{what} {show_url(url)}"
 

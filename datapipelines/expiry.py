@@ -42,6 +42,10 @@ class Expirations:
     def __init__(self, expirations: Mapping[Any, Any] | None = None, default: Any = None) -> None:
         self.default = to_seconds(default, "the default")
         self._configured: dict[Any, float | None] = {}
+        if expirations is not None and not isinstance(expirations, Mapping):
+            raise ConfigurationError(
+                f"Expirations must map types or type names to expiries, got {expirations!r}"
+            )
         for key, value in (expirations or {}).items():
             if not isinstance(key, (type, str)):
                 raise ConfigurationError(f"Expiration keys must be types or type names, got {key!r}")

@@ -218,6 +218,9 @@ class HttpAdapter:
                     content=request.body,
                     headers=dict(request.headers),
                 )
+            except (httpx.InvalidURL, UnicodeError) as error:
+                # A host IDNA cannot encode (an empty or overlong label): never sent, never retried.
+                raise RemoteQueryError(f"{request.source}: {url!r} is not a valid URL: {error}") from error
             except httpx.TransportError as error:
                 if attempt >= self.max_attempts or not isinstance(error, retryable_errors):
                     raise RemoteError(

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from .errors import type_name
 from .pipeline import is_tier
 
-TIER_COUNTERS = ("hits", "misses", "puts", "errors", "skips")
+TIER_COUNTERS = ("hits", "misses", "puts", "errors", "skips", "damaged")
 SOURCE_COUNTERS = ("calls", "misses", "errors", "joins", "stale", "negative")
 GROUPS = (("tiers", "tier", TIER_COUNTERS), ("sources", "source", SOURCE_COUNTERS))
 # Keys of stats()["ingest"] that hold a level, not a count of files, even when an integer.
@@ -44,6 +44,7 @@ DESCRIPTIONS = {
     "tier.puts": "values written into a tier",
     "tier.errors": "failed tier lookups and writes",
     "tier.skips": "tier calls skipped while its circuit breaker was open",
+    "tier.damaged": "entries a tier found failing their integrity check, served as misses",
     "tier.breaker_open": "1 while the tier's circuit breaker is open",
     "source.calls": "calls to a source",
     "source.misses": "source calls answered NotFoundError",

@@ -367,8 +367,10 @@ class DataPipeline(BatchReads):
                         if value is MISSING:
                             # Missing or due for refresh: the slow path sorts out which.
                             start = 0
-                except NotFoundError:
+                except NotFoundError as missing:
                     value = MISSING
+                    if isinstance(missing, DamagedEntryError):
+                        stats.damaged += 1  # as the slow path counts it (a recorder as first tier)
                 except Exception:
                     value, start = MISSING, 0  # the slow path asks again and accounts for the error
                 if start:

@@ -24,6 +24,7 @@ import datetime
 import functools
 import hashlib
 import json
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -231,13 +232,39 @@ def _body(raw: Any, query: Mapping[str, Any]) -> tuple[bytes | None, bool]:
         return None, False
     if isinstance(raw, bytes):
         return raw, False
-    if isinstance(raw, str):
-        return raw.encode("utf-8"), False
-    if isinstance(raw, (Mapping, list)):
-        return json.dumps(raw, separators=(",", ":"), sort_keys=True).encode("utf-8"), True
+    try:
+        if isinstance(raw, str):
+            return raw.encode("utf-8"), False
+        if isinstance(raw, (Mapping, list)):
+            return json.dumps(raw, separators=(",", ":"), sort_keys=True).encode("utf-8"), True
+    except UnicodeEncodeError as error:
+        reason = error.reason
+        raise RemoteQueryError(f"'body' is not valid Unicode text ({reason}) in query {query!r}") from None
     raise RemoteQueryError(
         f"'body' must be bytes, str, dict or list, got {type(raw).__name__} in query {query!r}"
     )
+
+
+# RFC 9110: a header name is a token; a value is visible ASCII, spaces and tabs (no CR, LF or NUL).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _headers(raw: Any, query: Mapping[str, Any]) -> dict[str, str]:
+    """The query's headers, names lower-cased; one that could never be sent is refused up front."""
+    if not isinstance(raw, Mapping):
+        raise RemoteQueryError(f"'headers' must be a mapping, got {type(raw).__name__} in query {query!r}")
+    headers = {}
+    for name, value in raw.items():
+        name, value = str(name), str(value)
+        if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+            raise RemoteQueryError(
+                f"Header {name!r}: {value!r} cannot be sent (names are HTTP tokens, values printable "
+                f"ASCII without CR or LF) in query {query!r}"
+            )
+        headers[name.lower()] = value
+    return headers
 
 
 def request_for(query: Mapping[str, Any]) -> RemoteRequest:
@@ -279,9 +306,13 @@ def _canonical_request(query: Mapping[str, Any], session: Pairs = ()) -> RemoteR
     target = url if url is not None else path
     if not isinstance(target, str) or not target:
         raise RemoteQueryError(f"'url'/'path' must be a non-empty str in query {query!r}")
+    if _CONTROL.search(target) and (url is None or target.lower().startswith(("http:", "https:"))):
+        # HTTP cannot carry them, and urlsplit would silently drop CR, LF and tab, sending
+        # another request than the one named. Other adapters' targets are theirs to judge.
+        raise RemoteQueryError(f"{target!r} is not a valid URL: it holds a control character")
     target, in_target = canonical_url(target) if url is not None else _split_path(target)
     body, is_json = _body(query.get("body"), query)
-    headers = {str(k).lower(): str(v) for k, v in (query.get("headers") or {}).items()}
+    headers = _headers(query.get("headers") or {}, query)
     if is_json:
         headers.setdefault("content-type", "application/json")
     params = _params(query.get("params"), query)

@@ -44,7 +44,17 @@ def a_header_only(directory):
     os.truncate(directory / "audit.sqlite", 60)
 
 
-GARBAGE = [random_bytes, truncated, a_header_only]
+def a_table_dropped(directory):
+    # Recreating it would show every session with no responses, and change the file.
+    with AuditRecorder(directory) as recorder:
+        recorder.record(response_for(request_for({"url": "mem://1"}), payload=b"x", status_code=200))
+    db = sqlite3.connect(directory / "audit.sqlite")
+    db.execute("DROP TABLE responses")
+    db.commit()
+    db.close()
+
+
+GARBAGE = [random_bytes, truncated, a_header_only, a_table_dropped]
 
 
 def digest(path):
@@ -128,3 +138,15 @@ def test_a_row_of_the_wrong_shape_is_one_error_naming_the_file(tmp_path, capsys,
     assert main(["audit", "--dir", str(directory), "show", request_id({"url": "mem://1"})]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"datapipelines: error: Audit database {directory}/audit.sqlite: a row is not")
+
+
+def test_a_warning_the_library_logs_is_one_escaped_line_too(tmp_path, capsys):
+    directory = tmp_path / "audit\x1b[2J"  # the warning quotes the blob's path
+    with AuditRecorder(directory) as recorder:
+        recorder.record(response_for(request_for({"url": "mem://1"}), payload=b"1", status_code=200))
+    (blob,) = (path for path in (directory / "blobs").rglob("*") if path.is_file())
+    blob.write_bytes(b"changed")
+    assert main(["audit", "--dir", str(directory), "show", request_id({"url": "mem://1"}), "--payload"]) == 2
+    warning, error = capsys.readouterr().err.splitlines()
+    assert warning.startswith("datapipelines: warning: Blob ") and "audit\\x1b[2J" in warning
+    assert warning.isprintable() and error.startswith("datapipelines: error: Recorded blob")

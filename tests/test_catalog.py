@@ -280,6 +280,16 @@ def test_declared_types_limit_what_is_recorded(database: Callable[[str], str], c
         catalog.record(Other, Other(1), query={"number": 1})
 
 
+def test_a_local_state_on_the_catalogues_own_tables_is_refused(database: Callable[[str], str]) -> None:
+    url = database("catalog")
+    with Catalog(url) as catalog:
+        catalog.store["owner"] = "catalogue"
+        with pytest.raises(CatalogError, match=r"local state's tables \(catalog_\*\) .* are the catalogue's"):
+            LocalState(catalog, url, prefix="catalog")
+        assert catalog.store["owner"] == "catalogue"
+        LocalState(catalog, url).close()  # the default prefix keeps them apart
+
+
 def test_direct_put_needs_a_query(tmp_path: Path, clock: Clock) -> None:
     catalog = Catalog(str(tmp_path / "catalog.db"), clock=clock)
     with pytest.raises(ConfigurationError, match="Document without a query"):

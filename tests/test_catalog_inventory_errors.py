@@ -211,3 +211,17 @@ def test_a_silent_postgresql_costs_a_bounded_connect_timeout(monkeypatch: pytest
             with pytest.raises(DatabaseError, match=f"127.0.0.1:{port}"):
                 open_it()
             assert time.monotonic() - started < 20  # psycopg's own default is to wait for ever
+
+
+def test_postgresql_without_its_driver_names_the_extra(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    # None in sys.modules makes the import raise ImportError, as in a venv without the extra.
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    url = "postgresql://postgres@127.0.0.1:5432/test"
+    for argv in (("inventory", "--url", url, "status"), ("catalog", "--catalog", url, "find")):
+        code, err = run(capsys, *argv)
+        assert code == 2
+        assert_one_line(err, "postgresql+psycopg://", 'pip install "datapipelines[postgres]"')

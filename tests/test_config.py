@@ -180,6 +180,10 @@ def test_from_config_takes_a_dict_and_keyword_options(app: Path) -> None:
             "policies.weatherapp:Weather: ",
         ),
         ("[tiers.memory\n", "pipeline.toml: not valid TOML"),
+        ('sources = ["weatherapp:api"]\npolicies = 3\n', "pipeline.toml: policies: expected tables"),
+        ("[tiers.memory]\nexpirations = 5\n", "tiers.memory: MemoryStore: Expirations must map"),
+        ('[tiers.disk]\ndirectory = "/dev/null/cache"\n', "pipeline.toml: tiers.disk: DiskStore: "),
+        ('[tiers.audit]\ndirectory = "/dev/null/audit"\n', "pipeline.toml: tiers.audit: AuditRecorder: "),
     ],
 )
 def test_bad_config_is_one_error_naming_file_and_key(app: Path, config: str, message: str) -> None:
@@ -190,6 +194,31 @@ def test_bad_config_is_one_error_naming_file_and_key(app: Path, config: str, mes
     assert "\n" not in text
     assert str(app / "pipeline.toml") in text
     assert message.replace("pipeline.toml: ", "") in text
+
+
+def test_a_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    (tmp_path / "garbage.toml").write_bytes(b"\xab\xcd\x00\xff" * 64)
+    with pytest.raises(ConfigurationError, match=r"garbage\.toml: not a TOML file \(not UTF-8"):
+        DataPipeline.from_config(tmp_path / "garbage.toml")
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        ("def broken(:\n", "SyntaxError: "),
+        ('raise RuntimeError("needs its settings")\n', "RuntimeError: needs"),
+    ],
+)
+def test_a_module_failing_at_import_is_named(app: Path, module: str, message: str) -> None:
+    (app / "brokenapp.py").write_text(module, encoding="utf-8")
+    (app / "pipeline.toml").write_text('sources = ["brokenapp:api"]\n', encoding="utf-8")
+    try:
+        done = run_cli("check", "pipeline.toml", cwd=app)
+    finally:
+        sys.modules.pop("brokenapp", None)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    expected = f"datapipelines: error: pipeline.toml: sources[0]: cannot import 'brokenapp' ({message}"
+    assert done.stderr.startswith(expected)
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
@@ -254,6 +283,9 @@ def test_stats_runs_a_job_and_prints_its_counters(app: Path) -> None:
     assert report["pipeline"] == "weather"
     assert report["sources"]["api"]["calls"] == 2
     assert report["tiers"]["MemoryStore(maxsize=500)"]["hits"] == 2
+    table = run_cli("stats", "pipeline.toml", "--run", "weatherapp:job", cwd=app).stdout.splitlines()
+    header = table[0].split()
+    assert header[:2] == ["role", "element"] and set(header[2:]) == set(report["sources"]["api"])
 
 
 @pytest.mark.parametrize(
@@ -262,6 +294,10 @@ def test_stats_runs_a_job_and_prints_its_counters(app: Path) -> None:
         (("--serve", "9109"), "--serve: expected [HOST]:PORT such as :9109, got '9109'"),
         (("--run", "weatherapp:nothing"), "--run: module 'weatherapp' has no 'nothing'"),
         (("--run", "weatherapp:recorded"), "--run: weatherapp:recorded is not a function"),
+        (
+            ("--run", "os:getcwd"),
+            "--run: os:getcwd cannot be called as FUNCTION(pipeline) (too many positional arguments)",
+        ),
     ],
 )
 def test_stats_errors_are_one_line(app: Path, args: tuple[str, ...], message: str) -> None:

@@ -237,6 +237,11 @@ def test_request_ids_are_canonical_and_sensitive_to_what_changes_the_answer():
         ({"path": "/p", "city": "Oslo"}, "Unknown key"),
         ({"path": "/p", "params": {"a": {"nested": 1}}}, "Parameter 'a'"),
         ({"path": "/p", "body": 3.5}, "'body' must be"),
+        ({"path": "/p", "body": "\udcff"}, "'body' is not valid Unicode"),
+        ({"path": "/p", "headers": ["Accept"]}, "'headers' must be a mapping"),
+        ({"path": "/p", "headers": {"X-A": "a\r\nHost: evil"}}, "Header 'X-A'.* cannot be sent"),
+        ({"path": "/p", "headers": {"X A": "1"}}, "Header 'X A'.* cannot be sent"),
+        ({"path": "/p", "headers": {"X-A": "é"}}, "Header 'X-A'.* cannot be sent"),
     ],
 )
 def test_malformed_queries_name_what_is_wrong(query, message):
@@ -316,6 +321,34 @@ def test_a_url_that_is_not_absolute_http_is_refused_before_any_attempt(url, slee
     with pytest.raises(RemoteQueryError, match="absolute http\\(s\\) URL"):
         pipeline.get(RawResponse, {"url": url})
     assert attempts == [] and sleeps.calls == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"url": "http://127.0.0.1/x\x00"},
+        {"url": "http://127.0.0.1/x\r\nHost: evil"},
+        {"url": "http://127.0.0.1/x", "headers": {"X-A": "a\r\nb"}},
+        {"url": "http://127.0.0.1/x", "headers": {"X-A": "\udcff"}},
+        {"url": "http://xn--zz/x"},
+    ],
+)
+def test_a_request_that_cannot_be_sent_is_refused_before_any_attempt(query, sleeps):
+    attempts = []
+    transport = httpx.MockTransport(lambda request: attempts.append(request) or httpx.Response(200))
+    pipeline = DataPipeline([HttpSource(sleep=sleeps.sleep, clock=sleeps.clock, transport=transport)])
+    with pytest.raises(RemoteQueryError, match="not a valid URL|cannot be sent"):
+        pipeline.get(RawResponse, query)
+    assert attempts == [] and sleeps.calls == []
+
+
+@pytest.mark.parametrize("url", ["http://a..b/x", "http://" + "a" * 300 + "/x"])
+def test_a_host_no_resolver_can_encode_is_a_query_error_not_retried(url, sleeps):
+    # The real transport: IDNA refuses these labels before any lookup or connection.
+    pipeline = DataPipeline([HttpSource(sleep=sleeps.sleep, clock=sleeps.clock)])
+    with pytest.raises(RemoteQueryError, match="is not a valid URL"):
+        pipeline.get(RawResponse, {"url": url})
+    assert sleeps.calls == []
 
 
 @pytest.mark.parametrize("base_url", ["/api", "example.com", "file:///etc"])

@@ -539,6 +539,10 @@ def test_settings_errors_are_named(tmp_path, clean_environment) -> None:
     clean_environment.delenv("DATAPIPELINES_INVENTORY_LEASE_SECONDS")
     with pytest.raises(ConfigurationError, match="Cannot read the dotenv file '.*missing.env'"):
         load_settings(tmp_path / "missing.env")
+    binary = tmp_path / "binary.env"
+    binary.write_bytes(b"\xab\xcd\xff" * 20)
+    with pytest.raises(ConfigurationError, match="The dotenv file '.*binary.env' is not UTF-8 text"):
+        load_settings(binary)
     bad = tmp_path / "bad.env"
     bad.write_text("URL sqlite:///x\n")
     with pytest.raises(ConfigurationError, match="line 1: expected NAME=value"):

@@ -72,6 +72,17 @@ def test_list_table_json_and_filters(sqlite_db: Database, capsys) -> None:
     assert row["config"]["id_min"] == 2
 
 
+def test_list_log_escapes_control_characters(sqlite_db: Database, capsys) -> None:
+    sqlite_db.items()
+    inventory = sqlite_db.inventory(max_attempts=1)
+    inventory.acquire_batch("j\x1b[31m1", count=2).failed(RuntimeError("boom \x1b[2J\rgone"))
+    code, out = _run(sqlite_db, capsys, "list", "--log")
+    assert code == 0
+    assert "\x1b" not in out and "\r" not in out
+    assert "-- row 1 (j\\x1b[31m1, ids 0..1) --" in out
+    assert "RuntimeError: boom \\x1b[2J\\x0dgone" in out
+
+
 def test_retry_grants_another_attempt(sqlite_db: Database, capsys) -> None:
     inventory = _scenario(sqlite_db)
     assert _run(sqlite_db, capsys, "retry", "--job", "j2") == (0, "0 failed range(s) get one more attempt\n")

@@ -65,7 +65,7 @@ def expected_counters(pipeline: DataPipeline) -> Iterator[tuple[str, tuple[tuple
     """Every counter the bridges must export, straight from stats(): (name, sorted labels, value)."""
     stats = pipeline.stats()
     for group, role, counters in (
-        ("tiers", "tier", ("hits", "misses", "puts", "errors", "skips")),
+        ("tiers", "tier", ("hits", "misses", "puts", "errors", "skips", "damaged")),
         ("sources", "source", ("calls", "misses", "errors", "joins", "stale", "negative")),
     ):
         for element, entry in stats[group].items():

@@ -17,7 +17,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from test_metrics_support import Api, IngestingPipeline, Weather, expected_counters, scripted_run
 
-from datapipelines import ConfigurationError, DataPipeline, NotFoundError
+from datapipelines import ConfigurationError, DataPipeline, DataSink, DataSource, NotFoundError
+from datapipelines.errors import DamagedEntryError
 from datapipelines.otel import instrument
 from datapipelines.sinks import MemoryStore
 
@@ -318,28 +319,34 @@ def test_counting_by_type_is_opt_in_and_adds_a_type_attribute(
     assert typed.stats_by_type()["sources"]["api"]["Weather"]["calls"] == 0
 
 
+class FailingCache(DataSource, DataSink):
+    """A cache tier whose lookups raise ``lookup_error`` and whose writes raise ``write_error``."""
+
+    def __init__(self, name: str, lookup_error: Exception, write_error: Exception | None = None) -> None:
+        self.name, self.lookup_error, self.write_error = name, lookup_error, write_error
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def get(self, type: Any, query: Any, context: Any = None) -> Any:
+        raise self.lookup_error
+
+    def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
+        raise self.lookup_error
+
+    def put(self, type: Any, item: Any, context: Any = None) -> None:
+        if self.write_error is not None:
+            raise self.write_error
+
+    def put_many(self, type: Any, items: Any, context: Any = None) -> None:
+        self.put(type, items, context)
+
+
 def test_a_failing_tier_shows_as_errors_skips_and_an_open_breaker(
     providers: dict[str, Any], reader: InMemoryMetricReader
 ) -> None:
-    from datapipelines import DataSink, DataSource
-
-    class DownCache(DataSource, DataSink):
-        def __repr__(self) -> str:
-            return "down"
-
-        def get(self, type: Any, query: Any, context: Any = None) -> Any:
-            raise ConnectionError("cache is down")
-
-        def get_many(self, type: Any, query: Any, context: Any = None) -> Any:
-            raise ConnectionError("cache is down")
-
-        def put(self, type: Any, item: Any, context: Any = None) -> None:
-            raise ConnectionError("cache is down")
-
-        def put_many(self, type: Any, items: Any, context: Any = None) -> None:
-            raise ConnectionError("cache is down")
-
-    pipeline = DataPipeline([DownCache(), Api()], name="faulty")
+    down = ConnectionError("cache is down")
+    pipeline = DataPipeline([FailingCache("down", down, down), Api()], name="faulty")
     instrument(pipeline, **providers)
     for _ in range(6):
         assert pipeline.get(Weather, {"city": "Oslo"}) == Weather("Oslo", 3.5)
@@ -350,3 +357,14 @@ def test_a_failing_tier_shows_as_errors_skips_and_an_open_breaker(
     assert metrics["datapipelines.tier.breaker_open"][tier].value == 1
     assert metrics["datapipelines.tier.errors"][tier].value == entry["errors"] > 0
     assert metrics["datapipelines.tier.skips"][tier].value == entry["skips"] > 0
+
+
+def test_damaged_entries_are_exported(providers: dict[str, Any], reader: InMemoryMetricReader) -> None:
+    damaged = DamagedEntryError("signature does not match")
+    pipeline = DataPipeline([FailingCache("tampered", damaged), Api()], name="tampered")
+    instrument(pipeline, **providers)
+    for _ in range(3):
+        assert pipeline.get(Weather, {"city": "Oslo"}) == Weather("Oslo", 3.5)
+    tier = (("pipeline", "tampered"), ("tier", "tampered"))
+    entry = pipeline.stats()["tiers"]["tampered"]
+    assert exported(reader)["datapipelines.tier.damaged"][tier].value == entry["damaged"] == 3

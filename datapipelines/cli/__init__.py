@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -43,14 +45,46 @@ def _register_unavailable(subparsers: Any, group: str, missing: MissingExtraErro
     parser.set_defaults(func=unavailable)
 
 
+class _WarningLines(logging.Handler):
+    """The library's warnings as ``datapipelines: warning: ...`` lines, control characters
+    escaped as in every table (Python's fallback printed them raw, paths and all)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"datapipelines: warning: {printable(record.getMessage())}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logger = logging.getLogger("datapipelines")
+    warnings = _WarningLines()
+    logger.addHandler(warnings)
+    try:
+        return _run(args)
+    finally:
+        logger.removeHandler(warnings)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except DataPipelinesError as error:
         # One line, whatever the message quotes from a file: control characters escaped.
         print(f"datapipelines: error: {printable(error)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`dump | head`): stop quietly, and keep the interpreter's
+        # final flush of stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        print("datapipelines: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .arguments import non_negative
 from .output import print_json, printable, table
 
 DEFAULT_DIR = os.environ.get("DATAPIPELINES_AUDIT_DIR", "audit")
@@ -65,7 +66,7 @@ def register(subparsers: Any) -> None:
     gc = commands.add_parser("gc", help="delete blobs no record references")
     gc.add_argument(
         "--min-age",
-        type=float,
+        type=non_negative(float),
         default=60.0,
         help="only blobs untouched for this many seconds (default 60), so running recorders are safe",
     )

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..progress import Progress
+from .arguments import non_negative
 from .output import print_json, table
 
 _CELL = 40
@@ -116,7 +117,7 @@ def register(subparsers: Any) -> None:
         "inclusive, NAME_before=DATE exclusive",
     )
     find.add_argument("filters", nargs="*", metavar="NAME=VALUE")
-    find.add_argument("--limit", type=int, default=None, help="at most this many records")
+    find.add_argument("--limit", type=non_negative(int), default=None, help="at most this many records")
     find.add_argument("--include-deleted", action="store_true", help="include soft-deleted records")
     find.add_argument("--count", action="store_true", help="print only how many records match")
     find.add_argument(

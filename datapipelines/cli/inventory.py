@@ -15,7 +15,8 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-from .output import print_json, table
+from .arguments import non_negative
+from .output import print_json, printable, table
 
 
 def register(subparsers: Any) -> None:
@@ -38,7 +39,9 @@ def register(subparsers: Any) -> None:
     listing = commands.add_parser("list", help="the ranges jobs took, oldest first")
     listing.add_argument("--job", help="only this job")
     listing.add_argument("--status", choices=STATUSES, help="only ranges with this status")
-    listing.add_argument("--limit", type=int, default=50, help="the newest N ranges (default 50, 0 for all)")
+    listing.add_argument(
+        "--limit", type=non_negative(int), default=50, help="the newest N ranges (default 50, 0 for all)"
+    )
     listing.add_argument("--log", action="store_true", help="print each failed range's log below the table")
     listing.set_defaults(func=_list)
     retry = commands.add_parser("retry", help="give failed ranges that used up their attempts one more")
@@ -119,7 +122,10 @@ def _list(args: argparse.Namespace) -> int:
     if args.log:
         for r in records:
             if r.log:
-                print(f"\n-- row {r.id} ({r.job}, ids {r.id_start}..{r.id_end}) --\n{r.log.rstrip()}")
+                # Job names and failure texts come from anyone's code: escaped line by line.
+                print()
+                print(printable(f"-- row {r.id} ({r.job}, ids {r.id_start}..{r.id_end}) --"))
+                print("\n".join(printable(line) for line in r.log.rstrip().split("\n")))
     return 0
 
 

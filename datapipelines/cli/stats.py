@@ -15,6 +15,7 @@ that builds its own pipelines serves them with
 from __future__ import annotations
 
 import argparse
+import inspect
 import signal
 import threading
 from typing import Any
@@ -46,7 +47,7 @@ def _print(pipeline: Any, as_json: bool) -> None:
         print_json({"pipeline": pipeline.name, **report})
         return
     counters = ("hits", "misses", "puts", "errors", "skips", "calls", "joins", "stale", "negative",
-                "p50_us", "p99_us")  # fmt: skip
+                "damaged", "p50_us", "p99_us")  # fmt: skip
     rows = [
         (group[:-1], name, *(entry.get(c) for c in counters))
         for group in ("tiers", "sources")
@@ -66,6 +67,18 @@ def wait_for_interrupt() -> None:
         pass
 
 
+def _check_takes_a_pipeline(spec: str, job: Any) -> None:
+    """Refuse a job that cannot be called as ``job(pipeline)`` before anything is built."""
+    try:
+        signature = inspect.signature(job)
+    except (TypeError, ValueError):
+        return  # some builtins have no signature: let the call tell
+    try:
+        signature.bind(None)
+    except TypeError as error:
+        raise ConfigurationError(f"--run: {spec} cannot be called as FUNCTION(pipeline) ({error})") from error
+
+
 def _stats(args: argparse.Namespace) -> int:
     from ..config import resolve
     from ..pipeline import DataPipeline
@@ -80,6 +93,7 @@ def _stats(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"--run: {error}") from error
         if not callable(job):
             raise ConfigurationError(f"--run: {args.run} is not a function")
+        _check_takes_a_pipeline(args.run, job)
     pipeline = DataPipeline.from_config(args.config)
     server = None
     try:

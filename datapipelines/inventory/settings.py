@@ -69,6 +69,9 @@ def read_dotenv(path: str | Path) -> dict[str, str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigurationError(f"Cannot read the dotenv file {str(path)!r}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        reason = error.reason
+        raise ConfigurationError(f"The dotenv file {str(path)!r} is not UTF-8 text ({reason})") from error
     values = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()

@@ -69,6 +69,7 @@ INSERT_REQUEST = (
     "INSERT OR IGNORE INTO requests (id, source, method, target, params, headers, body_sha256, first_seen, "
     "as_of_bucket, cache_tag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_VERSION_1_TABLES = ("sessions", "requests", "responses")
 # Columns added after version 1, appended (ALTER TABLE) to directories made before them.
 _ADDED_COLUMNS = {"requests": ("as_of_bucket TEXT", "cache_tag TEXT")}
 INSERT_RESPONSE = (
@@ -164,7 +165,16 @@ def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
 
 
 def create_tables(db: sqlite3.Connection) -> None:
-    """Create the tables and indexes that do not exist yet, in the caller's transaction."""
+    """Create the tables and indexes that do not exist yet, in the caller's transaction.
+
+    A store that has a schema version but lacks a table every version had was damaged
+    or tampered with: recreating the table would show it as empty, so it is an error.
+    """
+    if db.execute("PRAGMA user_version").fetchone()[0] >= 1:
+        present = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [table for table in _VERSION_1_TABLES if table not in present]
+        if missing:
+            raise sqlite3.DatabaseError(f"the audit store lacks its table(s) {', '.join(missing)}")
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)

@@ -17,6 +17,7 @@ from sqlalchemy import MetaData, bindparam, func, insert, select, update
 
 from ._db import (
     REMOTE_COLUMNS,
+    CatalogError,
     create_tables,
     display_url,
     engine_for,
@@ -59,6 +60,13 @@ class LocalState(RecordQueries):
         self.catalog = catalog if isinstance(catalog, Catalog) else Catalog(catalog, clock=clock)
         self.remote_templates = self.catalog.remote_templates if remote is None else check_templates(remote)
         self.engine = engine_for(url_from(url, STATE_ENVIRONMENT, "local state"), "local state")
+        if self.engine.url == self.catalog.engine.url and f"{prefix}_records" == self.catalog.table.name:
+            # The state's tables would be the catalogue's own: its store and records overwritten.
+            self.engine.dispose()
+            raise CatalogError(
+                f"The local state's tables ({prefix}_*) in {display_url(self.engine)} are the catalogue's: "
+                "give the state another prefix or database"
+            )
         metadata = MetaData()
         self.table = record_table(metadata, f"{prefix}_records", local=True)
         store = store_table(metadata, f"{prefix}_store")
