@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +133,40 @@ def test_a_file_that_kills_every_worker_is_given_up_after_max_deliveries(
     kept = [p.name for p in (tmp_path / "trash").iterdir()]
     assert any(name.endswith("__poison.bin") for name in kept)
     assert report["dead"] == 1 and queue.restarts == 3
+
+
+ORPHAN = """
+import sys, time
+from datapipelines.ingest.redis_workers import RedisWorkQueue
+import ingest_support
+queue = RedisWorkQueue(sys.argv[1], "parse", ingest_support.no_op, prefix=sys.argv[2], workers=1)
+queue.start()
+print(queue.pids[0], flush=True)
+time.sleep(60)
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_local_workers_end_when_the_step_process_is_killed(redis_url: str, redis_namespace: str) -> None:
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    owner = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN, redis_url, redis_namespace],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    try:
+        assert owner.stdout is not None
+        worker = int(owner.stdout.readline())
+        assert running(worker)
+    finally:
+        owner.kill()
+        owner.wait(10)
+    wait_for(lambda: not running(worker), timeout=20)

@@ -53,8 +53,10 @@ def serve(
     consumer: str | None = None,
     lease: float = 30.0,
     max_deliveries: int = 5,
+    parent: int | None = None,
 ) -> None:
-    """Run ``function`` on the step's batches until SIGTERM, which ends it after the batch in hand."""
+    """Run ``function`` on the step's batches until SIGTERM, which ends it after the batch in hand, or
+    until the process ``parent`` (a local step that started it) is gone."""
     state = {"stop": False}
     signal.signal(signal.SIGTERM, lambda signum, frame: state.update(stop=True))
     client = redis.Redis.from_url(url)
@@ -62,7 +64,7 @@ def serve(
         client, step, prefix=prefix, consumer=consumer, lease=lease, max_deliveries=max_deliveries
     )
     queue.start()
-    while not state["stop"]:
+    while not state["stop"] and (parent is None or os.getppid() == parent):
         entries, dead = queue.read(count=1, block=0.5)
         for entry in dead:
             reply = json.loads(entry.payload)["reply"]
@@ -137,6 +139,7 @@ class RedisWorkQueue:
                 "prefix": self.prefix,
                 "lease": self.lease,
                 "max_deliveries": self.max_deliveries,
+                "parent": os.getpid(),
             },
             name=f"ingest-{self.step}",
             daemon=True,
