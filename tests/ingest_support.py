@@ -69,3 +69,9 @@ def batch_of_flags(files: list[IncomingFile]) -> Iterable[bool]:
 def fail_on_bad(file: IncomingFile) -> None:
     if file.name.startswith("bad"):
         raise ValueError(f"{file.name} is bad")
+
+
+def note_pid(file: IncomingFile) -> None:
+    """A step that leaves its process id in the folder named by DP_TEST_PID_DIR (which workers ran)."""
+    with open(os.path.join(os.environ["DP_TEST_PID_DIR"], str(os.getpid())), "a") as handle:
+        handle.write(file.name + "\n")

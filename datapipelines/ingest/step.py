@@ -279,7 +279,7 @@ class Step(Target):
             with self._lock:
                 self._sleeping = False
 
-    def _hand_back(self, batches: list[tuple[list[IncomingFile], bool]]) -> None:
+    def _hand_back(self, batches: list[tuple[list[IncomingFile], int]]) -> None:
         """Batches a dead worker never answered: run again, unless a file keeps killing workers."""
         again = []
         for batch, in_hand in batches:
@@ -288,7 +288,8 @@ class Step(Target):
                 if not in_hand:
                     again.append(file)
                     continue
-                deliveries = self._deliveries[file.uid] = self._deliveries.get(file.uid, 0) + 1
+                deliveries = max(self._deliveries.get(file.uid, 0) + 1, int(in_hand))
+                self._deliveries[file.uid] = deliveries
                 if deliveries >= self.max_deliveries:
                     self.counters.add("dead")
                     self._deliveries.pop(file.uid, None)

@@ -27,7 +27,9 @@ LOGGER = logging.getLogger(__name__)
 
 Outcome = tuple[bool, "str | None"]  # (succeeded, error text)
 Finished = tuple[list[IncomingFile], list[Outcome], float]  # a batch, one outcome per file, seconds taken
-HandedBack = tuple[list[IncomingFile], bool]  # a batch never answered, and whether a worker died running it
+# A batch never answered, and whether a worker died running it: True, or how many deliveries a queue
+# counted without an answer (a broker that keeps its own delivery count).
+HandedBack = tuple[list[IncomingFile], int]
 
 
 def describe(error: BaseException) -> str:

@@ -1,0 +1,265 @@
+"""A step's work queue across machines: one Redis stream and consumer group per step.
+
+Entries are acknowledged only once the step's effects are complete, so a worker
+that dies leaves its entries in the group's pending list, where another worker
+claims them once their lease has run out (``XAUTOCLAIM``). Redis 7.0 has no
+dead-letter support, no negative acknowledgement and no delayed delivery, so
+they are built here from delivery counts (``XPENDING``), a dead-letter stream
+and a sorted set moved into the stream by a small Lua script. The stream is
+bounded: publishing waits while ``max_length`` entries are outstanding, and an
+acknowledged entry is deleted at once, so nothing unacknowledged is ever trimmed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from ..errors import ConfigurationError, DataPipelinesError
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "datapipelines:ingest"
+
+# XADD only while fewer than ARGV[1] entries are outstanding (unread or pending): back-pressure, never
+# MAXLEN, which would drop entries nobody has acknowledged.
+_ADD_BOUNDED = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
+# Park an entry in the delay set until ARGV[3] ms from now (server clock), and settle its delivery.
+_DELAY = """
+local now = redis.call('TIME')
+local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[3])
+redis.call('ZADD', KEYS[2], due, ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[4])
+redis.call('XDEL', KEYS[1], ARGV[4])
+return due
+"""
+
+# Move up to ARGV[1] delayed entries that are due into the stream, each once (ZREM in the same script).
+_RELEASE_DUE = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+    redis.call('XADD', KEYS[1], '*', 'payload', member)
+    redis.call('ZREM', KEYS[2], member)
+end
+return #due
+"""
+
+
+class QueueFullError(DataPipelinesError):
+    """The step's stream stayed full (``max_length`` outstanding entries) for the whole wait."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One piece of work: its stream id, its payload, and how often it has been delivered."""
+
+    id: str
+    payload: str
+    deliveries: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _payload(fields: Mapping[Any, Any]) -> str:
+    """The payload field, whether or not the client decodes responses."""
+    return _text(fields.get(b"payload", fields.get("payload", "")))
+
+
+class RedisStreamQueue:
+    """The stream ``<prefix>:<step>`` with consumer group ``<step>``, seen by one consumer.
+
+    ``lease`` seconds without an acknowledgement or a :meth:`renew` and an entry
+    may be claimed by another consumer; an entry delivered more than
+    ``max_deliveries`` times goes to the dead-letter stream ``<prefix>:<step>:dead``
+    with its delivery count, even when its consumer died on it every time.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        step: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        consumer: str | None = None,
+        max_length: int = 10_000,
+        lease: float = 30.0,
+        max_deliveries: int = 5,
+    ) -> None:
+        if max_length < 1 or lease <= 0 or max_deliveries < 1:
+            raise ConfigurationError(
+                f"RedisStreamQueue {step!r}: max_length and max_deliveries must be >= 1 and lease > 0, "
+                f"got {max_length}, {max_deliveries}, {lease}"
+            )
+        self.client = client
+        self.step = step
+        self.stream = f"{prefix}:{step}"
+        self.dead_stream = f"{self.stream}:dead"
+        self.delayed = f"{self.stream}:delayed"
+        self.group = step
+        self.consumer = consumer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.max_length = max_length
+        self.lease_ms = int(lease * 1000)
+        self.max_deliveries = max_deliveries
+        self._add_bounded = client.register_script(_ADD_BOUNDED)
+        self._delay = client.register_script(_DELAY)
+        self._release_due = client.register_script(_RELEASE_DUE)
+
+    def start(self) -> None:
+        """Create the stream and group if missing; warn when the server may evict them."""
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        warn_if_evictable(self.client)
+
+    # -- producing ------------------------------------------------------------------------
+    def publish(self, payload: str, timeout: float = 10.0) -> str:
+        """Append ``payload``; while the stream is full, wait up to ``timeout`` s, then raise."""
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            added = self._add_bounded(keys=[self.stream], args=[self.max_length, "payload", payload])
+            if added is not None:
+                return _text(added)
+            if time.monotonic() >= deadline:
+                raise QueueFullError(
+                    f"stream {self.stream!r} still holds {self.max_length} unacknowledged entries "
+                    f"after {timeout} s; its workers are not keeping up"
+                )
+            time.sleep(pause)
+            pause = min(0.2, pause * 2)
+
+    def retry_later(self, entry: Entry, delay: float, payload: str | None = None) -> None:
+        """Settle ``entry`` now and deliver ``payload`` (default: the same) again in ``delay`` seconds."""
+        member = payload if payload is not None else entry.payload
+        self._delay(keys=[self.stream, self.delayed], args=[self.group, member, int(delay * 1000), entry.id])
+
+    def release_due(self, limit: int = 1000) -> int:
+        """Move delayed entries whose time has come into the stream; how many moved."""
+        return int(self._release_due(keys=[self.stream, self.delayed], args=[limit]))
+
+    # -- consuming ------------------------------------------------------------------------
+    def read(self, count: int = 100, block: float = 1.0) -> tuple[list[Entry], list[Entry]]:
+        """(entries to process, entries just dead-lettered). An entry whose lease ran out is claimed
+        first and comes alone: its consumer died, maybe on it, and a file that kills its worker must
+        not take the rest of a batch with it each time. Otherwise up to ``count`` new entries are
+        read, waiting up to ``block`` seconds for some."""
+        self.release_due()
+        dead: list[Entry] = []
+        while claimed := self._claim_expired():
+            if claimed.deliveries <= self.max_deliveries:
+                return [claimed], dead
+            self._dead_letter(claimed)
+            dead.append(claimed)
+        reply: Any = self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=count, block=max(1, int(block * 1000))
+        )
+        fresh = [Entry(_text(i), _payload(f), 1) for _, messages in reply or [] for i, f in messages]
+        return fresh, dead
+
+    def _claim_expired(self) -> Entry | None:
+        # XPENDING IDLE finds the oldest expired lease anywhere in the list in one round trip;
+        # XAUTOCLAIM from there takes it (or nothing, when another consumer was quicker).
+        expired = self.client.xpending_range(self.stream, self.group, "-", "+", 1, idle=self.lease_ms)
+        if not expired:
+            return None
+        _cursor, messages, *_deleted = self.client.xautoclaim(
+            self.stream, self.group, self.consumer, self.lease_ms, start_id=expired[0]["message_id"], count=1
+        )
+        for entry_id, fields in messages:
+            entry_id = _text(entry_id)
+            if not fields:  # deleted from the stream meanwhile: nothing left to do for it
+                self.ack(entry_id)
+                return self._claim_expired()
+            return Entry(entry_id, _payload(fields), self._deliveries(entry_id))
+        return None
+
+    def _deliveries(self, entry_id: str) -> int:
+        """The delivery count XAUTOCLAIM just raised, as XPENDING reports it."""
+        pending = self.client.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    def _dead_letter(self, entry: Entry) -> None:
+        # Delivered this many times without an acknowledgement; the claim that found it does not count.
+        deliveries = entry.deliveries - 1
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                self.dead_stream,
+                {"payload": entry.payload, "id": entry.id, "deliveries": deliveries, "step": self.step},
+            )
+            pipe.xack(self.stream, self.group, entry.id)
+            pipe.xdel(self.stream, entry.id)
+            pipe.execute()
+        LOGGER.error(
+            "Step %s: entry %s delivered %d times unacknowledged (max_deliveries %d); moved to %s",
+            self.step,
+            entry.id,
+            deliveries,
+            self.max_deliveries,
+            self.dead_stream,
+        )
+
+    def ack(self, *ids: str) -> None:
+        """The step's effects for these entries are complete: drop them from the pending list and stream."""
+        if not ids:
+            return
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, self.group, *ids)
+            pipe.xdel(self.stream, *ids)
+            pipe.execute()
+
+    def renew(self, *ids: str) -> None:
+        """Still working on these (a long file): restart their lease without counting a delivery."""
+        if ids:
+            self.client.xclaim(self.stream, self.group, self.consumer, 0, list(ids), justid=True)
+
+    def hand_back(self, *ids: str) -> None:
+        """Give these up now (a graceful stop): their lease is made to have run out already."""
+        if ids:
+            self.client.xclaim(
+                self.stream, self.group, self.consumer, 0, list(ids), idle=self.lease_ms, justid=True
+            )
+
+    # -- looking ----------------------------------------------------------------------------
+    def dead_letters(self, count: int = 100) -> list[Mapping[str, str]]:
+        """The dead-letter stream's entries, oldest first, as text."""
+        entries: Any = self.client.xrange(self.dead_stream, count=count)
+        return [
+            {_text(k): _text(v) for k, v in fields.items()} | {"dead_id": _text(i)} for i, fields in entries
+        ]
+
+    def outstanding(self) -> int:
+        """Entries unread or pending (acknowledged ones are deleted)."""
+        return int(self.client.xlen(self.stream))
+
+
+def warn_if_evictable(client: redis.Redis) -> bool:
+    """Log a warning when the server's ``maxmemory-policy`` may evict any key, streams included."""
+    try:
+        policy = _text(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+    except redis.ResponseError:
+        return False  # CONFIG is disabled (managed Redis): nothing to say
+    if not policy.startswith("allkeys-"):
+        return False
+    LOGGER.warning(
+        "Redis maxmemory-policy is %s: under memory pressure it may evict the ingest streams and lose "
+        "their pending entries; use noeviction or a volatile-* policy",
+        policy,
+    )
+    return True
