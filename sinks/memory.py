@@ -178,9 +178,20 @@ class MemoryStore(Store):
         self._remember_aliases(type_, [(query, key_for(type_, query)) for query, _ in entries])
 
     def lookup_fresh(self, type_: Any, query: Mapping[str, Any], max_age: float) -> Any:
-        # The hit path of a type with a Policy: like lookup, plus the age check.
-        key = key_for(type_, query)
-        entry = self._get(key)
+        # The hit path of a type with a Policy: lookup's remembered keys, plus the age check.
+        try:
+            key = self._aliases[type_].get(
+                _dumps(query if type(query) is dict else dict(query), _MARSHAL_VERSION)
+            )
+        except (KeyError, ValueError, TypeError):
+            key = None
+        if key is None:
+            key = key_for(type_, query)
+            entry = self._get(key)
+            if entry is not None:
+                self._remember_aliases(type_, [(query, key)])
+        else:
+            entry = self._get(key)
         if entry is None:
             return MISSING
         now = self._clock()

@@ -197,6 +197,19 @@ def test_a_hit_costs_no_key_computation_however_many_keys_are_in_use(monkeypatch
     assert computed == []
 
 
+def test_a_fresh_hit_of_a_type_with_a_policy_costs_no_key_computation_either(monkeypatch: Any) -> None:
+    count = 70_000
+    store = MemoryStore(maxsize=count)
+    queries = [{"key": f"k{i}"} for i in range(count)]
+    store.store_many(str, [(q, q["key"]) for q in queries])
+    computed = []
+    real = keys.compute_key
+    monkeypatch.setattr(keys, "compute_key", lambda *args: computed.append(args) or real(*args))
+    assert [store.lookup_fresh(str, q, 3600.0) for q in queries] == [q["key"] for q in queries]
+    assert store.lookup_fresh(str, queries[0], 0.0) is MISSING  # older than max_age: due for refresh
+    assert computed == []
+
+
 def test_remembered_keys_follow_a_schema_bump_and_a_clear() -> None:
     class Versioned:
         pass
