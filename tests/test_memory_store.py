@@ -182,15 +182,21 @@ def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model() -> No
             assert value == (key, seq) and op == "put" and deadline > now
 
 
-def test_a_hit_costs_no_key_computation_however_many_keys_are_in_use(monkeypatch: Any) -> None:
-    # More keys than the process-wide key memo holds: the store remembers its own queries' keys.
+def _beyond_the_key_memo(monkeypatch: Any) -> tuple[MemoryStore, list[dict[str, str]], list[Any]]:
+    """A store holding more keys than the process-wide key memo, and a log of key computations."""
     count = 70_000
     store = MemoryStore(maxsize=count)
     queries = [{"key": f"k{i}"} for i in range(count)]
     store.store_many(str, [(q, q["key"]) for q in queries])
-    computed = []
+    computed: list[Any] = []
     real = keys.compute_key
     monkeypatch.setattr(keys, "compute_key", lambda *args: computed.append(args) or real(*args))
+    return store, queries, computed
+
+
+def test_a_hit_costs_no_key_computation_however_many_keys_are_in_use(monkeypatch: Any) -> None:
+    # More keys than the process-wide key memo holds: the store remembers its own queries' keys.
+    store, queries, computed = _beyond_the_key_memo(monkeypatch)
     assert [store.lookup(str, q) for q in queries] == [q["key"] for q in queries]  # first reads too
     assert [store.lookup(str, q) for q in queries[::2]] == [q["key"] for q in queries[::2]]
     assert store.lookup_many(str, queries[1::2]) == [q["key"] for q in queries[1::2]]
@@ -198,13 +204,7 @@ def test_a_hit_costs_no_key_computation_however_many_keys_are_in_use(monkeypatch
 
 
 def test_a_fresh_hit_of_a_type_with_a_policy_costs_no_key_computation_either(monkeypatch: Any) -> None:
-    count = 70_000
-    store = MemoryStore(maxsize=count)
-    queries = [{"key": f"k{i}"} for i in range(count)]
-    store.store_many(str, [(q, q["key"]) for q in queries])
-    computed = []
-    real = keys.compute_key
-    monkeypatch.setattr(keys, "compute_key", lambda *args: computed.append(args) or real(*args))
+    store, queries, computed = _beyond_the_key_memo(monkeypatch)
     assert [store.lookup_fresh(str, q, 3600.0) for q in queries] == [q["key"] for q in queries]
     assert store.lookup_fresh(str, queries[0], 0.0) is MISSING  # older than max_age: due for refresh
     assert computed == []
