@@ -12,7 +12,13 @@ from typing import NoReturn
 from .errors import DataPipelinesError
 
 # Top-level module -> the extra of this project that installs it.
-EXTRAS = {"httpx": "http", "sqlalchemy": "sql", "psycopg": "postgres"}
+EXTRAS = {
+    "httpx": "http",
+    "sqlalchemy": "sql",
+    "psycopg": "postgres",
+    "opentelemetry": "otel",
+    "prometheus_client": "prometheus",
+}
 
 
 class MissingExtraError(DataPipelinesError, ImportError):

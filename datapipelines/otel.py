@@ -31,15 +31,15 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from .extras import reraise_naming_extra
+
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import metrics, trace
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import Status, StatusCode
 except ImportError as error:  # pragma: no cover - exercised in a venv without the extra
-    raise ImportError(
-        'datapipelines.otel needs OpenTelemetry: pip install "datapipelines[otel]"'
-    ) from error
+    reraise_naming_extra("datapipelines.otel", error)
 
 from .errors import NotFoundError, type_name
 from .metrics import COUNTERS, DESCRIPTIONS, DURATION_BUCKETS, GAUGES, LatencyDrain, Sample, counter_samples

@@ -24,14 +24,14 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from .extras import reraise_naming_extra
+
 try:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.registry import Collector
 except ImportError as error:  # pragma: no cover - exercised in a venv without the extra
-    raise ImportError(
-        'datapipelines.prometheus needs prometheus_client: pip install "datapipelines[prometheus]"'
-    ) from error
+    reraise_naming_extra("datapipelines.prometheus", error)
 
 from .metrics import COUNTERS, DESCRIPTIONS, DURATION_BUCKETS, GAUGES, LatencyDrain, Sample, counter_samples
 

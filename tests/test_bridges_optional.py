@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from datapipelines.extras import MissingExtraError
+
 
 def test_importing_datapipelines_loads_no_telemetry_client() -> None:
     # opentelemetry itself may be loaded: redis-py imports it for its own instrumentation when installed.
@@ -39,6 +41,6 @@ def test_a_missing_client_names_the_extra(
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, client, None)  # what an uninstalled package looks like to import
     monkeypatch.delitem(sys.modules, module, raising=False)
-    with pytest.raises(ImportError, match=re.escape(f'pip install "{extra}"')):
+    with pytest.raises(MissingExtraError, match=re.escape(f'pip install "{extra}"')):
         importlib.import_module(module)
     monkeypatch.delitem(sys.modules, module, raising=False)
