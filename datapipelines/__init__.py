@@ -20,7 +20,7 @@ from .errors import (
     QueryKeyError,
     UnsupportedError,
 )
-from .flight import RedisLock
+from .flight import SyncWaitOnLoopError
 from .functions import (
     CachedFunction,
     FunctionSink,
@@ -50,7 +50,7 @@ from .transformer import CompositeDataTransformer, DataTransformer
 
 __version__ = "2.0.0.dev0"
 
-# Parts with optional dependencies (SQLAlchemy, httpx) load on first use.
+# Parts with optional dependencies (SQLAlchemy, httpx, redis) load on first use.
 _LAZY = {
     "Inventory": ".inventory",
     "HttpSource": ".http",
@@ -59,6 +59,7 @@ _LAZY = {
     "ResponseRecorder": ".remote",
     "register_adapter": ".remote",
     "RedisInvalidation": ".invalidation",
+    "RedisLock": ".redis.lock",
 }
 
 
@@ -107,6 +108,7 @@ __all__ = [
     "ResponseRecorder",
     "Result",
     "Store",
+    "SyncWaitOnLoopError",
     "UnsupportedError",
     "WrongValueTypeError",
     "current_session",
