@@ -54,6 +54,7 @@ __version__ = "2.0.0.dev0"
 _LAZY = {
     "Inventory": ".inventory",
     "HttpSource": ".http",
+    "AsyncHttpSource": ".async_http",
     "RawResponse": ".remote",
     "RemoteError": ".remote",
     "ResponseRecorder": ".remote",
@@ -70,6 +71,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AsyncHttpSource",
     "BATCH_KEY",
     "CachedFunction",
     "FunctionSink",
