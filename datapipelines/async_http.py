@@ -3,20 +3,22 @@
 It follows the very rules of :class:`~datapipelines.http.HttpSource` (retries,
 back-off, Retry-After, politeness, the RawResponse it records): both drive
 :class:`~datapipelines.http.HttpRules`. Its ``get`` handler is ``async def``,
-for the async pipeline API, which awaits it; a blocking caller gets a
-coroutine, never an answer.
+for the async pipeline API, which awaits it; a blocking call, where no event
+loop runs, is refused with a ConfigurationError.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .context import PipelineContext
-from .errors import NotFoundError
+from .errors import ConfigurationError, NotFoundError
+from .flight import running_loop
 from .http import Exchange, HttpRules, Wait, httpx
 from .remote import (
     DEFAULT_SOURCE,
@@ -29,6 +31,21 @@ from .remote import (
     sent,
 )
 from .source import DataSource
+
+
+def _awaited_only(dispatcher: Any) -> Any:
+    """``dispatcher``, refusing calls made where no event loop runs (they could never be awaited)."""
+
+    @functools.wraps(dispatcher)  # with its register and registered_types
+    def awaited(self: Any, type: Any, query: Any, context: Any = None) -> Any:
+        if running_loop() is None:
+            raise ConfigurationError(
+                f"{self!r} is for the async pipeline API (await pipeline.aget...): a blocking call "
+                f"has no event loop to run it on; give a blocking pipeline HttpSource instead"
+            )
+        return dispatcher(self, type, query, context)
+
+    return awaited
 
 
 class AsyncHttpAdapter(HttpRules):
@@ -145,6 +162,11 @@ class AsyncHttpSource(DataSource):
     @get_many.register(RawResponse)
     async def _get_many_raw(self, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
         raise NotFoundError(f"{self!r} answers one request per query, not many: {query!r}")
+
+    # A blocking caller (a blocking pipeline) would get a coroutine it never awaits, and cache
+    # it: refused where no event loop runs, which is where blocking callers are.
+    get = _awaited_only(get)
+    get_many = _awaited_only(get_many)
 
     async def asend(self, query: Mapping[str, Any], *, pipeline: Any = None) -> RawResponse:
         """:meth:`HttpSource.send <datapipelines.remote.RemoteSource.send>` for coroutines."""

@@ -50,7 +50,7 @@ class _Call:
 
     def wait(self, key: Any) -> None:
         """Block until the call is done; refuse when that would block the call itself."""
-        if self.loop is not None and self.loop is _running_loop():
+        if self.loop is not None and self.loop is running_loop():
             raise SyncWaitOnLoopError(
                 f"A blocking call for key {key!r} would wait on the thread of the event loop that "
                 "runs the async call of the same key, which cannot finish while that thread waits; "
@@ -59,7 +59,8 @@ class _Call:
         self.done.wait()
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -151,7 +152,7 @@ class SingleFlight:
             del self._calls[key]
             futures, call.futures = call.futures, []
         call.done.set()
-        here = _running_loop()
+        here = running_loop()
         for future in futures:
             loop = future.get_loop()
             if loop is here:

@@ -22,6 +22,7 @@ from datapipelines.errors import ConfigurationError
 from datapipelines.http import HttpSource
 from datapipelines.remote import RawResponse, RemoteError, RemoteQueryError, request_id
 from datapipelines.sinks.audit import AuditRecorder
+from datapipelines.sinks.memory import MemoryStore
 from datapipelines.testing import LocalServer, Reply
 
 WEATHER = {"path": "/weather", "params": {"city": "Oslo"}}
@@ -247,12 +248,17 @@ def test_many_requests_at_once_share_one_client_per_loop(server):
     assert all(client.is_closed for client in clients) and len(server.hits) == 80
 
 
-def test_a_blocking_get_of_an_async_source_gets_a_coroutine_not_an_answer(server):
-    coroutine = AsyncHttpSource(server.url).get(RawResponse, WEATHER)  # nothing is sent until awaited
-    assert asyncio.iscoroutine(coroutine)
-    coroutine.close()
-    assert server.hits == []
-    assert AsyncHttpSource(server.url).provides == {RawResponse}
+def test_a_blocking_pipeline_given_an_async_source_fails_naming_the_fix(server):
+    memory = MemoryStore()
+    source = AsyncHttpSource(server.url)
+    pipeline = DataPipeline([memory, source])
+    refused = r"AsyncHttpSource\(.*async pipeline API.*HttpSource instead"
+    with pytest.raises(ConfigurationError, match=refused):
+        pipeline.get(RawResponse, WEATHER)
+    with pytest.raises(ConfigurationError, match="no event loop"):
+        source.get_many(RawResponse, WEATHER)
+    assert server.hits == [] and len(memory) == 0
+    assert source.provides == {RawResponse}
 
 
 def test_the_same_requests_through_both_record_the_same_rows(tmp_path, server, sleeps):
