@@ -92,7 +92,10 @@ class SingleFlight:
         self._calls = {key: call for key, call in self._calls.items() if call.leader == me}
 
     def run(self, key: Any, function: Callable[[], Any]) -> tuple[Any, bool]:
-        """``(result, joined)``: joined is True when another caller's call was shared."""
+        """``(result, joined)``: joined is True when another caller's call was shared.
+
+        Raises SyncWaitOnLoopError rather than wait on the thread of the loop running the call.
+        """
         while True:
             call, leader = self._join(key, None, None)
             if leader:
@@ -102,7 +105,8 @@ class SingleFlight:
                 return call.outcome(), True
 
     async def arun(self, key: Any, function: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]:
-        """:meth:`run` for coroutines: ``function()`` is awaited in a task of its own."""
+        """:meth:`run` for coroutines: ``function()`` is awaited in a task of its own, which
+        cancelling a caller (its starter included) leaves running for the others."""
         loop = asyncio.get_running_loop()
         while True:
             done = loop.create_future()
