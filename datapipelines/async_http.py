@@ -41,7 +41,7 @@ def _awaited_only(dispatcher: Any) -> Any:
         if running_loop() is None:
             raise ConfigurationError(
                 f"{self!r} is for the async pipeline API (await pipeline.aget...): a blocking call "
-                f"has no event loop to run it on; give a blocking pipeline HttpSource instead"
+                "has no event loop to run it on; give a blocking pipeline HttpSource instead"
             )
         return dispatcher(self, type, query, context)
 
