@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -174,6 +175,23 @@ def test_politeness_spaces_requests_to_one_host_only(way, sleeps):
             for query in queries:
                 polite.get(query)  # closes its client after each: the spacing is kept by the rules
         assert sleeps.calls == [2.0]
+
+
+def test_politeness_spaces_concurrent_requests_to_one_host(server):
+    source = AsyncHttpSource(server.url, politeness=0.05)  # the real clock and asyncio.sleep
+
+    async def at_once() -> float:
+        async with source:
+            cities = [{"path": "/weather", "params": {"city": f"c{n}"}} for n in range(4)]
+            started = time.monotonic()
+            await asyncio.gather(*(source.get(RawResponse, query) for query in cities))
+            return started
+
+    started = asyncio.run(at_once())
+    arrivals = sorted(hit.at for hit in server.hits)  # the server's clock is this process's
+    assert len(arrivals) == 4
+    # The n-th request may leave no sooner than n slots after the first was booked.
+    assert all(arrival - started >= n * 0.05 for n, arrival in enumerate(arrivals))
 
 
 def test_send_posts_is_not_retried_on_500_but_is_on_503(way, server, sleeps):
