@@ -20,7 +20,7 @@ from .errors import (
     QueryKeyError,
     UnsupportedError,
 )
-from .flight import RedisLock
+from .flight import SyncWaitOnLoopError
 from .functions import (
     CachedFunction,
     FunctionSink,
@@ -50,15 +50,17 @@ from .transformer import CompositeDataTransformer, DataTransformer
 
 __version__ = "2.0.0.dev0"
 
-# Parts with optional dependencies (SQLAlchemy, httpx) load on first use.
+# Parts with optional dependencies (SQLAlchemy, httpx, redis) load on first use.
 _LAZY = {
     "Inventory": ".inventory",
     "HttpSource": ".http",
+    "AsyncHttpSource": ".async_http",
     "RawResponse": ".remote",
     "RemoteError": ".remote",
     "ResponseRecorder": ".remote",
     "register_adapter": ".remote",
     "RedisInvalidation": ".invalidation",
+    "RedisLock": ".redis.lock",
 }
 
 
@@ -69,6 +71,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AsyncHttpSource",
     "BATCH_KEY",
     "CachedFunction",
     "FunctionSink",
@@ -107,6 +110,7 @@ __all__ = [
     "ResponseRecorder",
     "Result",
     "Store",
+    "SyncWaitOnLoopError",
     "UnsupportedError",
     "WrongValueTypeError",
     "current_session",

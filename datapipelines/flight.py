@@ -1,39 +1,80 @@
 """Single-flight: concurrent identical misses cause one source call.
 
-:class:`SingleFlight` works between threads of one process. :class:`RedisLock`
-(opt-in) extends it across processes that share a Redis: the holder of
-``SET key token NX PX`` calls the source; the others wait for the value to
-appear in the cache, and nobody waits forever.
+One :class:`SingleFlight` registry serves threads and asyncio tasks alike: a
+caller of :meth:`SingleFlight.run` (a thread) and a caller of
+:meth:`SingleFlight.arun` (a task, on any event loop) join each other's call of
+the same key. An async call runs as a task of its own, so cancelling any
+caller, its leader included, cancels only that caller. Across processes,
+:class:`~datapipelines.redis.lock.RedisLock` extends it.
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import functools
+import importlib
 import threading
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis
-
-from .breaker import CircuitBreaker
+from .errors import ConfigurationError
 from .forks import reset_in_children
 
-LOGGER = logging.getLogger(__name__)
-# A lock server that cannot be reached must not fail the get: the caller fetches unlocked.
-_UNREACHABLE = (redis.RedisError, OSError)
-_UNANSWERED: Any = object()
+
+class SyncWaitOnLoopError(ConfigurationError):
+    """A blocking call would wait, on an event loop's thread, for an async call of that loop.
+
+    The loop cannot run that call while its thread waits, so this is raised
+    instead of a deadlock: from a coroutine, use the async API (``await ...``).
+    """
 
 
 class _Call:
-    __slots__ = ("done", "result", "error", "leader")
+    __slots__ = ("leader", "loop", "done", "result", "error", "abandoned", "futures", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.leader = threading.get_ident()
+        self.loop = loop  # the loop running the call as a task; None for a thread's call
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        # The call's task was cancelled (its loop closed, say): its callers start over.
+        self.abandoned = False
+        self.futures: list[asyncio.Future[None]] = []  # one per async caller, set when done
+        self.task: asyncio.Task[Any] | None = None
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def wait(self, key: Any) -> None:
+        """Block until the call is done; refuse when that would block the call itself."""
+        if self.loop is not None and self.loop is running_loop():
+            raise SyncWaitOnLoopError(
+                f"A blocking call for key {key!r} would wait on the thread of the event loop that "
+                "runs the async call of the same key, which cannot finish while that thread waits; "
+                "await the async API from coroutines instead"
+            )
+        self.done.wait()
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a done future's caller was cancelled: nobody waits on it
+        future.set_result(None)
+
+
+async def _awaited(function: Callable[[], Awaitable[Any]]) -> Any:
+    # Inside the task, so that even a function that raises at once settles the call.
+    return await function()
 
 
 class SingleFlight:
@@ -51,119 +92,84 @@ class SingleFlight:
         self._calls = {key: call for key, call in self._calls.items() if call.leader == me}
 
     def run(self, key: Any, function: Callable[[], Any]) -> tuple[Any, bool]:
-        """``(result, joined)``: joined is True when another caller's call was shared."""
+        """``(result, joined)``: joined is True when another caller's call was shared.
+
+        Raises SyncWaitOnLoopError rather than wait on the thread of the loop running the call.
+        """
+        while True:
+            call, leader = self._join(key, None, None)
+            if leader:
+                return self._lead(key, call, function), False
+            call.wait(key)
+            if not call.abandoned:
+                return call.outcome(), True
+
+    async def arun(self, key: Any, function: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]:
+        """:meth:`run` for coroutines: ``function()`` is awaited in a task of its own, which
+        cancelling a caller (its starter included) leaves running for the others."""
+        loop = asyncio.get_running_loop()
+        while True:
+            done = loop.create_future()
+            call, leader = self._join(key, loop, done)
+            if leader:
+                call.task = loop.create_task(_awaited(function))
+                call.task.add_done_callback(functools.partial(self._task_done, key, call))
+            await done  # cancelling this caller cancels this future only, never the task
+            if not call.abandoned:
+                return call.outcome(), not leader
+
+    def _join(
+        self, key: Any, loop: asyncio.AbstractEventLoop | None, done: asyncio.Future[None] | None
+    ) -> tuple[_Call, bool]:
+        """The call of ``key``, started if there is none, and whether it was; ``done`` joins it."""
         with self._lock:
             call = self._calls.get(key)
             leader = call is None
-            if leader:
-                call = self._calls[key] = _Call()
-        assert call is not None
-        if not leader:
-            call.done.wait()
-            if call.error is not None:
-                raise call.error
-            return call.result, True
+            if call is None:
+                call = self._calls[key] = _Call(loop)
+            if done is not None:
+                call.futures.append(done)
+        return call, leader
+
+    def _lead(self, key: Any, call: _Call, function: Callable[[], Any]) -> Any:
         try:
             call.result = function()
-            return call.result, False
+            return call.result
         except BaseException as error:
             call.error = error
             raise
         finally:
-            with self._lock:
-                del self._calls[key]
-            call.done.set()
+            self._settle(key, call)
+
+    def _task_done(self, key: Any, call: _Call, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            call.abandoned = True
+        elif task.exception() is not None:
+            call.error = task.exception()
+        else:
+            call.result = task.result()
+        self._settle(key, call)
+
+    def _settle(self, key: Any, call: _Call) -> None:
+        """End ``call``: the next caller of ``key`` starts a new one; wake every waiter."""
+        with self._lock:
+            del self._calls[key]
+            futures, call.futures = call.futures, []
+        call.done.set()
+        here = running_loop()
+        for future in futures:
+            loop = future.get_loop()
+            if loop is here:
+                _wake(future)
+                continue
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:
+                pass  # that loop is closed, and with it the task that waited
 
 
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
-
-class RedisLock:
-    """A cross-process lock per key in Redis: ``SET NX PX`` with a random token.
-
-    ``ttl`` bounds how long a dead holder blocks others; ``wait_timeout`` how long
-    a waiter polls before calling the source itself; ``poll`` the polling period.
-    A Redis that does not answer costs one ``socket_timeout``, then ``breaker``
-    (default: open after one failure, for a second) lets callers fetch without
-    the lock, paying nothing, until a probe gets through again.
-    """
-
-    def __init__(
-        self,
-        client: Any = None,
-        *,
-        url: str = "redis://127.0.0.1:6379/0",
-        namespace: str = "datapipelines:lock",
-        ttl: float = 10.0,
-        wait_timeout: float = 15.0,
-        poll: float = 0.02,
-        socket_timeout: float = 1.0,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        if client is None:
-            client = redis.Redis.from_url(
-                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
-            )
-        self.client = client
-        self.breaker = breaker if breaker is not None else CircuitBreaker(failures=1, cooldown=1.0)
-        self.namespace = namespace
-        self.ttl = ttl
-        self.wait_timeout = wait_timeout
-        self.poll = poll
-        self._release = client.register_script(_RELEASE)
-
-    def acquire(self, key: str) -> str | None:
-        """A token if this process now holds the lock for ``key``, None if another does.
-
-        An empty token means Redis did not answer: go ahead without the lock.
-        """
-        token = uuid.uuid4().hex
-        name, px = f"{self.namespace}:{key}", int(self.ttl * 1000)
-        taken = self._call("take", key, lambda: self.client.set(name, token, nx=True, px=px))
-        if taken is _UNANSWERED:
-            return ""
-        return token if taken else None
-
-    def release(self, key: str, token: str) -> None:
-        if token:
-            # Unanswered, the lock expires by itself after ttl.
-            self._call("release", key, lambda: self._release(keys=[f"{self.namespace}:{key}"], args=[token]))
-
-    def held(self, key: str) -> bool:
-        held = self._call("check", key, lambda: self.client.exists(f"{self.namespace}:{key}"))
-        return held is not _UNANSWERED and bool(held)
-
-    def _call(self, action: str, key: str, command: Callable[[], Any]) -> Any:
-        """``command()`` under the breaker; _UNANSWERED if Redis failed or the breaker is open."""
-        if not self.breaker.allow():
-            return _UNANSWERED
-        try:
-            result = command()
-        except _UNREACHABLE as error:
-            self.breaker.failure()
-            LOGGER.warning(
-                "RedisLock could not %s the lock of %s (%r); going on without it", action, key, error
-            )
-            return _UNANSWERED
-        self.breaker.success()
-        return result
-
-    def wait(self, key: str, found: Callable[[], Any], missing: Any) -> Any:
-        """Poll ``found()`` until it returns a value, the lock is gone, or time is up.
-
-        Returns the value, or ``missing`` when the caller should call the source itself.
-        """
-        deadline = time.monotonic() + self.wait_timeout
-        while time.monotonic() < deadline:
-            value = found()
-            if value is not missing:
-                return value
-            if not self.held(key):
-                return found()
-            time.sleep(self.poll)
-        return missing
+def __getattr__(name: str) -> Any:
+    # RedisLock lived here; it loads redis, so only when asked for.
+    if name == "RedisLock":
+        return importlib.import_module(".redis.lock", __package__).RedisLock
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

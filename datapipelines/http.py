@@ -3,7 +3,9 @@
 Retries with exponential backoff and jitter on connection errors, 429 and 5xx
 (honouring Retry-After), a politeness delay per host, a timeout and a
 configurable User-Agent. ``sleep``, ``clock`` and ``random`` are injectable so
-tests never wait for real.
+tests never wait for real. Those rules are written once, without I/O
+(:class:`HttpRules`); the blocking adapter here and the async one in
+:mod:`datapipelines.async_http` drive them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import os
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +31,7 @@ except ImportError as error:
 
 from .remote import (
     DEFAULT_SOURCE,
+    Pairs,
     RawResponse,
     RemoteError,
     RemoteQueryError,
@@ -86,8 +90,35 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-class HttpAdapter:
-    """Performs RemoteRequests over HTTP with retries, backoff, politeness and a timeout.
+@dataclass(frozen=True)
+class Wait:
+    """A step of an exchange: pause ``seconds`` before going on."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Send:
+    """A step of an exchange: make this request; its httpx.Response, or httpx error, comes back."""
+
+    method: str
+    url: str
+    params: Pairs
+    content: bytes | None
+    headers: dict[str, str]
+
+
+# What a driver feeds an exchange: the answer to its last Send (None after a Wait).
+Exchange = Generator[Wait | Send, httpx.Response | None, RawResponse]
+
+
+class HttpRules:
+    """What to retry, how long to wait, what to record: the exchange of one request, without I/O.
+
+    :meth:`exchange` yields :class:`Wait` and :class:`Send` steps and returns the
+    RawResponse; :class:`HttpAdapter` drives it over ``httpx.Client``,
+    ``AsyncHttpAdapter`` (:mod:`datapipelines.async_http`) over ``httpx.AsyncClient``,
+    so both retry, back off, honour Retry-After, space requests and record alike.
 
     ``max_attempts`` counts the first try. The n-th retry waits
     ``min(max_backoff, backoff * 2**(n-1))``, shortened by up to ``jitter`` of
@@ -110,24 +141,22 @@ class HttpAdapter:
         max_retry_after: float = 120.0,
         politeness: float = 0.0,
         retry_statuses: Iterable[int] = RETRY_STATUSES,
-        verify: bool = True,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
     ) -> None:
+        described = type(self).__name__
         if max_attempts < 1:
-            raise ConfigurationError(f"HttpAdapter max_attempts must be at least 1, got {max_attempts!r}")
+            raise ConfigurationError(f"{described} max_attempts must be at least 1, got {max_attempts!r}")
         if not 0 <= jitter <= 1:
-            raise ConfigurationError(f"HttpAdapter jitter must be between 0 and 1, got {jitter!r}")
+            raise ConfigurationError(f"{described} jitter must be between 0 and 1, got {jitter!r}")
         if timeout <= 0 or backoff < 0 or politeness < 0:
             raise ConfigurationError(
-                f"HttpAdapter needs timeout > 0, backoff >= 0, politeness >= 0; "
+                f"{described} needs timeout > 0, backoff >= 0, politeness >= 0; "
                 f"got {timeout!r}, {backoff!r}, {politeness!r}"
             )
         if base_url is not None and not is_absolute_http_url(base_url):
             raise ConfigurationError(
-                f"HttpAdapter base_url must be an absolute http(s) URL with a host, got {base_url!r}"
+                f"{described} base_url must be an absolute http(s) URL with a host, got {base_url!r}"
             )
         self.base_url = base_url
         self.headers = {"User-Agent": user_agent, **dict(headers or {})}
@@ -139,18 +168,137 @@ class HttpAdapter:
         self.max_retry_after = max_retry_after
         self.politeness = politeness
         self.retry_statuses = frozenset(retry_statuses)
-        self._verify = verify
-        self._transport = transport
-        self._sleep = sleep
         self._clock = clock
         self._random = random
         self._next_slot: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._client: httpx.Client | None = None
-        self._client_pid = 0
 
     def __repr__(self) -> str:
-        return f"HttpAdapter(base_url={self.base_url!r})"
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def backoff_delay(self, retry: int) -> float:
+        """How long to wait before the ``retry``-th retry (1 for the first)."""
+        delay = min(self.max_backoff, self.backoff * 2 ** (retry - 1))
+        return delay * (1 - self.jitter * self._random())
+
+    def exchange(self, request: RemoteRequest) -> Exchange:
+        """The steps of ``request``'s exchange; returns its RawResponse, raises RemoteError."""
+        url = request.url_for(self.base_url)
+        if not is_absolute_http_url(url):
+            # Up front: no attempt could succeed, so none is made (nor retried).
+            raise RemoteQueryError(
+                f"{request.source}: 'url' must be an absolute http(s) URL with a host, got {url!r}; "
+                "name a relative location as 'path' under the source's base_url"
+            )
+        parts = urlsplit(url)
+        try:
+            # What the resolver does to the host, done here so both drivers refuse alike.
+            (parts.hostname or "").encode("idna")
+        except UnicodeError as error:
+            raise RemoteQueryError(f"{request.source}: {url!r} is not a valid URL: {error}") from error
+        host = parts.netloc
+        statuses = self.retry_statuses if request.safe else self.retry_statuses & _UNSAFE_RETRY_STATUSES
+        retryable_errors = httpx.TransportError if request.safe else _NOT_SENT
+        send = Send(request.method, url, request.params, request.body, dict(request.headers))
+        attempt = 0
+        while True:
+            attempt += 1
+            polite = self._polite_delay(host)
+            if polite > 0:
+                yield Wait(polite)
+            started = time.perf_counter()
+            try:
+                answer = yield send
+            except (httpx.InvalidURL, UnicodeError) as error:
+                # A host IDNA cannot encode (an empty or overlong label): never sent, never retried.
+                raise RemoteQueryError(f"{request.source}: {url!r} is not a valid URL: {error}") from error
+            except httpx.TransportError as error:
+                if attempt >= self.max_attempts or not isinstance(error, retryable_errors):
+                    raise RemoteError(
+                        f"{request.source}: {request.method} {url} failed after {attempt} attempt(s): "
+                        f"{type(error).__name__}: {error}",
+                        url=url,
+                    ) from error
+                delay = self.backoff_delay(attempt)
+                LOGGER.info(
+                    "%s %s: %s, retry %d in %.3fs", request.method, url, type(error).__name__, attempt, delay
+                )
+                yield Wait(delay)
+                continue
+            assert answer is not None
+            elapsed = time.perf_counter() - started
+            if answer.status_code in statuses and attempt < self.max_attempts:
+                wait = self._retry_delay(attempt, answer)
+                if wait is not None:
+                    LOGGER.info(
+                        "%s %s: %d, retry %d in %.3fs",
+                        request.method,
+                        url,
+                        answer.status_code,
+                        attempt,
+                        wait,
+                    )
+                    yield Wait(wait)
+                    continue
+            return response_for(
+                request,
+                payload=answer.content,
+                status_code=answer.status_code,
+                content_type=answer.headers.get("content-type"),
+                headers=body_headers(answer.headers, answer.content, request.method),
+                url=str(answer.url),
+                elapsed=elapsed,
+                attempts=attempt,
+                fetched_at=time.time(),
+            )
+
+    def _polite_delay(self, host: str) -> float:
+        """How long the next request to ``host`` must wait; books its slot."""
+        if not self.politeness:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next_slot.get(host, now))
+            self._next_slot[host] = slot + self.politeness
+        return slot - now
+
+    def _retry_delay(self, attempt: int, answer: httpx.Response) -> float | None:
+        asked = retry_after_seconds(answer.headers.get("retry-after"), time.time())
+        if asked is None:
+            return self.backoff_delay(attempt)
+        if asked > self.max_retry_after:
+            LOGGER.warning(
+                "%s asks to retry after %.0fs (limit %.0fs): giving up",
+                answer.url,
+                asked,
+                self.max_retry_after,
+            )
+            return None
+        return asked
+
+
+class HttpAdapter(HttpRules):
+    """Performs RemoteRequests over ``httpx.Client`` by the :class:`HttpRules` it is given.
+
+    ``sleep`` is injectable (so is ``clock``, ``random``) so tests never wait for real;
+    ``transport`` and ``verify`` go to the client.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        verify: bool = True,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        **rules: Any,
+    ) -> None:
+        super().__init__(base_url, **rules)
+        self._verify = verify
+        self._transport = transport
+        self._sleep = sleep
+        self._client: httpx.Client | None = None
+        self._client_pid = 0
 
     @property
     def client(self) -> httpx.Client:
@@ -174,105 +322,29 @@ class HttpAdapter:
             self._client = None
 
     def fetch(self, request: RemoteRequest) -> RawResponse:
-        return self._call(request)
+        return self._drive(self.exchange(request))
 
     def send(self, request: RemoteRequest) -> RawResponse:
-        return self._call(request)
+        return self._drive(self.exchange(request))
 
-    def backoff_delay(self, retry: int) -> float:
-        """How long to wait before the ``retry``-th retry (1 for the first)."""
-        delay = min(self.max_backoff, self.backoff * 2 ** (retry - 1))
-        return delay * (1 - self.jitter * self._random())
-
-    def _polite(self, host: str) -> None:
-        if not self.politeness:
-            return
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._next_slot.get(host, now))
-            self._next_slot[host] = slot + self.politeness
-        if slot > now:
-            self._sleep(slot - now)
-
-    def _call(self, request: RemoteRequest) -> RawResponse:
-        url = request.url_for(self.base_url)
-        if not is_absolute_http_url(url):
-            # Up front: no attempt could succeed, so none is made (nor retried).
-            raise RemoteQueryError(
-                f"{request.source}: 'url' must be an absolute http(s) URL with a host, got {url!r}; "
-                "name a relative location as 'path' under the source's base_url"
-            )
-        host = urlsplit(url).netloc
-        statuses = self.retry_statuses if request.safe else self.retry_statuses & _UNSAFE_RETRY_STATUSES
-        retryable_errors = httpx.TransportError if request.safe else _NOT_SENT
-        attempt = 0
+    def _drive(self, steps: Exchange) -> RawResponse:
+        answer: httpx.Response | None = None
+        failure: Exception | None = None
         while True:
-            attempt += 1
-            self._polite(host)
-            started = time.perf_counter()
+            try:
+                step = steps.throw(failure) if failure is not None else steps.send(answer)
+            except StopIteration as finished:
+                return finished.value  # type: ignore[no-any-return]
+            answer, failure = None, None
+            if isinstance(step, Wait):
+                self._sleep(step.seconds)
+                continue
             try:
                 answer = self.client.request(
-                    request.method,
-                    url,
-                    params=list(request.params),
-                    content=request.body,
-                    headers=dict(request.headers),
+                    step.method, step.url, params=step.params, content=step.content, headers=step.headers
                 )
-            except (httpx.InvalidURL, UnicodeError) as error:
-                # A host IDNA cannot encode (an empty or overlong label): never sent, never retried.
-                raise RemoteQueryError(f"{request.source}: {url!r} is not a valid URL: {error}") from error
-            except httpx.TransportError as error:
-                if attempt >= self.max_attempts or not isinstance(error, retryable_errors):
-                    raise RemoteError(
-                        f"{request.source}: {request.method} {url} failed after {attempt} attempt(s): "
-                        f"{type(error).__name__}: {error}",
-                        url=url,
-                    ) from error
-                delay = self.backoff_delay(attempt)
-                LOGGER.info(
-                    "%s %s: %s, retry %d in %.3fs", request.method, url, type(error).__name__, attempt, delay
-                )
-                self._sleep(delay)
-                continue
-            elapsed = time.perf_counter() - started
-            if answer.status_code in statuses and attempt < self.max_attempts:
-                wait = self._retry_delay(attempt, answer)
-                if wait is not None:
-                    LOGGER.info(
-                        "%s %s: %d, retry %d in %.3fs",
-                        request.method,
-                        url,
-                        answer.status_code,
-                        attempt,
-                        wait,
-                    )
-                    self._sleep(wait)
-                    continue
-            return response_for(
-                request,
-                payload=answer.content,
-                status_code=answer.status_code,
-                content_type=answer.headers.get("content-type"),
-                headers=body_headers(answer.headers, answer.content, request.method),
-                url=str(answer.url),
-                elapsed=elapsed,
-                attempts=attempt,
-                fetched_at=time.time(),
-            )
-
-    def _retry_delay(self, attempt: int, answer: httpx.Response) -> float | None:
-        asked = retry_after_seconds(answer.headers.get("retry-after"), time.time())
-        if asked is None:
-            return self.backoff_delay(attempt)
-        if asked > self.max_retry_after:
-            LOGGER.warning(
-                "%s asks to retry after %.0fs (limit %.0fs): giving up",
-                answer.url,
-                asked,
-                self.max_retry_after,
-            )
-            return None
-        return asked
+            except Exception as error:  # the exchange judges it
+                failure = error
 
 
 class HttpSource(RemoteSource):

@@ -508,10 +508,7 @@ class RemoteSource(DataSource):
 
     def request(self, query: Mapping[str, Any]) -> RemoteRequest:
         """The request ``query`` names, checked to be addressed to this source."""
-        request = request_for(query)
-        if request.source != self.name:
-            raise NotFoundError(f"Query is for source {request.source!r}, not {self.name!r}: {query!r}")
-        return request
+        return addressed_request(query, self.name)
 
     @DataSource.dispatch
     def get(self, type: Any, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
@@ -523,16 +520,8 @@ class RemoteSource(DataSource):
 
     @get.register(RawResponse)
     def _get_raw(self, query: Mapping[str, Any], context: PipelineContext | None = None) -> RawResponse:
-        request = self.request(query)
-        if not request.safe:
-            raise RemoteQueryError(
-                f"{self!r}.get only makes safe requests; {request.method} {request.target} changes "
-                "state, so call send(query) instead"
-            )
-        pipeline = context.get(PipelineContext.Keys.PIPELINE) if context is not None else None
-        if context is not None and context.get(PipelineContext.Keys.NO_WRITE_BACK):
-            pipeline = None  # CacheMode.NEVER: not even an error answer is recorded
-        return _checked(self.adapter.fetch(request), pipeline)
+        request, pipeline = safe_request(self, query, context)
+        return checked(self.adapter.fetch(request), pipeline)
 
     @get_many.register(RawResponse)
     def _get_many_raw(self, query: Mapping[str, Any], context: PipelineContext | None = None) -> Any:
@@ -544,16 +533,52 @@ class RemoteSource(DataSource):
         Nothing is cached. With ``pipeline``, every :class:`ResponseRecorder` of it
         (the audit recorder) is handed the response, inside the current session.
         """
-        if "method" not in query:
-            query = {**query, "method": "POST"}
-        request = self.request(query)
+        request = self.request(sending(query))
         send = getattr(self.adapter, "send", None)
         if send is None:
             raise ConfigurationError(f"The adapter of {self!r} ({type(self.adapter).__name__}) cannot send")
-        response = send(request)
-        if response.ok:
-            _record(response, pipeline)
-        return _checked(response, pipeline)
+        return sent(send(request), pipeline)
+
+
+# -- what every remote source shares, blocking or async -------------------------------
+
+
+def addressed_request(query: Mapping[str, Any], name: str) -> RemoteRequest:
+    """The request ``query`` names; NotFoundError when it is addressed to another source than ``name``."""
+    request = request_for(query)
+    if request.source != name:
+        raise NotFoundError(f"Query is for source {request.source!r}, not {name!r}: {query!r}")
+    return request
+
+
+def safe_request(
+    source: Any, query: Mapping[str, Any], context: PipelineContext | None, sender: str = "send"
+) -> tuple[RemoteRequest, Any]:
+    """What a ``get`` of ``source`` asks: the safe request ``query`` names, and the pipeline
+    whose recorders hear of an error answer (None when nothing may be recorded). A state-changing
+    request is refused, naming ``source``'s ``sender`` method that makes it."""
+    request = source.request(query)
+    if not request.safe:
+        raise RemoteQueryError(
+            f"{source!r}.get only makes safe requests; {request.method} {request.target} changes "
+            f"state, so call {sender}(query) instead"
+        )
+    pipeline = context.get(PipelineContext.Keys.PIPELINE) if context is not None else None
+    if context is not None and context.get(PipelineContext.Keys.NO_WRITE_BACK):
+        pipeline = None  # CacheMode.NEVER: not even an error answer is recorded
+    return request, pipeline
+
+
+def sending(query: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``query`` as a send makes it: POST unless it names its method."""
+    return query if "method" in query else {**query, "method": "POST"}
+
+
+def sent(response: RawResponse, pipeline: Any) -> RawResponse:
+    """A send's answer: recorded with ``pipeline``'s recorders whatever its status, then checked."""
+    if response.ok:
+        _record(response, pipeline)
+    return checked(response, pipeline)
 
 
 def _record(response: RawResponse, pipeline: Any) -> None:
@@ -563,8 +588,9 @@ def _record(response: RawResponse, pipeline: Any) -> None:
             element.record(response)
 
 
-def _checked(response: RawResponse, pipeline: Any) -> RawResponse:
-    # An error answer is recorded for the audit trail, then raised: it never reaches a sink.
+def checked(response: RawResponse, pipeline: Any) -> RawResponse:
+    """``response`` if it is 2xx; else it is recorded for the audit trail and raised (check_status):
+    an error answer never reaches a sink."""
     if not response.ok:
         _record(response, pipeline)
     return check_status(response)

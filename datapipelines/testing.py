@@ -55,6 +55,12 @@ def _encode(body: Any) -> tuple[bytes, str]:
     return json.dumps(body).encode("utf-8"), "application/json"
 
 
+class _Server(ThreadingHTTPServer):
+    # Async clients connect by the hundred at once: the default backlog of 5 drops their
+    # SYNs, and each dropped one waits a second for its retransmission.
+    request_queue_size = 1024
+
+
 class LocalServer:
     """Serves ``routes`` (path -> function of the Hit, or a constant) on a free loopback port."""
 
@@ -102,7 +108,7 @@ class LocalServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet: tests and the demo print what matters themselves
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
