@@ -34,7 +34,7 @@ from datapipelines.breaker import CircuitBreaker
 from datapipelines.flight import RedisLock
 from datapipelines.sinks import MemoryStore
 from datapipelines.sinks.redis import RedisStore
-from datapipelines.testing_redis import RedisServer, SilentRedis
+from datapipelines.redis.testing import RedisServer, SilentRedis
 
 TIMEOUT = 0.25
 KEYS = 400

@@ -58,7 +58,7 @@ _LAZY = {
     "RemoteError": ".remote",
     "ResponseRecorder": ".remote",
     "register_adapter": ".remote",
-    "RedisInvalidation": ".invalidation",
+    "RedisInvalidation": ".redis.invalidation",
 }
 
 

@@ -36,10 +36,11 @@ from typing import Any
 
 import redis
 
-from .breaker import CircuitBreaker
-from .store import Store
+from ..breaker import CircuitBreaker
+from ..store import Store
 
-LOGGER = logging.getLogger(__name__)
+# The name it had before it moved here, which logging configurations name.
+LOGGER = logging.getLogger("datapipelines.invalidation")
 
 _COUNTERS = (
     "published",

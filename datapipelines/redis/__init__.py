@@ -1,0 +1,9 @@
+"""Everything that talks to Redis beside the Redis tier itself (``datapipelines.sinks.redis``).
+
+- :mod:`.invalidation`: :class:`~datapipelines.redis.invalidation.RedisInvalidation`, which
+  drops other processes' memory entries over pub/sub;
+- :mod:`.testing`: private ``redis-server`` processes and a server that never answers, for
+  tests and benchmarks that must kill or stall Redis without touching a shared one.
+
+Importing :mod:`datapipelines` loads none of them, so redis-py loads with the part that needs it.
+"""
