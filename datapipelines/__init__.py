@@ -20,7 +20,6 @@ from .errors import (
     QueryKeyError,
     UnsupportedError,
 )
-from .flight import RedisLock
 from .functions import (
     CachedFunction,
     FunctionSink,
@@ -50,7 +49,8 @@ from .transformer import CompositeDataTransformer, DataTransformer
 
 __version__ = "2.0.0.dev0"
 
-# Parts with optional dependencies (SQLAlchemy, httpx) load on first use.
+# Parts with optional clients (SQLAlchemy, httpx, redis-py) load on first use:
+# importing datapipelines loads none of them (tests/test_layering.py).
 _LAZY = {
     "Inventory": ".inventory",
     "HttpSource": ".http",
@@ -59,6 +59,7 @@ _LAZY = {
     "ResponseRecorder": ".remote",
     "register_adapter": ".remote",
     "RedisInvalidation": ".redis.invalidation",
+    "RedisLock": ".flight",
 }
 
 
