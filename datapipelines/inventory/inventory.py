@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from ..database import database_url, naive_utc, show_url, utc_now
 from ..errors import ConfigurationError
 from .batch import Batch, BatchRecord, BatchReleasedError
 from .schema import (
@@ -25,13 +26,9 @@ from .schema import (
     check_backend,
     create_engine,
     create_table,
-    database_url,
     inventory_table,
     lock,
-    now_utc,
-    show_url,
     table_exists,
-    utc,
 )
 from .source import BoundSource, Source, Where, as_source, describe
 
@@ -126,7 +123,7 @@ class Inventory:
         schema: str | None = None,
         max_attempts: int = 3,
         lease: float | timedelta = timedelta(hours=1),
-        clock: Callable[[], datetime] = now_utc,
+        clock: Callable[[], datetime] = utc_now,
         job_identifier: str | None = None,
     ) -> None:
         if not isinstance(max_attempts, int) or max_attempts < 1:
@@ -563,4 +560,4 @@ class Inventory:
 
     def now(self) -> datetime:
         """The inventory clock's current time as naive UTC, as the table stores times."""
-        return utc(self._clock())
+        return naive_utc(self._clock())

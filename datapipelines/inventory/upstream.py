@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ..database import database_url, show_url
 from ..errors import ConfigurationError
-from .schema import STATUSES, create_engine, database_url, show_url
+from .schema import STATUSES, create_engine
 from .source import Source, as_source
 
 if TYPE_CHECKING:
