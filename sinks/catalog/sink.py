@@ -21,7 +21,7 @@ from datapipelines.keys import key_for, type_name_of
 from datapipelines.sink import DataSink
 from datapipelines.store import queries_of_items
 
-from . import changes
+from . import changes, files
 from ._db import (
     CatalogError,
     changes_table,
@@ -268,9 +268,7 @@ class Catalog(RecordQueries, DataSink):
 
         See :func:`datapipelines.sinks.catalog.files.generate` for the options.
         """
-        from .files import generate
-
-        return generate(self, folder, **options)
+        return files.generate(self, folder, **options)
 
     def delete(self, type: Any, query: Mapping[str, Any], *, reason: str | None = None) -> bool:
         """Remove the record of ``type`` for ``query``, or with ``reason`` soft-delete it; True if
