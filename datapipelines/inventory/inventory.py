@@ -16,8 +16,10 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ..database import database_url, naive_utc, show_url, utc_now
 from ..errors import ConfigurationError
-from .batch import Batch, BatchRecord, BatchReleasedError
-from .schema import (
+from . import upstream
+from .job_batch import Batch, BatchRecord, BatchReleasedError
+from .source_table import BoundSource, Source, Where, as_source, describe
+from .storage import (
     DEFAULT_TABLE,
     FAILED,
     READ_ONLY,
@@ -30,7 +32,6 @@ from .schema import (
     lock,
     table_exists,
 )
-from .source import BoundSource, Source, Where, as_source, describe
 
 URL_ENVIRONMENT = "DATAPIPELINES_INVENTORY_URL"
 DEFAULT_URL = "sqlite:///datapipelines-inventory.sqlite3"
@@ -554,9 +555,7 @@ class Inventory:
         sources: Mapping[str, Source | str] | None = None,
     ) -> int:
         """Copy a pybatchintory inventory's ranges into this one (see ``upstream``); how many were new."""
-        from .upstream import import_pybatchintory
-
-        return import_pybatchintory(self, url, table=table, schema=schema, sources=sources)
+        return upstream.import_pybatchintory(self, url, table=table, schema=schema, sources=sources)
 
     def now(self) -> datetime:
         """The inventory clock's current time as naive UTC, as the table stores times."""

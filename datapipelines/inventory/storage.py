@@ -115,4 +115,3 @@ def table_exists(engine: Engine, table: sa.Table) -> bool:
     with engine.connect() as connection:
         connection.execution_options(**{READ_ONLY: True})
         return sa.inspect(connection).has_table(table.name, schema=table.schema)
-
