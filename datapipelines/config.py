@@ -170,10 +170,14 @@ def load(config: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[Mapping[st
         raise ConfigurationError(f"{path}: not valid TOML ({error})") from error
 
 
-def pipeline_from_config(config: str | os.PathLike[str] | Mapping[str, Any], **options: Any) -> Any:
-    """Build the DataPipeline a TOML file (a path) or a dict describes; ``options`` go to DataPipeline."""
-    from .pipeline import DataPipeline
+def pipeline_from_config(
+    config: str | os.PathLike[str] | Mapping[str, Any], pipeline_class: Callable[..., Any], **options: Any
+) -> Any:
+    """Build the pipeline a TOML file (a path) or a dict describes; ``options`` go to ``pipeline_class``.
 
+    The class comes from ``DataPipeline.from_config`` (``cls``), so this module never imports the
+    pipeline and a subclass's ``from_config`` builds that subclass.
+    """
     data, reader = load(config)
     for key in data:
         if key not in TOP_LEVEL:
@@ -213,7 +217,7 @@ def pipeline_from_config(config: str | os.PathLike[str] | Mapping[str, Any], **o
         raise reader.error("strict", f"expected true or false, got {settings['strict']!r}")
     if not elements:
         raise reader.error("tiers", "the pipeline has no tiers, sinks or sources")
-    return DataPipeline(elements, transformers, policies=policies, **settings)
+    return pipeline_class(elements, transformers, policies=policies, **settings)
 
 
 def plan_types(pipeline: Any) -> list[Any]:

@@ -221,7 +221,7 @@ class DataPipeline(BatchReads):
         """A pipeline from a TOML file (a path) or a dict: see :mod:`datapipelines.config`."""
         from .config import pipeline_from_config
 
-        return pipeline_from_config(config, **options)
+        return pipeline_from_config(config, cls, **options)
 
     def cached(self, type: Any, *, query: Callable[..., Mapping[str, Any]] | None = None) -> Any:
         """Decorator: the function's results of ``type`` go through this pipeline's tiers.

@@ -136,6 +136,17 @@ def test_from_config_takes_a_dict_and_keyword_options(app: Path) -> None:
     assert pipeline.elements[0].maxsize == 3  # type: ignore[union-attr]
 
 
+def test_from_config_on_a_subclass_builds_that_subclass(app: Path) -> None:
+    class Traced(DataPipeline):
+        pass
+
+    pipeline = Traced.from_config({"tiers": {"memory": {}}, "sources": ["weatherapp:api"]})
+    assert type(pipeline) is Traced
+    import weatherapp
+
+    assert pipeline.get(weatherapp.Raw, {"city": "Oslo"}) == weatherapp.Raw("Oslo:3.5")
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
