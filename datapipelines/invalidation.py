@@ -1,4 +1,4 @@
-"""The import path :class:`RedisInvalidation` had before it moved to :mod:`datapipelines.redis.invalidation`."""
+"""Where :class:`RedisInvalidation` was imported from before it moved to :mod:`datapipelines.redis`."""
 
 from .redis.invalidation import RedisInvalidation
 
