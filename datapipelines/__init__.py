@@ -12,6 +12,9 @@ from .batch import BATCH_KEY
 from .breaker import CircuitBreaker
 from .cache_mode import CacheMode
 from .context import TYPE_WILDCARD, PipelineContext
+from .data_sink import CompositeDataSink, DataSink
+from .data_source import CompositeDataSource, DataSource
+from .data_transformer import CompositeDataTransformer, DataTransformer
 from .errors import (
     ConfigurationError,
     DataPipelinesError,
@@ -42,10 +45,7 @@ from .queries import (
     WrongValueTypeError,
     validate_query,
 )
-from .sink import CompositeDataSink, DataSink
-from .source import CompositeDataSource, DataSource
 from .store import MISSING, Store
-from .transformer import CompositeDataTransformer, DataTransformer
 
 __version__ = "2.0.0.dev0"
 

@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from .context import TYPE_WILDCARD
+from .data_sink import DataSink
+from .data_source import DataSource
+from .data_transformer import DataTransformer
 from .errors import ConfigurationError, DataPipelinesError, NoConversionError, element_name, type_name
 from .policy import Policy
-from .sink import DataSink
-from .source import DataSource
 from .store import Store
-from .transformer import DataTransformer
 
 if sys.version_info >= (3, 11):
     import tomllib

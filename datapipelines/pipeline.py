@@ -19,6 +19,9 @@ from .batch import BatchReads
 from .breaker import GUARD_FAILED, NO_BREAKER, CircuitBreaker, NoBreaker
 from .cache_mode import mode_flags
 from .context import PipelineContext
+from .data_sink import DataSink
+from .data_source import DataSource
+from .data_transformer import DataTransformer
 from .errors import (
     CALLER_ERRORS,
     ConfigurationError,
@@ -34,11 +37,8 @@ from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
 from .policy import Policy
 from .remote import ResponseRecorder, partition
-from .sink import DataSink
-from .source import DataSource
 from .stats import SAMPLE_EVERY, ElementStats
 from .store import MISSING, Store
-from .transformer import DataTransformer
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -48,6 +48,15 @@ def test_the_lazy_names_of_datapipelines_still_import() -> None:
     subprocess.run([sys.executable, "-c", code], timeout=60, check=True)
 
 
+def test_no_name_datapipelines_exports_is_also_one_of_its_modules() -> None:
+    # ``datapipelines.source`` is the @source decorator; a module of that name would be shadowed by
+    # it, or replace it in the package when first imported late.
+    import datapipelines
+
+    submodules = {name.split(".")[1] for name in modules() if name.count(".") == 1}
+    assert sorted(submodules & set(datapipelines.__all__)) == []
+
+
 def modules() -> dict[str, tuple[Path, bool]]:
     """Every module of the package: its dotted name -> (file, whether it is a package)."""
     found = {}

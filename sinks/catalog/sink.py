@@ -15,10 +15,10 @@ from sqlalchemy import MetaData, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from datapipelines.context import TYPE_WILDCARD, PipelineContext
+from datapipelines.data_sink import DataSink
 from datapipelines.database import show_url, utc_now
 from datapipelines.errors import type_name
 from datapipelines.keys import key_for, type_name_of
-from datapipelines.sink import DataSink
 from datapipelines.store import queries_of_items
 
 from . import changes, files
