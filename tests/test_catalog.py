@@ -601,11 +601,13 @@ def test_store_rejects_values_it_cannot_type(tmp_path: Path) -> None:
 
 
 # -- URLs --------------------------------------------------------------------------
-def test_urls() -> None:
+def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert engine_for("postgresql://user:pw@db/cat").url.drivername == "postgresql+psycopg"
     assert engine_for("postgres://db/cat").url.drivername == "postgresql+psycopg"
     assert engine_for("postgresql+psycopg://db/cat").url.drivername == "postgresql+psycopg"
     with pytest.raises(CatalogError, match="got mysql://"):
         engine_for("mysql://db/cat")
     assert show_url(engine_for("postgresql://user:secret@db/x").url) == "postgresql+psycopg://user:***@db/x"
+    monkeypatch.chdir(tmp_path)  # a bare relative path: its folder is made in the working directory
     assert engine_for(str(Path("some") / "catalog.db")).url.database == "some/catalog.db"
+    assert (tmp_path / "some").is_dir()
