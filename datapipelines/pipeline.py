@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from cachetools import LRUCache
 
@@ -31,7 +31,7 @@ from .errors import (
     element_name,
     type_name,
 )
-from .flight import RedisLock, SingleFlight
+from .flight import SingleFlight
 from .forks import reset_in_children
 from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
@@ -39,6 +39,9 @@ from .policy import Policy
 from .remote import ResponseRecorder, partition
 from .stats import SAMPLE_EVERY, ElementStats
 from .store import MISSING, Store
+
+if TYPE_CHECKING:
+    from .flight import RedisLock  # for the annotation only: RedisLock loads redis-py
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
