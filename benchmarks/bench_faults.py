@@ -32,9 +32,9 @@ from typing import Any
 from datapipelines import DataPipeline, DataSource, NotFoundError
 from datapipelines.breaker import CircuitBreaker
 from datapipelines.flight import RedisLock
+from datapipelines.redis.testing import RedisServer, SilentRedis
 from datapipelines.sinks import MemoryStore
 from datapipelines.sinks.redis import RedisStore
-from datapipelines.testing_redis import RedisServer, SilentRedis
 
 TIMEOUT = 0.25
 KEYS = 400

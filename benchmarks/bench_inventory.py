@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 
 from datapipelines.inventory import Inventory, Source
-from datapipelines.inventory.schema import create_engine, lock
+from datapipelines.inventory.storage import create_engine, lock
 
 POSTGRES_URL = os.environ.get(
     "DATAPIPELINES_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

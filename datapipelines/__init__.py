@@ -12,6 +12,9 @@ from .batch import BATCH_KEY
 from .breaker import CircuitBreaker
 from .cache_mode import CacheMode
 from .context import TYPE_WILDCARD, PipelineContext
+from .data_sink import CompositeDataSink, DataSink
+from .data_source import CompositeDataSource, DataSource
+from .data_transformer import CompositeDataTransformer, DataTransformer
 from .errors import (
     ConfigurationError,
     DataPipelinesError,
@@ -43,14 +46,12 @@ from .queries import (
     WrongValueTypeError,
     validate_query,
 )
-from .sink import CompositeDataSink, DataSink
-from .source import CompositeDataSource, DataSource
 from .store import MISSING, Store
-from .transformer import CompositeDataTransformer, DataTransformer
 
 __version__ = "2.0.0.dev0"
 
-# Parts with optional dependencies (SQLAlchemy, httpx, redis) load on first use.
+# Parts with optional clients (SQLAlchemy, httpx, redis-py) load on first use:
+# importing datapipelines loads none of them (tests/test_layering.py).
 _LAZY = {
     "Inventory": ".inventory",
     "HttpSource": ".http",
@@ -59,7 +60,7 @@ _LAZY = {
     "RemoteError": ".remote",
     "ResponseRecorder": ".remote",
     "register_adapter": ".remote",
-    "RedisInvalidation": ".invalidation",
+    "RedisInvalidation": ".redis.invalidation",
     "RedisLock": ".redis.lock",
 }
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .context import PipelineContext
+from .data_source import DataSource
 from .errors import ConfigurationError, NotFoundError
 from .flight import running_loop
 from .http import Exchange, HttpRules, Wait, httpx
@@ -30,7 +31,6 @@ from .remote import (
     sending,
     sent,
 )
-from .source import DataSource
 
 
 def _awaited_only(dispatcher: Any) -> Any:

@@ -40,16 +40,16 @@ from pathlib import Path
 from typing import Any
 
 from .context import TYPE_WILDCARD
+from .data_sink import DataSink
+from .data_source import DataSource
+from .data_transformer import DataTransformer
 from .errors import ConfigurationError, DataPipelinesError, NoConversionError, element_name, type_name
 from .policy import Policy
-from .sink import DataSink
-from .source import DataSource
 from .store import Store
-from .transformer import DataTransformer
 
 if sys.version_info >= (3, 11):
     import tomllib
-else:  # pragma: no cover - Python 3.10
+else:  # pragma: no cover - Python 3.10: tomli is a core dependency there
     import tomli as tomllib
 
 TOP_LEVEL = ("name", "strict", "tiers", "policies", "sinks", "sources", "transformers")
@@ -64,18 +64,19 @@ def _tier_classes() -> dict[str, Callable[..., Any]]:
 
 
 def resolve(spec: Any) -> Any:
-    """The object a ``module:object`` string names (``object`` may be dotted: ``Class.factory``)."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
+    """The object a ``module:object`` string names (``object`` may be dotted: ``Class.factory``).
+
+    The pipeline config, ``datapipelines stats --run`` and the ingest config's steps and
+    python rules all name their objects so.
+    """
+    module_name, _, attribute = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if not module_name or not attribute or ":" in attribute:
         raise ConfigurationError(f"expected 'module:object', got {spec!r}")
-    module_name, _, attribute = spec.partition(":")
     try:
         found: Any = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigurationError(f"cannot import {module_name!r} ({error})") from error
     except Exception as error:
-        # The module itself fails (a syntax error, a raise at import): name it, as for a missing one.
-        why = f"{type(error).__name__}: {error}"
-        raise ConfigurationError(f"cannot import {module_name!r} ({why})") from error
+        # A missing module, or one that fails itself (a syntax error, a raise at import).
+        raise ConfigurationError(f"cannot import {spec!r} ({type(error).__name__}: {error})") from error
     for part in attribute.split("."):
         try:
             found = getattr(found, part)
@@ -153,27 +154,38 @@ class _Reader:
         return value
 
 
+def read_toml(path: str | os.PathLike[str], what: str | None = None) -> dict[str, Any]:
+    """The parsed TOML file at ``path``; a ConfigurationError starting with ``what`` (default: the
+    path) when it cannot be read or parsed. The ingest config and rules files are read so too."""
+    what = str(path) if what is None else what
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigurationError(f"{what}: cannot read it ({error.strerror or error})") from error
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(f"{what}: not a TOML file (not UTF-8 text: {error.reason})") from error
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigurationError(f"{what}: not valid TOML ({error})") from error
+
+
 def load(config: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[Mapping[str, Any], _Reader]:
     """The config as a dict, and a reader that names where it came from."""
     if isinstance(config, Mapping):
         return config, _Reader("config", None)
     path = Path(config)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigurationError(f"{path}: cannot read it ({error.strerror or error})") from error
-    except UnicodeDecodeError as error:
-        raise ConfigurationError(f"{path}: not a TOML file (not UTF-8 text: {error.reason})") from error
-    try:
-        return tomllib.loads(text), _Reader(str(path), path.resolve().parent)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigurationError(f"{path}: not valid TOML ({error})") from error
+    return read_toml(path), _Reader(str(path), path.resolve().parent)
 
 
-def pipeline_from_config(config: str | os.PathLike[str] | Mapping[str, Any], **options: Any) -> Any:
-    """Build the DataPipeline a TOML file (a path) or a dict describes; ``options`` go to DataPipeline."""
-    from .pipeline import DataPipeline
+def pipeline_from_config(
+    config: str | os.PathLike[str] | Mapping[str, Any], pipeline_class: Callable[..., Any], **options: Any
+) -> Any:
+    """Build the pipeline a TOML file (a path) or a dict describes; ``options`` go to ``pipeline_class``.
 
+    The class comes from ``DataPipeline.from_config`` (``cls``), so this module never imports the
+    pipeline and a subclass's ``from_config`` builds that subclass.
+    """
     data, reader = load(config)
     for key in data:
         if key not in TOP_LEVEL:
@@ -213,7 +225,7 @@ def pipeline_from_config(config: str | os.PathLike[str] | Mapping[str, Any], **o
         raise reader.error("strict", f"expected true or false, got {settings['strict']!r}")
     if not elements:
         raise reader.error("tiers", "the pipeline has no tiers, sinks or sources")
-    return DataPipeline(elements, transformers, policies=policies, **settings)
+    return pipeline_class(elements, transformers, policies=policies, **settings)
 
 
 def plan_types(pipeline: Any) -> list[Any]:

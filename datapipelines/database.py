@@ -12,6 +12,7 @@ SQLAlchemy: only the parts that need a database import it.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -53,6 +54,13 @@ def database_url(url: str | URL, error: type[Exception] = ConfigurationError) ->
 def show_url(url: URL) -> str:
     """``url`` as text with its password hidden."""
     return url.render_as_string(hide_password=True)
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL names; None for another backend or an in-memory database."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
 
 
 def create_engine(url: URL, what: str, error: type[Exception] = ConfigurationError, **options: Any) -> Engine:

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .data_sink import DataSink
+from .data_source import DataSource
+from .data_transformer import DataTransformer
 from .errors import ConfigurationError, UnsupportedError, type_name
-from .sink import DataSink
-from .source import DataSource
-from .transformer import DataTransformer
 
 Function = Callable[..., Any]
 
@@ -184,21 +183,8 @@ class FunctionTransformer(_Wrapper, DataTransformer):
         return self._transform(value, context)
 
 
-class _Decorator:
-    """The decorators share their names with the modules ``datapipelines.source``, ``.sink`` and
-    ``.transformer``, which ``datapipelines.source`` then names; attribute access still reaches
-    the module, so ``datapipelines.source.DataSource`` keeps working."""
-
-    module = ""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(importlib.import_module(self.module), name)
-
-
-class _SourceDecorator(_Decorator):
+class _SourceDecorator:
     """``@source(Weather)`` for ``get``; ``@source.many(Weather)`` for ``get_many``."""
-
-    module = "datapipelines.source"
 
     def __call__(self, type: Any) -> Callable[[Function], FunctionSource]:
         (type,) = _types((type,), "source")
@@ -209,10 +195,8 @@ class _SourceDecorator(_Decorator):
         return lambda function: FunctionSource(type, get_many=function)
 
 
-class _SinkDecorator(_Decorator):
+class _SinkDecorator:
     """``@sink(Weather, Forecast)`` for ``put``; ``@sink.many(...)`` for ``put_many``."""
-
-    module = "datapipelines.sink"
 
     def __call__(self, *types: Any) -> Callable[[Function], FunctionSink]:
         accepted = _types(types, "sink")
@@ -223,10 +207,8 @@ class _SinkDecorator(_Decorator):
         return lambda function: FunctionSink(accepted, put_many=function)
 
 
-class _TransformerDecorator(_Decorator):
+class _TransformerDecorator:
     """``@transformer(Raw, Weather, cost=1)``: ``def parse(raw, context=None) -> Weather``."""
-
-    module = "datapipelines.transformer"
 
     def __call__(
         self, from_type: Any, to_type: Any, *, cost: int = 1

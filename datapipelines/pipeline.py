@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from cachetools import LRUCache
 
@@ -19,6 +19,9 @@ from .batch import BatchReads
 from .breaker import GUARD_FAILED, NO_BREAKER, CircuitBreaker, NoBreaker
 from .cache_mode import mode_flags
 from .context import PipelineContext
+from .data_sink import DataSink
+from .data_source import DataSource
+from .data_transformer import DataTransformer
 from .errors import (
     CALLER_ERRORS,
     ConfigurationError,
@@ -28,17 +31,17 @@ from .errors import (
     element_name,
     type_name,
 )
-from .flight import RedisLock, SingleFlight
+from .flight import SingleFlight
 from .forks import reset_in_children
 from .keys import key_for
 from .plan import Feed, Route, TypeGraph, convert, describe_provided, feeds_for, plan_routes
 from .policy import Policy
 from .remote import ResponseRecorder, partition
-from .sink import DataSink
-from .source import DataSource
 from .stats import SAMPLE_EVERY, ElementStats
 from .store import MISSING, Store
-from .transformer import DataTransformer
+
+if TYPE_CHECKING:
+    from .redis.lock import RedisLock  # for the annotation only: RedisLock loads redis-py
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -221,7 +224,7 @@ class DataPipeline(BatchReads):
         """A pipeline from a TOML file (a path) or a dict: see :mod:`datapipelines.config`."""
         from .config import pipeline_from_config
 
-        return pipeline_from_config(config, **options)
+        return pipeline_from_config(config, cls, **options)
 
     def cached(self, type: Any, *, query: Callable[..., Mapping[str, Any]] | None = None) -> Any:
         """Decorator: the function's results of ``type`` go through this pipeline's tiers.

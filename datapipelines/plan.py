@@ -13,11 +13,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .context import TYPE_WILDCARD
+from .data_sink import DataSink
+from .data_source import DataSource
+from .data_transformer import CompositeDataTransformer, DataTransformer
 from .errors import element_name, type_name
-from .sink import DataSink
-from .source import DataSource
 from .store import Store
-from .transformer import CompositeDataTransformer, DataTransformer
 
 Chain = tuple[tuple[DataTransformer, Any], ...]
 

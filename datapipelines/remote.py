@@ -33,8 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .context import PipelineContext
+from .data_source import DataSource
 from .errors import ConfigurationError, DataPipelinesError, NotFoundError
-from .source import DataSource
 
 DEFAULT_SOURCE = "http"
 # Keys that separate recordings of one wire request (mxm-dataio's names): in the id, never sent.

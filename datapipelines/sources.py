@@ -1,5 +1,5 @@
 """The 1.x module ``datapipelines.sources``, kept so imports written against 1.x still work."""
 
-from .source import CompositeDataSource, DataSource
+from .data_source import CompositeDataSource, DataSource
 
 __all__ = ["CompositeDataSource", "DataSource"]

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .context import TYPE_WILDCARD, PipelineContext
+from .data_sink import DataSink
+from .data_source import DataSource
 from .errors import ConfigurationError, NotFoundError, type_name
 from .expiry import DONT_STORE, Expirations
 from .keys import key_for
-from .sink import DataSink
-from .source import DataSource
 
 LOGGER = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..sink import CompositeDataSink, DataSink
+from ..data_sink import CompositeDataSink, DataSink
 from .disk import DiskStore, DiskStoreError
 from .memory import MemoryStore
 from .redis import RedisStore

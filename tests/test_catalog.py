@@ -21,6 +21,7 @@ import sqlalchemy
 from sqlalchemy import create_engine, text
 
 from datapipelines import ConfigurationError, DataPipeline, DataSource, NotFoundError, UnsupportedError
+from datapipelines.database import show_url
 from datapipelines.keys import key_for
 from datapipelines.sinks.catalog import (
     Catalog,
@@ -30,7 +31,7 @@ from datapipelines.sinks.catalog import (
     canonical_json,
     content_bytes,
 )
-from datapipelines.sinks.catalog._db import display_url, engine_for
+from datapipelines.sinks.catalog._db import engine_for
 
 POSTGRES_URL = os.environ.get(
     "DATAPIPELINES_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -600,11 +601,13 @@ def test_store_rejects_values_it_cannot_type(tmp_path: Path) -> None:
 
 
 # -- URLs --------------------------------------------------------------------------
-def test_urls() -> None:
+def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert engine_for("postgresql://user:pw@db/cat").url.drivername == "postgresql+psycopg"
     assert engine_for("postgres://db/cat").url.drivername == "postgresql+psycopg"
     assert engine_for("postgresql+psycopg://db/cat").url.drivername == "postgresql+psycopg"
     with pytest.raises(CatalogError, match="got mysql://"):
         engine_for("mysql://db/cat")
-    assert display_url(engine_for("postgresql://user:secret@db/x")) == "postgresql+psycopg://user:***@db/x"
+    assert show_url(engine_for("postgresql://user:secret@db/x").url) == "postgresql+psycopg://user:***@db/x"
+    monkeypatch.chdir(tmp_path)  # a bare relative path: its folder is made in the working directory
     assert engine_for(str(Path("some") / "catalog.db")).url.database == "some/catalog.db"
+    assert (tmp_path / "some").is_dir()

@@ -136,6 +136,17 @@ def test_from_config_takes_a_dict_and_keyword_options(app: Path) -> None:
     assert pipeline.elements[0].maxsize == 3  # type: ignore[union-attr]
 
 
+def test_from_config_on_a_subclass_builds_that_subclass(app: Path) -> None:
+    class Traced(DataPipeline):
+        pass
+
+    pipeline = Traced.from_config({"tiers": {"memory": {}}, "sources": ["weatherapp:api"]})
+    assert type(pipeline) is Traced
+    import weatherapp
+
+    assert pipeline.get(weatherapp.Raw, {"city": "Oslo"}) == weatherapp.Raw("Oslo:3.5")
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -148,7 +159,11 @@ def test_from_config_takes_a_dict_and_keyword_options(app: Path) -> None:
             "[tiers.cache]\nmaxsize = 10\n",
             "pipeline.toml: tiers.cache.kind: expected 'module:object', got 'cache'",
         ),
-        ('[tiers.x]\nkind = "nowhere:Store"\n', "pipeline.toml: tiers.x.kind: cannot import 'nowhere'"),
+        (
+            '[tiers.x]\nkind = "nowhere:Store"\n',
+            "pipeline.toml: tiers.x.kind: cannot import 'nowhere:Store' "
+            "(ModuleNotFoundError: No module named 'nowhere')",
+        ),
         (
             'sources = ["weatherapp:missing"]\n',
             "pipeline.toml: sources[0]: module 'weatherapp' has no 'missing'",
@@ -217,7 +232,7 @@ def test_a_module_failing_at_import_is_named(app: Path, module: str, message: st
     finally:
         sys.modules.pop("brokenapp", None)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    expected = f"datapipelines: error: pipeline.toml: sources[0]: cannot import 'brokenapp' ({message}"
+    expected = f"datapipelines: error: pipeline.toml: sources[0]: cannot import 'brokenapp:api' ({message}"
     assert done.stderr.startswith(expected)
 
 

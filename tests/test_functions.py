@@ -313,11 +313,3 @@ def test_cached_rejects_coroutine_functions_until_there_is_an_async_pipeline() -
 
     with pytest.raises(ConfigurationError, match="no async pipeline"):
         pipeline.cached(Weather)(weather)
-
-
-def test_decorator_names_still_reach_their_modules() -> None:
-    import datapipelines
-
-    assert datapipelines.source.DataSource is DataSource
-    assert datapipelines.sink.DataSink is DataSink
-    assert datapipelines.transformer.DataTransformer is DataTransformer

@@ -100,7 +100,19 @@ def test_run_until_idle_then_status_and_retry(tmp_path: Path) -> None:
         ),
         (
             lambda c: c.replace("ingest_support:fail_on_bad", "no_such_module:f"),
-            r"step\[0\].function: cannot import 'no_such_module:f'",
+            r"step\[0\].function: cannot import 'no_such_module:f' \(ModuleNotFoundError: No module named",
+        ),
+        (
+            lambda c: c.replace("ingest_support:fail_on_bad", "ingest_support.fail_on_bad"),
+            r"step\[0\].function: expected 'module:object', got 'ingest_support.fail_on_bad'",
+        ),
+        (
+            lambda c: c.replace("ingest_support:fail_on_bad", "ingest_support:nothing"),
+            r"step\[0\].function: module 'ingest_support' has no 'nothing'",
+        ),
+        (
+            lambda c: c.replace("ingest_support:fail_on_bad", "ingest_support:__name__"),
+            r"step\[0\].function: 'ingest_support:__name__' is not callable",
         ),
         (
             lambda c: c.replace('watch = "incoming"', 'watch = "missing"'),

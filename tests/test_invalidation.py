@@ -18,7 +18,7 @@ from test_resilience_support import CountingSource, Reading, RedisServer, free_p
 
 from datapipelines import MISSING, DataPipeline, key_for
 from datapipelines.breaker import CircuitBreaker
-from datapipelines.invalidation import RedisInvalidation
+from datapipelines.redis.invalidation import RedisInvalidation
 from datapipelines.sinks import MemoryStore
 
 __all__ = ["private_redis"]  # a fixture, used by name

@@ -12,6 +12,7 @@ import test_inventory_support as support
 from test_inventory_support import Clock, Database
 
 from datapipelines.cli import main
+from datapipelines.database import database_url
 from datapipelines.errors import ConfigurationError
 from datapipelines.inventory import (
     BatchReleasedError,
@@ -22,7 +23,6 @@ from datapipelines.inventory import (
     configure,
     load_settings,
 )
-from datapipelines.inventory.schema import database_url
 
 db, sqlite_db, postgres_db, clock = support.db, support.sqlite_db, support.postgres_db, support.clock
 

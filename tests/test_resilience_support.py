@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from datapipelines import DataSource, NotFoundError
-from datapipelines.testing_redis import RedisServer, SilentRedis, free_port
+from datapipelines.redis.testing import RedisServer, SilentRedis, free_port
 
 __all__ = ["RedisServer", "SilentRedis", "free_port"]  # imported by the tests from here
 

@@ -16,7 +16,7 @@ from test_resilience_support import CountingSource, Reading, SilentRedis, silent
 from datapipelines import DataPipeline
 from datapipelines.breaker import CircuitBreaker
 from datapipelines.flight import RedisLock
-from datapipelines.invalidation import RedisInvalidation
+from datapipelines.redis.invalidation import RedisInvalidation
 from datapipelines.sinks import MemoryStore
 from datapipelines.sinks.redis import RedisStore
 

@@ -7,7 +7,7 @@ The 1.x names of this module, ``DataTransformer`` and ``CompositeDataTransformer
 are importable from here too.
 """
 
-from ..transformer import CompositeDataTransformer, DataTransformer
+from ..data_transformer import CompositeDataTransformer, DataTransformer
 from .dataclass import DataclassConversionError, DataclassTransformer, from_json, to_json
 from .raw import JSON, DecodeError, RawTransformer, charset_of
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from datapipelines.context import PipelineContext
+from datapipelines.data_transformer import DataTransformer
 from datapipelines.errors import ConfigurationError, DataPipelinesError, UnsupportedError, type_name
-from datapipelines.transformer import DataTransformer
 
 from .raw import JSON
 

@@ -12,9 +12,9 @@ from abc import ABC
 from typing import Any
 
 from datapipelines.context import PipelineContext
+from datapipelines.data_transformer import DataTransformer
 from datapipelines.errors import DataPipelinesError
 from datapipelines.remote import RawResponse, check_status
-from datapipelines.transformer import DataTransformer
 
 
 class JSON(ABC):  # noqa: B024 - a marker with no methods

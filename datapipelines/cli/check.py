@@ -35,8 +35,8 @@ def close_elements(pipeline: Any) -> None:
 
 
 def _role(element: Any) -> str:
+    from ..data_source import DataSource
     from ..pipeline import is_tier
-    from ..source import DataSource
 
     if is_tier(element):
         return "tier"

@@ -13,13 +13,14 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from ..config import read_toml
 from ..errors import ConfigurationError
 from .archive import ArchivedFile, ArchiveSink
 from .engine import Ingest
 from .listener import DEFAULT_IGNORE, DirectoryListener
 from .policies import NO_RETRY, BatchPolicy, FailurePolicy, RetryPolicy
 from .router import Router
-from .rules import load_callable, read_toml, rules_from_tables
+from .rules import load_callable, rules_from_tables
 from .step import DEFAULT_STEP_LIMIT, Step
 from .targets import Target
 

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import importlib
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..config import read_toml, resolve
 from ..errors import ConfigurationError
 from .files import ORIGINAL_BASENAME, IncomingFile
-
-
-def toml_module() -> Any:
-    """``tomllib`` (Python 3.11+), or ``tomli`` from the ``ingest`` extra on 3.10."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        return tomllib
-    try:  # pragma: no cover - Python 3.10
-        import tomli
-    except ImportError as error:  # pragma: no cover
-        raise ConfigurationError(
-            'Reading TOML on Python 3.10 needs tomli: pip install "datapipelines[ingest]"'
-        ) from error
-    return tomli
-
 
 # IncomingFile fields a rule may test instead of a tag.
 ATTRIBUTES = ("name", "uid", "size", "mtime", "attempt", "path", "listener")
@@ -111,18 +94,12 @@ class Rule:
 
 
 def load_callable(reference: str, where: str) -> Callable[..., Any]:
-    """The function named by ``"module:function"``; a ConfigurationError naming ``where`` otherwise."""
-    module_name, sep, attribute = str(reference).partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"{where}: {reference!r} is not of the form 'module:function'")
+    """The function ``"module:function"`` names (see :func:`datapipelines.config.resolve`); a
+    ConfigurationError naming ``where`` otherwise."""
     try:
-        found: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-    except Exception as error:
-        raise ConfigurationError(
-            f"{where}: cannot import {reference!r} ({type(error).__name__}: {error})"
-        ) from error
+        found = resolve(reference)
+    except ConfigurationError as error:
+        raise ConfigurationError(f"{where}: {error}") from error.__cause__
     if not callable(found):
         raise ConfigurationError(f"{where}: {reference!r} is not callable")
     return found  # type: ignore[no-any-return]
@@ -165,18 +142,6 @@ def rules_from_tables(tables: Any, targets: Mapping[str, Any], where: str, key: 
         except (ConfigurationError, re.error) as error:
             raise ConfigurationError(f"{at}.pattern: {error}") from error
     return rules
-
-
-def read_toml(path: str, what: str) -> dict[str, Any]:
-    """The parsed TOML file at ``path``; a ConfigurationError starting with ``what`` when it cannot be."""
-    toml = toml_module()
-    try:
-        with open(path, "rb") as handle:
-            return toml.load(handle)  # type: ignore[no-any-return]
-    except OSError as error:
-        raise ConfigurationError(f"{what}: cannot be read ({error.strerror})") from error
-    except toml.TOMLDecodeError as error:
-        raise ConfigurationError(f"{what}: not valid TOML ({error})") from error
 
 
 def load_rules(path: str, targets: Mapping[str, Any]) -> list[Rule]:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..context import PipelineContext
-from ..sink import DataSink
+from ..data_sink import DataSink
 from .files import IncomingFile
 
 

@@ -13,11 +13,11 @@ try:
 except ImportError as error:
     reraise_naming_extra("Inventory", error)
 
-from .batch import Batch, BatchRecord, BatchReleasedError, BatchResultError
 from .inventory import DEFAULT_URL, URL_ENVIRONMENT, Inventory, JobSummary
-from .schema import DEFAULT_TABLE, FAILED, RUNNING, STATUSES, SUCCEEDED
+from .job_batch import Batch, BatchRecord, BatchReleasedError, BatchResultError
 from .settings import Settings, configure, load_settings
-from .source import Source, Where
+from .source_table import Source, Where
+from .storage import DEFAULT_TABLE, FAILED, RUNNING, STATUSES, SUCCEEDED
 
 __all__ = [
     "DEFAULT_TABLE",

@@ -14,9 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from ..database import database_url, naive_utc, show_url, utc_now
 from ..errors import ConfigurationError
-from .batch import Batch, BatchRecord, BatchReleasedError
-from .schema import (
+from . import upstream
+from .job_batch import Batch, BatchRecord, BatchReleasedError
+from .source_table import BoundSource, Source, Where, as_source, describe
+from .storage import (
     DEFAULT_TABLE,
     FAILED,
     READ_ONLY,
@@ -25,15 +28,10 @@ from .schema import (
     check_backend,
     create_engine,
     create_table,
-    database_url,
     inventory_table,
     lock,
-    now_utc,
-    show_url,
     table_exists,
-    utc,
 )
-from .source import BoundSource, Source, Where, as_source, describe
 
 URL_ENVIRONMENT = "DATAPIPELINES_INVENTORY_URL"
 DEFAULT_URL = "sqlite:///datapipelines-inventory.sqlite3"
@@ -126,7 +124,7 @@ class Inventory:
         schema: str | None = None,
         max_attempts: int = 3,
         lease: float | timedelta = timedelta(hours=1),
-        clock: Callable[[], datetime] = now_utc,
+        clock: Callable[[], datetime] = utc_now,
         job_identifier: str | None = None,
     ) -> None:
         if not isinstance(max_attempts, int) or max_attempts < 1:
@@ -557,10 +555,8 @@ class Inventory:
         sources: Mapping[str, Source | str] | None = None,
     ) -> int:
         """Copy a pybatchintory inventory's ranges into this one (see ``upstream``); how many were new."""
-        from .upstream import import_pybatchintory
-
-        return import_pybatchintory(self, url, table=table, schema=schema, sources=sources)
+        return upstream.import_pybatchintory(self, url, table=table, schema=schema, sources=sources)
 
     def now(self) -> datetime:
         """The inventory clock's current time as naive UTC, as the table stores times."""
-        return utc(self._clock())
+        return naive_utc(self._clock())

@@ -26,8 +26,8 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .inventory import DEFAULT_URL, Inventory
-from .schema import DEFAULT_TABLE
-from .source import Source
+from .source_table import Source
+from .storage import DEFAULT_TABLE
 
 PREFIX = "DATAPIPELINES_INVENTORY_"
 ENV_FILE = "DATAPIPELINES_INVENTORY_ENV_FILE"

@@ -11,16 +11,15 @@ job's progress from all of its ranges. Importing twice imports nothing new.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from ..database import database_url, show_url
 from ..errors import ConfigurationError
-from .schema import STATUSES, create_engine, database_url, show_url
-from .source import Source, as_source
-
-if TYPE_CHECKING:
-    from .inventory import Inventory
+from .source_table import Source, as_source
+from .storage import STATUSES, create_engine
 
 # Our column: pybatchintory's names for it, newest first.
 COLUMNS = {
@@ -43,8 +42,20 @@ _REQUIRED = ("source_table", "id_start", "id_end", "job", "status", "processing_
 IMPORTED_FROM = "imported_from"
 
 
+class ImportTarget(Protocol):
+    """The inventory the ranges are carried into."""
+
+    url: sa.URL
+    table: sa.Table
+    lease: timedelta
+    max_attempts: int
+    _engine: sa.Engine
+
+    def _ensure(self) -> None: ...
+
+
 def import_pybatchintory(
-    inventory: Inventory,
+    inventory: ImportTarget,
     url: str | None = None,
     *,
     table: str = "inventory",
@@ -106,7 +117,7 @@ def _mapping(upstream: sa.Table, where: str) -> dict[str, str | None]:
 
 
 def _row(
-    inventory: Inventory, row: Any, names: dict[str, str | None], labels: Mapping[str, str], origin: str
+    inventory: ImportTarget, row: Any, names: dict[str, str | None], labels: Mapping[str, str], origin: str
 ) -> dict[str, Any]:
     def value(ours: str, default: Any = None) -> Any:
         name = names[ours]

@@ -25,10 +25,14 @@ class Inspection:
     blobs: BlobStore
     if TYPE_CHECKING:
 
+        def __init__(self, directory: str | os.PathLike[str]) -> None: ...
+
         @property
         def path(self) -> Path: ...
 
         def flush(self) -> None: ...
+
+        def close(self) -> None: ...
 
         def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]: ...
 
@@ -209,9 +213,7 @@ class Inspection:
         found = self.find_session(session)
         if (Path(directory) / DATABASE).resolve() == self.path.resolve():
             raise ConfigurationError(f"Cannot export session {found['id']} into its own recorder {directory}")
-        from .recorder import AuditRecorder  # here: recorder.py imports this module
-
-        target = AuditRecorder(directory)
+        target = type(self)(directory)  # the recorder's own class: this module never imports it
         responses = self._read("SELECT * FROM responses WHERE session_id = ? ORDER BY id", (found["id"],))
         request_ids = sorted({row[1] for row in responses})
         requests = [

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from datapipelines.context import PipelineContext
+from datapipelines.data_sink import DataSink
+from datapipelines.data_source import DataSource
 from datapipelines.errors import ConfigurationError, NotFoundError, type_name
 from datapipelines.pipeline import current_session
 from datapipelines.remote import RawResponse, RemoteQueryError, ResponseRecorder, request_for
-from datapipelines.sink import DataSink
-from datapipelines.source import DataSource
 
 from .blobs import BLOBS, BlobStore, DamagedBlobError
 from .inspection import Inspection

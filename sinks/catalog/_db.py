@@ -32,8 +32,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection
 
+from datapipelines import database
 from datapipelines.database import UTC, create_engine, database_url, naive_utc, show_url
-from datapipelines.database import utc_now as utc_now  # the catalogue's default clock
 from datapipelines.errors import DataPipelinesError
 
 from .content import canonical_json
@@ -75,8 +75,9 @@ def engine_for(url: str, what: str = "catalogue") -> Engine:
         raise CatalogError(
             f"Catalogue URLs are sqlite:///path or postgresql://...; got {backend}:// in {show_url(parsed)!r}"
         )
-    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        folder = Path(parsed.database).parent
+    file = database.sqlite_file(parsed)
+    if file is not None:
+        folder = file.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -91,14 +92,7 @@ def parse_url(url: str) -> URL:
 
 def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL (or bare path); None for PostgreSQL or an in-memory database."""
-    parsed = parse_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
-
-
-def display_url(engine: Engine) -> str:
-    return show_url(engine.url)
+    return database.sqlite_file(parse_url(url))
 
 
 def record_table(metadata: MetaData, name: str, *, local: bool) -> Table:

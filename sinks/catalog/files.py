@@ -13,20 +13,18 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import Engine, Table, select
+from sqlalchemy.engine import Connection
 
 from datapipelines.keys import key_for, type_name_of
 
 from ._db import UTC, CatalogError, to_db
 from .content import canonical_json, flatten
 from .counts import Counts
-
-if TYPE_CHECKING:
-    from .sink import Catalog
 
 FILE_SOURCE = "file:"
 # Why generate soft-deletes a record, in mmmeta's words.
@@ -41,8 +39,26 @@ class _Invalid(Exception):
     """Why one metadata file cannot be catalogued."""
 
 
+class RecordWriter(Protocol):
+    """What :func:`generate` writes through: the catalogue (named so, this module never imports it)."""
+
+    engine: Engine
+    table: Table
+    _clock: Callable[[], datetime.datetime]
+
+    def _apply(
+        self, connection: Connection, rows: Mapping[str, dict[str, Any]], now: datetime.datetime
+    ) -> dict[str, str]: ...
+
+    def _soft_delete(
+        self, connection: Connection, keys: Collection[str], reason: str, now: datetime.datetime
+    ) -> int: ...
+
+    def _hard_delete(self, connection: Connection, keys: Collection[str], now: datetime.datetime) -> int: ...
+
+
 def generate(
-    catalog: Catalog,
+    catalog: RecordWriter,
     folder: str | Path,
     *,
     key: str | None = None,

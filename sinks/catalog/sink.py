@@ -15,24 +15,23 @@ from sqlalchemy import MetaData, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from datapipelines.context import TYPE_WILDCARD, PipelineContext
+from datapipelines.data_sink import DataSink
+from datapipelines.database import show_url, utc_now
 from datapipelines.errors import type_name
 from datapipelines.keys import key_for, type_name_of
-from datapipelines.sink import DataSink
 from datapipelines.store import queries_of_items
 
-from . import changes
+from . import changes, files
 from ._db import (
     CatalogError,
     changes_table,
     create_tables,
-    display_url,
     engine_for,
     from_db,
     record_table,
     store_table,
     to_db,
     upsert,
-    utc_now,
 )
 from .changes import ADDED, DELETED, RESTORED, UPDATED, Change, difference
 from .content import content_bytes, flatten
@@ -105,7 +104,7 @@ class Catalog(RecordQueries, DataSink):
 
     @property
     def url(self) -> str:
-        return display_url(self.engine)
+        return show_url(self.engine.url)
 
     def __repr__(self) -> str:
         return f"Catalog({self.url!r})"
@@ -269,9 +268,7 @@ class Catalog(RecordQueries, DataSink):
 
         See :func:`datapipelines.sinks.catalog.files.generate` for the options.
         """
-        from .files import generate
-
-        return generate(self, folder, **options)
+        return files.generate(self, folder, **options)
 
     def delete(self, type: Any, query: Mapping[str, Any], *, reason: str | None = None) -> bool:
         """Remove the record of ``type`` for ``query``, or with ``reason`` soft-delete it; True if

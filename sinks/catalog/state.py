@@ -15,17 +15,17 @@ from typing import Any
 
 from sqlalchemy import MetaData, bindparam, func, insert, select, update
 
+from datapipelines.database import show_url, utc_now
+
 from ._db import (
     REMOTE_COLUMNS,
     CatalogError,
     create_tables,
-    display_url,
     engine_for,
     pages,
     record_table,
     store_table,
     to_db,
-    utc_now,
 )
 from .counts import Counts
 from .kv import KeyValueStore
@@ -64,7 +64,7 @@ class LocalState(RecordQueries):
             # The state's tables would be the catalogue's own: its store and records overwritten.
             self.engine.dispose()
             raise CatalogError(
-                f"The local state's tables ({prefix}_*) in {display_url(self.engine)} are the catalogue's: "
+                f"The local state's tables ({prefix}_*) in {show_url(self.engine.url)} are the catalogue's: "
                 "give the state another prefix or database"
             )
         metadata = MetaData()
@@ -75,7 +75,7 @@ class LocalState(RecordQueries):
         self._clock = clock
 
     def __repr__(self) -> str:
-        return f"LocalState({self.catalog.url!r}, {display_url(self.engine)!r})"
+        return f"LocalState({self.catalog.url!r}, {show_url(self.engine.url)!r})"
 
     def touch(self, key: str) -> datetime.datetime:
         return self.store.touch(key)
@@ -177,7 +177,7 @@ class LocalState(RecordQueries):
         with self.engine.connect() as connection:
             records, deleted, changed = connection.execute(statement).one()
         return {
-            "url": display_url(self.engine),
+            "url": show_url(self.engine.url),
             "catalog": self.catalog.url,
             "records": records,
             "deleted": deleted,

@@ -8,7 +8,6 @@ different jobs never wait on each other.
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,8 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
 from .. import database
-from ..database import database_url as database_url
-from ..database import show_url as show_url
+from ..database import database_url, show_url, sqlite_file
 from ..errors import ConfigurationError
 
 RUNNING = "running"
@@ -111,14 +109,9 @@ def create_table(engine: Engine, table: sa.Table) -> None:
 
 
 def table_exists(engine: Engine, table: sa.Table) -> bool:
-    file = engine.url.database
-    if engine.dialect.name == "sqlite" and file and file != ":memory:" and not os.path.exists(file):
+    file = sqlite_file(engine.url)
+    if file is not None and not file.exists():
         return False  # Asking SQLite would create the file.
     with engine.connect() as connection:
         connection.execution_options(**{READ_ONLY: True})
         return sa.inspect(connection).has_table(table.name, schema=table.schema)
-
-
-# The inventory stores naive UTC; the catalogue's helpers serve it too.
-utc = database.naive_utc
-now_utc = database.utc_now

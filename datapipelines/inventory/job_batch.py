@@ -1,4 +1,4 @@
-"""A batch: one contiguous range of source items taken by one job, until it is released."""
+"""A job's batch: one contiguous range of source items taken by one job, until it is released."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ import json
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import DataPipelinesError
-from .schema import FAILED, RUNNING, SUCCEEDED
+from .storage import FAILED, RUNNING, SUCCEEDED
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.elements import ColumnElement
 
-    from .inventory import Inventory
-    from .source import BoundSource
+    from .source_table import BoundSource
 
 
 class BatchReleasedError(DataPipelinesError, ValueError):
@@ -70,6 +69,18 @@ class BatchRecord:
         return self.status == RUNNING and self.lease_until < now
 
 
+class BatchOwner(Protocol):
+    """The inventory that handed a batch out, as the batch reports back to it."""
+
+    def _items(
+        self, source: BoundSource, first: int, last: int, where: ColumnElement[Any] | None
+    ) -> list[dict]: ...
+
+    def _renew(self, batch: Batch, lease: float | timedelta | None) -> None: ...
+
+    def _release(self, batch: Batch, status: str, *, result: Any, log: str | None) -> None: ...
+
+
 class Batch:
     """A range of items a job holds until it calls :meth:`succeeded` or :meth:`failed`.
 
@@ -79,7 +90,7 @@ class Batch:
 
     def __init__(
         self,
-        inventory: Inventory,
+        inventory: BatchOwner,
         record: BatchRecord,
         source: BoundSource,
         where: ColumnElement[Any] | None,
