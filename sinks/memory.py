@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import marshal
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -40,8 +41,8 @@ class _Entry:
         self.written_at = written_at
         # The marshal bytes of a query remembered for this entry, and the table holding them:
         # so the entry can take its remembered query along when it leaves.
-        self.alias: bytes | None = None
-        self.aliases: dict[bytes, _Entry] | None = None
+        self.alias: Any = None
+        self.aliases: dict[Any, _Entry] | None = None
 
 
 class _SizedEntry(_Entry):
@@ -98,11 +99,13 @@ class MemoryStore(Store):
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._get = self._entries.get
         self._size = 0  # entries, or bytes with getsizeof
-        # type -> marshal bytes of a query -> its entry, for the queries this store has answered
-        # or stored: a hit is one lookup here, with no key to compute. Sized with the store
+        # type -> field -> value -> entry, for the queries this store has answered or stored:
+        # a hit is one lookup here, with no key to compute (see _form). Sized with the store
         # rather than the process-wide key memo, so a hit costs the same with 10^6 keys in use
         # as with 10^3; started over when it outgrows twice the entries.
-        self._aliases: dict[Any, dict[bytes, _Entry]] = {}  # a plain dict: a defaultdict subscript is slower
+        self._aliases: dict[
+            Any, dict[str | None, dict[Any, _Entry]]
+        ] = {}  # plain dicts: a defaultdict is slower
         self._aliased = 0
         # Not a bound method of the store: that would keep the store alive.
         on_keys_changed(self, partial(_forget_tables, self._aliases))
@@ -124,14 +127,20 @@ class MemoryStore(Store):
         return len(self._entries)
 
     def lookup(self, type_: Any, query: Mapping[str, Any]) -> Any:
-        # The pipeline's hit path: kept flat on purpose (no helper calls, no lock). marshal
-        # writes exact built-in types only, each tagged, so equal bytes mean the same key
-        # (see keys.key_for); anything it cannot write takes the keyed path.
+        # The pipeline's hit path: _form and _remembered written out (a call costs a tenth
+        # of a hit), no lock.
         try:
-            entry = self._aliases[type_].get(
-                _dumps(query if type(query) is dict else dict(query), _MARSHAL_VERSION)
-            )
-        except (KeyError, ValueError, TypeError):  # a type not read yet; a query marshal cannot write
+            if type(query) is dict and len(query) == 1:
+                [(name, value)] = query.items()
+                if (type(value) is str or type(value) is int) and type(name) is str:
+                    entry = self._aliases[type_][name].get(value)
+                else:
+                    entry = self._aliases[type_][None].get(_dumps(query, _MARSHAL_VERSION))
+            else:
+                entry = self._aliases[type_][None].get(
+                    _dumps(query if type(query) is dict else dict(query), _MARSHAL_VERSION)
+                )
+        except (KeyError, ValueError, TypeError):  # nothing remembered yet; a query marshal cannot write
             entry = None
         if entry is not None:
             deadline = entry.deadline
@@ -164,11 +173,9 @@ class MemoryStore(Store):
         return MISSING if found is MISSING or found[1] >= max_age else found[0]
 
     def _remembered(self, type_: Any, query: Mapping[str, Any]) -> _Entry | None:
-        # lookup's first step, which lookup itself repeats inline: a call costs a tenth of a hit.
         try:
-            return self._aliases[type_].get(
-                _dumps(query if type(query) is dict else dict(query), _MARSHAL_VERSION)
-            )
+            name, form = _form(query)
+            return self._aliases[type_][name].get(form)
         except (KeyError, ValueError, TypeError):
             return None
 
@@ -186,13 +193,14 @@ class MemoryStore(Store):
         if self._batch_reads_overridden:
             return super().lookup_many_entries(type_, queries)
         self._check_type(type_)
-        aliased, now = self._aliases.get(type_, _NONE_REMEMBERED).get, self._clock()
+        tables, now = self._aliases.get(type_, _NONE_REMEMBERED), self._clock()
         found: list[Any] = []
         unanswered = []
         for index, query in enumerate(queries):
             try:
-                entry = aliased(_dumps(query if type(query) is dict else dict(query), _MARSHAL_VERSION))
-            except (ValueError, TypeError):
+                name, form = _form(query)
+                entry = tables[name].get(form)
+            except (KeyError, ValueError, TypeError):
                 entry = None
             if entry is not None and entry.deadline > now:
                 entry.referenced = True
@@ -223,25 +231,28 @@ class MemoryStore(Store):
         learned = []
         for query, key in pairs:
             try:
-                data = _dumps(query if type(query) is dict else dict(query), _MARSHAL_VERSION)
+                name, form = _form(query)
             except (ValueError, TypeError):
                 continue
-            if len(data) <= MEMO_ENTRY_BYTES:  # bigger: cheaper to key again than to keep
-                learned.append((data, key))
+            if sys.getsizeof(form) <= MEMO_ENTRY_BYTES:  # bigger: cheaper to key again than to keep
+                learned.append((name, form, key))
         if not learned:
             return
         with self._lock:
             # Bounded by what the store holds (maxsize may be a byte budget), with room for churn.
             if self._aliased + len(learned) > 2 * len(self._entries) + 1024:
                 self._forget_aliases()
-            table = self._aliases.get(type_)
-            if table is None:
-                table = self._aliases[type_] = {}
-            for data, key in learned:
+            tables = self._aliases.get(type_)
+            if tables is None:
+                tables = self._aliases[type_] = {}
+            for name, form, key in learned:
                 entry = self._get(key)  # under the lock: still in the store
                 if entry is not None:
-                    table[data] = entry
-                    entry.alias, entry.aliases = data, table
+                    table = tables.get(name)
+                    if table is None:
+                        table = tables[name] = {}
+                    table[form] = entry
+                    entry.alias, entry.aliases = form, table
                     self._aliased += 1
 
     def _forget_aliases(self) -> None:
@@ -253,7 +264,7 @@ class MemoryStore(Store):
         # may still return it (the read came first), but no later read finds it.
         entry.deadline = _GONE
         table, alias = entry.aliases, entry.alias
-        if table is not None and alias is not None and table.get(alias) is entry:
+        if table is not None and table.get(alias) is entry:
             del table[alias]
             self._aliased -= 1
         self._size -= entry.size
@@ -354,11 +365,29 @@ class MemoryStore(Store):
             self._size = 0
 
 
-_NONE_REMEMBERED: dict[bytes, _Entry] = {}
+_NONE_REMEMBERED: dict[str | None, dict[Any, _Entry]] = {}
 
 
-def _forget_tables(aliases: dict[Any, dict[bytes, _Entry]]) -> None:
+def _form(query: Mapping[str, Any]) -> tuple[str | None, Any]:
+    """Where a query is remembered: ``(field, value)`` for one str field holding a str or an int,
+    else ``(None, its marshal bytes)``.
+
+    Either form keeps value types apart, as keys.key_for does: a table of one field holds
+    str and int values only, which never compare equal, and marshal tags every value it
+    writes with its exact type (it refuses other types: ValueError).
+    """
+    if type(query) is dict:
+        if len(query) == 1:
+            [(name, value)] = query.items()
+            if (type(value) is str or type(value) is int) and type(name) is str:
+                return name, value
+        return None, _dumps(query, _MARSHAL_VERSION)
+    return None, _dumps(dict(query), _MARSHAL_VERSION)
+
+
+def _forget_tables(aliases: dict[Any, dict[str | None, dict[Any, _Entry]]]) -> None:
     """Empty every table of remembered queries (entries still point at them), then the index."""
-    for table in aliases.values():
-        table.clear()
+    for tables in aliases.values():
+        for table in tables.values():
+            table.clear()
     aliases.clear()
