@@ -1,11 +1,13 @@
 """Hits against the caches people would pick instead: dogpile.cache, cachetools, raw diskcache and Redis.
 
 One run, every case side by side: each round times a burst of every case in
-turn (so a shared machine's load hits all alike), and the table shows medians
-over the rounds with the ratio ours / peer (below 1 is faster). Memory cases
-run at each ``--sizes`` (keys in use, each burst walks them in a shuffled
-order, so a large working set pays its CPU-cache misses); the disk, Redis and
-miss cases at the smallest size, since their cost does not grow with it.
+turn (so a shared machine's load hits all alike; within a case who goes first
+rotates), and the table shows medians over the rounds with the ratio ours / peer
+(below 1 is faster). Memory cases run at each ``--sizes`` (keys in use, each
+burst walks them in a shuffled order, so a large working set pays its CPU-cache
+misses; each cache holds its own values), plus a row for the hit at the largest
+size over the hit at the smallest; the disk, Redis and miss cases run at the
+smallest size, since their cost does not grow with it.
 
 Cases (ours is always ``pipeline.get`` / ``get_batch`` through a DataPipeline):
 
