@@ -26,11 +26,11 @@ _MARSHAL_VERSION = 2
 class _Entry:
     """One cached value. A new value is a new entry; ``referenced`` and the remembered query change.
 
-    An entry that leaves the store (replaced, evicted, deleted, expired) gets the deadline
-    ``_GONE``, so a remembered query that still points at it reads as a miss.
+    An entry that leaves the store (replaced, evicted, deleted, expired, cleared) gets the
+    deadline ``_GONE``, so a remembered query that still points at it reads as a miss.
     """
 
-    # The hit reads value, deadline and referenced: first, so they share the object's first cache line.
+    # What a hit reads comes first, next to the object's header, which the hit touches anyway.
     __slots__ = ("value", "deadline", "referenced", "written_at", "alias", "aliases")
     size = 1  # what an entry counts for in a store bounded by count
 
@@ -39,8 +39,8 @@ class _Entry:
         self.deadline = deadline
         self.referenced = False
         self.written_at = written_at
-        # The marshal bytes of a query remembered for this entry, and the table holding them:
-        # so the entry can take its remembered query along when it leaves.
+        # The form (see _form) of the query last remembered for this entry, and the table
+        # holding it: so the entry takes its remembered query along when it leaves.
         self.alias: Any = None
         self.aliases: dict[Any, _Entry] | None = None
 
