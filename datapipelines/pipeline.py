@@ -355,10 +355,12 @@ class DataPipeline(BatchReads):
         route = self._fast.get(type)
         if route is not None and not (refresh or only_cached) and cache_mode is None:
             stats = route.stats
-            # One hit in SAMPLE_EVERY takes the slow path, which measures latency;
-            # so does every call while the tier's breaker is open. A lookup is
-            # counted once its outcome is known, so no reading sees hits go down.
-            if stats.lookups & _SAMPLE_MASK and not route.breaker.tripped:
+            # Every call while the tier's breaker is open takes the slow path. One lookup
+            # in SAMPLE_EVERY is timed here. A lookup is counted once its outcome is
+            # known, so no reading sees hits go down.
+            if not route.breaker.tripped:
+                timed = not stats.lookups & _SAMPLE_MASK
+                started = time.perf_counter() if timed else 0.0
                 start = 1
                 try:
                     if not route.keyed:
@@ -377,6 +379,8 @@ class DataPipeline(BatchReads):
                 except Exception:
                     value, start = MISSING, 0  # the slow path asks again and accounts for the error
                 if start:
+                    if timed:
+                        stats.record_latency(time.perf_counter() - started)
                     stats.lookups += 1
                     if value is not MISSING:
                         return value  # type: ignore[no-any-return]

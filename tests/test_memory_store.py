@@ -98,7 +98,17 @@ class _RecordingClock:
         return self._seen.now  # type: ignore[no-any-return]
 
 
-def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model() -> None:
+def _one_field(key: int, rng: random.Random) -> dict[str, Any]:
+    return {"id": key}
+
+
+def _two_fields_either_order(key: int, rng: random.Random) -> dict[str, Any]:
+    # Remembered by marshal bytes, which differ with the order: two remembered forms per key.
+    return {"id": key, "kind": "x"} if rng.random() < 0.5 else {"kind": "x", "id": key}
+
+
+@pytest.mark.parametrize("query_of", [_one_field, _two_fields_either_order])
+def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model(query_of: Any) -> None:
     # Each key has one owner thread, which puts (with short, long or no expiry) and deletes it;
     # every operation gets a per-key sequence number and a global tick when it completed. Readers
     # tick before each lookup. Whatever a read returns must be MISSING or a value of that key
@@ -121,11 +131,11 @@ def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model() -> No
             sequence[key] += 1
             seq = sequence[key]
             if rng.random() < 0.15:
-                store.delete(tuple, {"id": key})
+                store.delete(tuple, query_of(key, rng))
                 history[key].append((seq, next(ticks), "delete", 0.0))
                 continue
             seconds = rng.choice([None, 0.0005, 0.01, 60])
-            store.store_many(tuple, [({"id": key}, (key, seq))], seconds=seconds)
+            store.store_many(tuple, [(query_of(key, rng), (key, seq))], seconds=seconds)
             deadline = float("inf") if seconds is None else clock.last() + seconds
             history[key].append((seq, next(ticks), "put", deadline))
 
@@ -133,12 +143,15 @@ def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model() -> No
         rng, seen = random.Random(100 + reader), []
         start.wait()
         for _ in range(steps):
-            queries = [{"id": rng.randrange(keys)} for _ in range(rng.choice([1, 1, 5]))]
+            queries = [query_of(rng.randrange(keys), rng) for _ in range(rng.choice([1, 1, 1, 5]))]
             began, now = next(ticks), clock()
-            if len(queries) == 1:
-                values = [store.lookup(tuple, queries[0])]
-            else:
+            if len(queries) > 1:
                 values = store.lookup_many(tuple, queries)
+            elif rng.random() < 0.75:
+                values = [store.lookup(tuple, queries[0])]
+            else:  # the hit paths that tell ages: sampled hits, types with a Policy
+                found = store.lookup_entry(tuple, queries[0])
+                values = [MISSING if found is MISSING else found[0]]
             seen.extend((q["id"], began, v, now) for q, v in zip(queries, values, strict=True))
         observations.extend(seen)
 
@@ -174,9 +187,9 @@ def test_readers_writers_evictions_and_expiry_at_once_agree_with_a_model() -> No
     assert returned > 1000  # the readers did see values, not just misses
 
     # At rest the store holds, for each key, at most the last value its owner put (if unexpired).
-    now = clock()
+    now, rng = clock(), random.Random(0)
     for key, ops in history.items():
-        value = store.lookup(tuple, {"id": key})
+        value = store.lookup(tuple, query_of(key, rng))
         if value is not MISSING:
             seq, _, op, deadline = ops[-1]
             assert value == (key, seq) and op == "put" and deadline > now
@@ -257,3 +270,67 @@ def test_remembered_queries_stay_bounded_by_what_the_store_holds(options: dict[s
             store.delete(str, {"id": i - 50})
     remembered = sum(len(table) for table in store._aliases.values())
     assert remembered <= 2 * len(store) + 1024
+
+
+@pytest.mark.parametrize("query", [{"id": 1}, {"id": "one"}, {"id": 1, "kind": "x"}, {"id": (1, 2)}])
+def test_a_remembered_query_follows_its_key_through_replace_delete_and_eviction(
+    query: dict[str, Any],
+) -> None:
+    # Both remembered forms (one field by its value, others by marshal bytes) and every way
+    # an entry leaves the store.
+    store = MemoryStore(maxsize=1)
+    reordered = dict(reversed(list(query.items())))  # a second remembered form of the same key
+    store.store_many(str, [(query, "v1")])
+    assert store.lookup(str, query) == store.lookup(str, reordered) == "v1"
+    store.store_many(str, [(query, "v2")])
+    assert [store.lookup(str, query), store.lookup(str, reordered)] == ["v2", "v2"]
+    assert store.lookup_many(str, [reordered, query]) == ["v2", "v2"]
+    assert store.delete(str, reordered)
+    assert [store.lookup(str, query), store.lookup(str, reordered)] == [MISSING, MISSING]
+    assert store.lookup_entry(str, query) is MISSING and store.lookup_fresh(str, query, 60.0) is MISSING
+    store.store_many(str, [(query, "v3")])
+    assert store.lookup(str, reordered) == "v3"
+    store.store_many(str, [({"other": 1}, "a")])  # evicts the query's entry, read or not
+    assert [store.lookup(str, query), store.lookup(str, reordered)] == [MISSING, MISSING]
+    assert store.lookup_many(str, [query, reordered]) == [MISSING, MISSING]
+
+
+class _Value:
+    pass
+
+
+@pytest.mark.parametrize("leave", ["replaced", "deleted", "evicted", "expired", "cleared"])
+def test_a_value_that_left_the_store_is_freed_though_its_query_was_remembered(
+    leave: str, fake_clock: Any
+) -> None:
+    # The remembered query must not keep an evicted value alive: a byte budget would mean nothing.
+    store = MemoryStore(maxsize=1, clock=fake_clock, default_expiry=10)
+    value = _Value()
+    store.store_many(_Value, [({"id": 1}, value)])
+    assert store.lookup(_Value, {"id": 1}) is value and store.lookup(_Value, {"id": 1}) is value
+    freed = weakref.ref(value)
+    del value
+    if leave == "replaced":
+        store.store_many(_Value, [({"id": 1}, _Value())])
+    elif leave == "deleted":
+        store.delete(_Value, {"id": 1})
+    elif leave == "evicted":
+        store.store_many(_Value, [({"id": 2}, _Value())])
+    elif leave == "expired":
+        fake_clock.advance(10)
+        assert store.lookup(_Value, {"id": 1}) is MISSING
+    else:
+        store.clear()
+    gc.collect()
+    assert freed() is None
+
+
+def test_one_field_queries_keep_their_field_names_apart() -> None:
+    store = MemoryStore()
+    names: list[Any] = ["1", 1, 1.0, True]
+    store.store_many(str, [({name: "v"}, repr(name)) for name in names])
+    store.store_many(str, [({"a": 1}, "a"), ({"b": 1}, "b")])
+    for _ in range(2):  # the second round is answered from the remembered queries
+        assert [store.lookup(str, {name: "v"}) for name in names] == ["'1'", "1", "1.0", "True"]
+        assert [store.lookup(str, {"a": 1}), store.lookup(str, {"b": 1})] == ["a", "b"]
+        assert store.lookup(str, {"a": True}) is MISSING and store.lookup(str, {"a": 1.0}) is MISSING
