@@ -1,0 +1,169 @@
+"""MQTT and AMQP listeners on the real Mosquitto and RabbitMQ: a message becomes one file, even across a kill.
+
+The kill tests run the listener as a process that ``os._exit``s after renaming the file and before the
+acknowledgement (the hook DATAPIPELINES_INGEST_EXIT_BEFORE_ACK), then restart it: the broker delivers
+the message again and the folder still holds one file for it, also when the first one was claimed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pika
+import pytest
+from broker_support import amqp_url, mqtt_url  # noqa: F401  (fixtures)
+from ingest_support import wait_for
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from datapipelines.ingest.amqp_listener import AmqpListener
+from datapipelines.ingest.message_files import EXIT_BEFORE_ACK, content_id
+from datapipelines.ingest.mqtt_listener import MqttListener
+
+PROCESS = str(Path(__file__).with_name("broker_listener_process.py"))
+
+
+def mqtt_publish(url: str, topic: str, payload: bytes, message_id: str | None = None) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    client.loop_start()
+    properties = Properties(PacketTypes.PUBLISH)
+    if message_id is not None:
+        properties.UserProperty = ("message-id", message_id)
+    client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
+
+
+def drop_mqtt_session(url: str, client_id: str) -> None:
+    """End the persistent session a test's listener left on the broker."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", int(url.rsplit(":", 1)[1]), clean_start=True)
+    client.disconnect()
+
+
+def amqp_publish(url: str, queue: str, payload: bytes, message_id: str | None = None) -> None:
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        connection.channel().basic_publish(
+            "", queue, payload, pika.BasicProperties(message_id=message_id, delivery_mode=2)
+        )
+
+
+@pytest.fixture
+def topic(mqtt_url: str) -> Iterator[str]:  # noqa: F811
+    name = f"dp-test/{uuid.uuid4().hex[:12]}"
+    yield name
+    drop_mqtt_session(mqtt_url, client_for(name))
+
+
+def client_for(topic: str) -> str:
+    return "dp-test-" + topic.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def queue(amqp_url: str) -> Iterator[str]:  # noqa: F811
+    name = f"dp-test-{uuid.uuid4().hex[:12]}"
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        connection.channel().queue_declare(name, durable=True)
+    yield name
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        connection.channel().queue_delete(name)
+
+
+def visible_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def start_listener(kind: str, url: str, incoming: Path, source: str, exit_before_ack: bool) -> Any:
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    environment.pop(EXIT_BEFORE_ACK, None)
+    if exit_before_ack:
+        environment[EXIT_BEFORE_ACK] = "9"
+    client = client_for(source) if kind == "mqtt" else ""
+    process = subprocess.Popen(
+        [sys.executable, PROCESS, kind, url, str(incoming), source, client],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def stop_listener(process: Any) -> dict[str, int]:
+    """SIGTERM the listener; its counters."""
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0
+    return json.loads(output.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+Publish = Callable[..., None]
+
+
+@pytest.fixture(params=["mqtt", "amqp"])
+def broker(request: pytest.FixtureRequest) -> tuple[str, str, str, Publish]:
+    """(kind, url, topic or queue, publish) for one broker of this machine."""
+    if request.param == "mqtt":
+        url = request.getfixturevalue("mqtt_url")
+        return "mqtt", url, request.getfixturevalue("topic"), mqtt_publish
+    url = request.getfixturevalue("amqp_url")
+    return "amqp", url, request.getfixturevalue("queue"), amqp_publish
+
+
+@pytest.mark.parametrize("claimed_meanwhile", [False, True], ids=["left-in-folder", "claimed-meanwhile"])
+def test_a_listener_killed_between_rename_and_ack_gets_the_message_again_and_keeps_one_file(
+    broker: tuple[str, str, str, Publish], tmp_path: Path, claimed_meanwhile: bool
+) -> None:
+    kind, url, source, publish = broker
+    incoming, claimed = tmp_path / "incoming", tmp_path / "claimed"
+    incoming.mkdir()
+    claimed.mkdir()
+    first = start_listener(kind, url, incoming, source, exit_before_ack=True)
+    publish(url, source, b"reading 1")
+    assert first.wait(20) == 9  # died after the rename, before the acknowledgement
+    first.stdout.close()
+    [name] = visible_files(incoming)
+    assert name == f"{content_id(source, b'reading 1')}.msg" and (incoming / name).read_bytes() == b"reading 1"
+    if claimed_meanwhile:  # the folder's DirectoryListener took it before the restart
+        shutil.move(incoming / name, claimed / name)
+
+    second = start_listener(kind, url, incoming, source, exit_before_ack=False)
+    publish(url, source, b"reading 2")  # comes after the redelivery: once its file is there, both came
+    later = f"{content_id(source, b'reading 2')}.msg"
+    wait_for(lambda: (incoming / later).exists(), timeout=20)
+    counters = stop_listener(second)
+    assert counters["duplicates"] == 1 and counters["written"] == 1  # the redelivery was recognised
+    assert visible_files(incoming) == ([later] if claimed_meanwhile else sorted([name, later]))
+    assert visible_files(claimed) == ([name] if claimed_meanwhile else [])
+    assert not [p for p in incoming.iterdir() if p.name.endswith(".part")]
+
+
+def test_the_publisher_id_names_the_file_when_there_is_one(
+    broker: tuple[str, str, str, Publish], tmp_path: Path
+) -> None:
+    kind, url, source, publish = broker
+    if kind == "mqtt":
+        listener: Any = MqttListener(tmp_path, url, [source], client_id=client_for(source), name="{id}.json")
+    else:
+        listener = AmqpListener(tmp_path, url, source, name="{id}.json")
+    with listener:
+        for _ in range(2):  # the same id twice: one file
+            publish(url, source, b"{}", message_id="order-17")
+        publish(url, source, b'{"a": 1}', message_id="a/../b c")
+        wait_for(lambda: listener.report()["received"] == 3, timeout=20)
+    unsafe = listener.files.safe_id("a/../b c")
+    assert len(unsafe) == 32 and "/" not in unsafe
+    assert visible_files(tmp_path) == sorted(["order-17.json", f"{unsafe}.json"])
+    assert listener.report()["duplicates"] == 1
