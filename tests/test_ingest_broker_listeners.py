@@ -135,7 +135,8 @@ def test_a_listener_killed_between_rename_and_ack_gets_the_message_again_and_kee
     assert first.wait(20) == 9  # died after the rename, before the acknowledgement
     first.stdout.close()
     [name] = visible_files(incoming)
-    assert name == f"{content_id(source, b'reading 1')}.msg" and (incoming / name).read_bytes() == b"reading 1"
+    assert name == f"{content_id(source, b'reading 1')}.msg"
+    assert (incoming / name).read_bytes() == b"reading 1"
     if claimed_meanwhile:  # the folder's DirectoryListener took it before the restart
         shutil.move(incoming / name, claimed / name)
 
