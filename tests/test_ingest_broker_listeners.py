@@ -13,71 +13,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-import pika
 import pytest
-from broker_support import amqp_url, mqtt_url  # noqa: F401  (fixtures)
+from broker_support import amqp_publish, amqp_url, client_for, mqtt_publish, mqtt_url, queue, topic  # noqa: F401
 from ingest_support import wait_for
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from datapipelines.ingest.amqp_listener import AmqpListener
 from datapipelines.ingest.message_files import EXIT_BEFORE_ACK, content_id
 from datapipelines.ingest.mqtt_listener import MqttListener
 
 PROCESS = str(Path(__file__).with_name("broker_listener_process.py"))
-
-
-def mqtt_publish(url: str, topic: str, payload: bytes, message_id: str | None = None) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.connect("127.0.0.1", int(url.rsplit(":", 1)[1]))
-    client.loop_start()
-    properties = Properties(PacketTypes.PUBLISH)
-    if message_id is not None:
-        properties.UserProperty = ("message-id", message_id)
-    client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(10)
-    client.loop_stop()
-    client.disconnect()
-
-
-def drop_mqtt_session(url: str, client_id: str) -> None:
-    """End the persistent session a test's listener left on the broker."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.connect("127.0.0.1", int(url.rsplit(":", 1)[1]), clean_start=True)
-    client.disconnect()
-
-
-def amqp_publish(url: str, queue: str, payload: bytes, message_id: str | None = None) -> None:
-    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
-        connection.channel().basic_publish(
-            "", queue, payload, pika.BasicProperties(message_id=message_id, delivery_mode=2)
-        )
-
-
-@pytest.fixture
-def topic(mqtt_url: str) -> Iterator[str]:  # noqa: F811
-    name = f"dp-test/{uuid.uuid4().hex[:12]}"
-    yield name
-    drop_mqtt_session(mqtt_url, client_for(name))
-
-
-def client_for(topic: str) -> str:
-    return "dp-test-" + topic.rsplit("/", 1)[1]
-
-
-@pytest.fixture
-def queue(amqp_url: str) -> Iterator[str]:  # noqa: F811
-    name = f"dp-test-{uuid.uuid4().hex[:12]}"
-    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
-        connection.channel().queue_declare(name, durable=True)
-    yield name
-    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
-        connection.channel().queue_delete(name)
 
 
 def visible_files(folder: Path) -> list[str]:

@@ -43,7 +43,7 @@ class AmqpListener(BrokerListener):
         declare: bool = True,
         **options: Any,
     ) -> None:
-        super().__init__(incoming, label=options.pop("label", f"amqp-{queue}"), **options)
+        super().__init__(incoming, label=options.pop("label", None) or f"amqp-{queue}", **options)
         if not queue:
             raise ConfigurationError("AmqpListener: queue is required")
         if prefetch < 1:

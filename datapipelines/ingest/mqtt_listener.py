@@ -50,7 +50,7 @@ class MqttListener(BrokerListener):
         session_expiry: int = 7 * 86400,
         **options: Any,
     ) -> None:
-        super().__init__(incoming, label=options.pop("label", f"mqtt-{client_id}"), **options)
+        super().__init__(incoming, label=options.pop("label", None) or f"mqtt-{client_id}", **options)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ConfigurationError(f"MqttListener: {url!r} is not an mqtt://host[:port] URL")
