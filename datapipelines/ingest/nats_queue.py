@@ -6,7 +6,9 @@ refuses a publish (back-pressure) and never drops an unacknowledged message. One
 durable pull consumer per step: AckWait is the lease, AckProgress renews it,
 MaxDeliver stops redelivery one delivery after ``max_deliveries``, and the read
 that gets that last delivery moves the message to the dead-letter stream with
-its count, so a file that kills its worker every time still ends there.
+its count, so a file that kills its worker every time still ends there (should
+that reader die too, the server's MaxDeliver advisory makes any live queue
+object of the step bury it).
 ``retry_later`` parks the payload in a delay stream whose messages are held
 back with NakWithDelay until due, then republished as new entries (deliveries
 start again at 1, as a policy retry is not a crash).
@@ -116,6 +118,8 @@ class NatsStreamQueue:
         self._client: Any = None
         self._js: Any = None
         self._work: Any = None  # the pull subscription on the step's consumer
+        self._advisories: Any = None
+        self._last_error: Exception | None = None
         self._held: dict[str, Msg] = {}  # delivered to this object, not yet settled
         self._waiting: list[Msg] = []  # delivered to this object, to be returned by the next reads
 
@@ -155,6 +159,7 @@ class NatsStreamQueue:
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._loop is None:
+            coroutine.close()
             raise NatsQueueError(f"{self!r} is closed; call start() first")
         try:
             return self._loop.run(coroutine, _SETTLE_TIMEOUT + 60)
@@ -164,11 +169,19 @@ class NatsStreamQueue:
     async def _start(self) -> None:
         if self._client is None:
             try:
+                # A few tries, so that a wrong URL fails start() within seconds ...
                 self._client = await nats.connect(
-                    self.url.split(","), connect_timeout=5, max_reconnect_attempts=-1, allow_reconnect=True
+                    self.url.split(","),
+                    connect_timeout=2,
+                    max_reconnect_attempts=2,
+                    reconnect_time_wait=1,
+                    error_cb=self._on_error,
                 )
             except Exception as error:
-                raise NatsQueueError(f"cannot connect to NATS at {self.url}: {error}") from error
+                cause = self._last_error or error
+                raise NatsQueueError(f"cannot connect to NATS at {self.url}: {cause}") from None
+            # ... then reconnecting without end once connected: a server restart must not end a worker.
+            self._client.options["max_reconnect_attempts"] = -1
             self._js = self._client.jetstream(timeout=_SETTLE_TIMEOUT)
         work_queue, limits = api.RetentionPolicy.WORK_QUEUE, api.RetentionPolicy.LIMITS
         await self._ensure_stream(
@@ -180,6 +193,13 @@ class NatsStreamQueue:
         await self._ensure_consumer(self.stream, self.group, self.lease, self.max_deliveries + 1)
         await self._ensure_consumer(self.delayed_stream, self.group, _SETTLE_TIMEOUT, -1)
         self._work = await self._js.pull_subscribe_bind(durable=self.group, stream=self.stream)
+        if self._advisories is None:
+            advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{self.group}"
+            self._advisories = await self._client.subscribe(advisory, cb=self._on_max_deliveries)
+
+    async def _on_error(self, error: Exception) -> None:
+        self._last_error = error
+        LOGGER.warning("%r: %r", self, error)  # one line: nats-py would print a traceback per attempt
 
     async def _ensure_stream(self, name: str, subject: str, retention: Any, **limits: Any) -> None:
         config = api.StreamConfig(
@@ -332,24 +352,44 @@ class NatsStreamQueue:
     async def _dead_letter(self, message: Msg) -> Entry:
         entry = self._entry(message)
         # Delivered this many times without an acknowledgement; the read that found it does not count.
-        deliveries = entry.deliveries - 1
+        await self._bury(entry.id, message.data, entry.deliveries - 1)
+        await message.ack_sync()
+        return entry
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        """The server gave up on a message (MaxDeliver): its last delivery was read by a consumer that
+        died before dead-lettering it. Bury it from here, whichever live queue object hears first."""
+        try:
+            event = json.loads(advisory.data)
+            sequence = int(event["stream_seq"])
+            try:
+                stored = await self._js.get_msg(self.stream, sequence)
+            except NotFoundError:
+                return  # buried and deleted already
+            await self._bury(str(sequence), stored.data or b"", int(event["deliveries"]) - 1)
+            await self._js.delete_msg(self.stream, sequence)
+        except NotFoundError:
+            pass
+        except Exception:
+            LOGGER.exception("Step %s: could not dead-letter after a MaxDeliver advisory", self.step)
+
+    async def _bury(self, entry_id: str, data: bytes, deliveries: int) -> None:
         headers = {
-            _ENTRY: entry.id,
+            _ENTRY: entry_id,
             _DELIVERIES: str(deliveries),
             _STEP: self.step,
-            "Nats-Msg-Id": f"{self.stream}-{entry.id}",
+            # Two consumers burying the same message (a read and an advisory) make one dead letter.
+            "Nats-Msg-Id": f"{self.stream}-{entry_id}",
         }
-        await self._js.publish(self.dead_subject, message.data, headers=headers)
-        await message.ack_sync()
+        await self._js.publish(self.dead_subject, data, headers=headers)
         LOGGER.error(
             "Step %s: entry %s delivered %d times unacknowledged (max_deliveries %d); moved to %s",
             self.step,
-            entry.id,
+            entry_id,
             deliveries,
             self.max_deliveries,
             self.dead_stream,
         )
-        return entry
 
     def ack(self, *ids: str) -> None:
         """The step's effects for these entries are complete: JetStream deletes them (work queue)."""
