@@ -270,3 +270,27 @@ def test_a_full_stream_pushes_back_and_never_drops_unacknowledged_entries(engine
 def test_impossible_settings_are_refused(engine: Engine) -> None:
     with pytest.raises(ValueError, match="max_length and max_deliveries"):
         engine.open("one", max_length=0)
+
+
+def test_a_queue_started_again_with_other_limits_works_by_them(engine: Engine) -> None:
+    small = engine.open("one", max_length=2)
+    for number in range(2):
+        small.publish(f"file-{number}")
+    with pytest.raises(QueueFullError):
+        small.publish("file-2", timeout=0.1)
+    larger = engine.open("two", max_length=4)  # a new deployment's settings
+    for number in range(2, 4):
+        larger.publish(f"file-{number}")
+    assert larger.outstanding() == 4
+    assert sorted(drain(larger, until=4)) == [f"file-{n}" for n in range(4)]
+
+
+def test_a_shorter_lease_set_by_a_later_start_applies_to_entries_read_before(engine: Engine) -> None:
+    patient = engine.open("patient", lease=30.0)
+    patient.publish("file-a")
+    [entry], _ = patient.read()
+    hasty = engine.open("hasty", lease=0.5)
+    started = time.monotonic()
+    [again] = wait_for(lambda: hasty.read(block=0.1)[0], timeout=10.0)
+    assert again.payload == "file-a" and again.deliveries == 2
+    assert time.monotonic() - started < 5.0  # not the 30 s the first reader was given

@@ -218,11 +218,9 @@ class NatsStreamQueue:
             max_deliver=max_deliver,
             max_ack_pending=-1,
         )
-        try:
-            await self._js.add_consumer(stream, config)
-        except BadRequestError:
-            await self._js.delete_consumer(stream, name)  # 2.9 cannot change AckWait in place
-            await self._js.add_consumer(stream, config)
+        # Creates it, or updates AckWait and MaxDeliver of an existing one in place: the last queue
+        # object started sets them for every consumer of the step.
+        await self._js.add_consumer(stream, config)
 
     # -- producing ------------------------------------------------------------------------
     def publish(self, payload: str, timeout: float = 10.0) -> str:
