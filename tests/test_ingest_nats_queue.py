@@ -62,6 +62,10 @@ def test_closing_ends_the_connection_and_the_event_loop_thread(nats_url: str) ->
     assert not [t for t in threading.enumerate() if t.name == f"nats-{opened.stream}"]
     with pytest.raises(NatsQueueError, match="is closed; call start"):
         opened.outstanding()
+    with opened:  # started again: a new connection and thread
+        opened.publish("file-a")
+        assert opened.outstanding() == 1
+        opened.delete()
 
 
 def test_an_unreachable_server_is_named_within_seconds() -> None:

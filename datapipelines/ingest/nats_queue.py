@@ -153,16 +153,19 @@ class NatsStreamQueue:
             try:
                 self._call(self._client.close())
             finally:
-                self._client = None
+                self._client = self._js = self._work = self._advisories = None
+                self._held.clear()
+                self._waiting.clear()
         self._loop.close()
         self._loop = None
 
-    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def _call(self, coroutine: Coroutine[Any, Any, T], waits: float = 0.0) -> T:
+        """Run ``coroutine`` on the queue's loop; ``waits``: seconds it may block on purpose."""
         if self._loop is None:
             coroutine.close()
             raise NatsQueueError(f"{self!r} is closed; call start() first")
         try:
-            return self._loop.run(coroutine, _SETTLE_TIMEOUT + 60)
+            return self._loop.run(coroutine, 2 * _SETTLE_TIMEOUT + waits)
         except APIError as error:
             raise NatsQueueError(f"{self!r}: the server refused: {error}") from error
 
@@ -176,6 +179,7 @@ class NatsStreamQueue:
                     max_reconnect_attempts=2,
                     reconnect_time_wait=1,
                     error_cb=self._on_error,
+                    name=self.consumer,  # how the server's monitoring shows this object
                 )
             except Exception as error:
                 cause = self._last_error or error
@@ -192,7 +196,8 @@ class NatsStreamQueue:
         # One delivery past max_deliveries: that read dead-letters it, and the server stops there.
         await self._ensure_consumer(self.stream, self.group, self.lease, self.max_deliveries + 1)
         await self._ensure_consumer(self.delayed_stream, self.group, _SETTLE_TIMEOUT, -1)
-        self._work = await self._js.pull_subscribe_bind(durable=self.group, stream=self.stream)
+        if self._work is None:
+            self._work = await self._js.pull_subscribe_bind(durable=self.group, stream=self.stream)
         if self._advisories is None:
             advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{self.group}"
             self._advisories = await self._client.subscribe(advisory, cb=self._on_max_deliveries)
@@ -305,7 +310,7 @@ class NatsStreamQueue:
         comes alone, as with RedisStreamQueue: its consumer died, maybe on it. Otherwise up to ``count``
         new entries, waiting up to ``block`` seconds for some."""
         self.release_due()
-        return self._call(self._read(count, block))
+        return self._call(self._read(count, block), waits=block)
 
     async def _read(self, count: int, block: float) -> tuple[list[Entry], list[Entry]]:
         # The first message alone, then the rest only if it is new: JetStream counts a delivery for
