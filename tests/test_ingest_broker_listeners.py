@@ -116,3 +116,27 @@ def test_the_publisher_id_names_the_file_when_there_is_one(
     assert len(unsafe) == 32 and "/" not in unsafe
     assert visible_files(tmp_path) == sorted(["order-17.json", f"{unsafe}.json"])
     assert listener.report()["duplicates"] == 1
+
+
+def test_a_message_whose_file_cannot_be_written_stays_with_the_broker_until_it_can(
+    broker: tuple[str, str, str, Publish], tmp_path: Path
+) -> None:
+    kind, url, source, publish = broker
+    incoming, away = tmp_path / "incoming", tmp_path / "away"
+    incoming.mkdir()
+    options: dict[str, Any] = {"name": "{id}.msg", "reconnect_delay": 0.2}
+    if kind == "mqtt":
+        listener: Any = MqttListener(incoming, url, [source], client_id=client_for(source), **options)
+    else:
+        listener = AmqpListener(incoming, url, source, **options)
+    with listener:
+        incoming.rename(away)  # the folder is gone (a lost mount): writing fails
+        publish(url, source, b"reading 1", message_id="r1")
+        wait_for(lambda: listener.report()["errors"] >= 1, timeout=20)
+        assert listener.report()["written"] == 0
+        away.rename(incoming)
+        wait_for(lambda: listener.report()["written"] == 1, timeout=20)  # delivered again after a reconnect
+        report = listener.report()
+    assert (incoming / "r1.msg").read_bytes() == b"reading 1"
+    assert report["errors"] >= 1 and report["duplicates"] == 0
+    assert visible_files(incoming) == ["r1.msg"]
