@@ -166,11 +166,11 @@ def test_a_redelivered_entry_comes_alone(engine: Engine) -> None:
 
 
 def test_a_renewed_lease_keeps_the_entry_and_a_hand_back_frees_it_at_once(engine: Engine) -> None:
-    holder = engine.open("holder")
-    other = engine.open("other")
+    holder = engine.open("holder", lease=1.0)  # 0.7 s of margin per renewal on a loaded machine
+    other = engine.open("other", lease=1.0)
     holder.publish("long-file")
     [entry], _ = holder.read()
-    for _ in range(4):  # 1.2 s of work, more than the 0.5 s lease
+    for _ in range(5):  # 1.5 s of work, more than the 1 s lease
         time.sleep(0.3)
         holder.renew(entry.id)
         assert other.read(block=0.01) == ([], [])
