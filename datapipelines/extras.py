@@ -18,6 +18,9 @@ EXTRAS = {
     "psycopg": "postgres",
     "opentelemetry": "otel",
     "prometheus_client": "prometheus",
+    "nats": "nats",
+    "paho": "mqtt",
+    "pika": "amqp",
 }
 
 

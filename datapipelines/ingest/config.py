@@ -16,6 +16,8 @@ from typing import Any
 from ..config import read_toml
 from ..errors import ConfigurationError
 from .archive import ArchivedFile, ArchiveSink
+from .broker_config import broker_from_table
+from .broker_listener import BrokerListener
 from .engine import Ingest
 from .listener import DEFAULT_IGNORE, DirectoryListener
 from .policies import NO_RETRY, BatchPolicy, FailurePolicy, RetryPolicy
@@ -33,11 +35,12 @@ class IngestConfig:
     listener: DirectoryListener
     router: Router
     targets: dict[str, Target]
+    brokers: list[BrokerListener] = dataclasses.field(default_factory=list)
 
     def build(self) -> Ingest:
         from ..pipeline import DataPipeline
 
-        return Ingest(DataPipeline([self.router]), self.listener)
+        return Ingest(DataPipeline([self.router]), self.listener, brokers=self.brokers)
 
 
 class _Reader:
@@ -110,7 +113,7 @@ def load_config(path: str | os.PathLike[str]) -> IngestConfig:
     file = os.path.abspath(os.fspath(path))
     data = read_toml(file, f"ingest config {file}")
     top = _Reader(file, "", data)
-    top.only("listener", "router", "rule", "step", "archive")
+    top.only("listener", "router", "rule", "step", "archive", "broker")
     folder = os.path.dirname(file)
     if folder not in sys.path:
         sys.path.insert(0, folder)
@@ -238,4 +241,8 @@ def load_config(path: str | os.PathLike[str]) -> IngestConfig:
         )
     except ConfigurationError as error:
         raise listen.error("watch", str(error)) from None
-    return IngestConfig(file, listener, router, targets)
+    brokers = [
+        broker_from_table(_Reader(file, f"broker[{index}]", table), listener.directory)
+        for index, table in enumerate(top.get("broker", list, []))
+    ]
+    return IngestConfig(file, listener, router, targets, brokers)

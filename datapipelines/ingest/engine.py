@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import ConfigurationError
+from .broker_listener import BrokerListener
 from .files import (
     ORIGINAL_BASENAME,
     ORIGINAL_UID,
@@ -43,6 +44,8 @@ class Ingest:
     time). Every effect is named after the uid, so a redo only finishes what was
     missing. Nothing in a work folder is ever deleted by a clean-up.
     ``pipeline.stats()["ingest"]`` reports listeners, targets and gauges.
+    ``brokers``: MQTT or AMQP listeners writing into a watched folder, started
+    after the folders' listeners and stopped before them.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class Ingest:
         pipeline: Any,
         listeners: DirectoryListener | Sequence[DirectoryListener],
         *,
+        brokers: Sequence[BrokerListener] = (),
         reconcile_every: float = 60.0,
         status_every: float = 1.0,
     ) -> None:
@@ -57,6 +61,7 @@ class Ingest:
         self.listeners = [listeners] if isinstance(listeners, DirectoryListener) else list(listeners)
         if not self.listeners:
             raise ConfigurationError("Ingest needs at least one listener")
+        self.brokers = list(brokers)
         self.targets = walk(pipeline.elements)
         names: dict[str, Target] = {}
         for target in self.targets:
@@ -84,6 +89,8 @@ class Ingest:
         self.reconcile()
         for listener in self.listeners:
             listener.start(self.pipeline)
+        for broker in self.brokers:
+            broker.start()
         self._stop.clear()
         self._housekeeper = threading.Thread(target=self._housekeep, name="ingest-housekeeping", daemon=True)
         self._housekeeper.start()
@@ -91,6 +98,8 @@ class Ingest:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, finish the files in hand; the rest stay in the work folder for the next start."""
+        for broker in self.brokers:
+            broker.stop(timeout)
         for listener in self.listeners:
             listener.stop(timeout)
         self._stop.set()
@@ -227,13 +236,16 @@ class Ingest:
     def report(self) -> dict[str, Any]:
         ages = [tracker_for(work).oldest_age() for work in self.work_folders]
         known = [a for a in ages if a is not None]
-        return {
+        report: dict[str, Any] = {
             "listeners": {listener.name: listener.report() for listener in self.listeners},
             "steps": {target.name: target.report() for target in self.targets},
             "in_flight": self.in_flight(),
             "oldest_pending_age_s": max(known) if known else None,
             "reprocessed": self.reprocessed,
         }
+        if self.brokers:
+            report["brokers"] = {broker.label: broker.report() for broker in self.brokers}
+        return report
 
     def write_status(self) -> None:
         """Save the report beside the work folders for ``datapipelines ingest status``."""
