@@ -8,7 +8,6 @@ back into every faster tier. The 1.x public API is importable from here.
 import importlib
 from typing import Any
 
-from .batch import BATCH_KEY
 from .breaker import CircuitBreaker
 from .cache_mode import CacheMode
 from .context import TYPE_WILDCARD, PipelineContext
@@ -46,6 +45,7 @@ from .queries import (
 from .sink import CompositeDataSink, DataSink
 from .source import CompositeDataSource, DataSource
 from .store import MISSING, Store
+from .tier import BATCH_KEY
 from .transformer import CompositeDataTransformer, DataTransformer
 
 __version__ = "2.0.0.dev0"

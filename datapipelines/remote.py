@@ -558,9 +558,10 @@ class RemoteSource(DataSource):
 
 def _record(response: RawResponse, pipeline: Any) -> None:
     """Hand ``response`` to every ResponseRecorder of ``pipeline``."""
-    for element in getattr(pipeline, "elements", None) or ():
-        if isinstance(element, ResponseRecorder):
-            element.record(response)
+    if pipeline is None:
+        return
+    for recorder in pipeline.recorders:
+        recorder.record(response)
 
 
 def _checked(response: RawResponse, pipeline: Any) -> RawResponse:

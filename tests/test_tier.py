@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from conftest import FakeClock
 
-from datapipelines import MISSING, DataSource, NotFoundError, Store
+from datapipelines import MISSING, DataPipeline, DataSource, NotFoundError, Store
 from datapipelines.breaker import NO_BREAKER, CircuitBreaker
 from datapipelines.errors import DamagedEntryError
+from datapipelines.sinks import MemoryStore
 from datapipelines.stats import ElementStats
 from datapipelines.tier import Action, Tier
 
@@ -239,3 +240,15 @@ def test_a_tier_counted_per_type_shares_the_breaker_not_the_counters() -> None:
     assert typed.stats.lookup_errors == 1 and tier.stats.lookup_errors == 0
     assert tier.lookup_entry(Reading, Q) is None  # the breaker both share is open
     assert tier.stats.lookup_skips == 1
+
+
+def test_the_pipeline_builds_one_tier_per_element_and_its_routes_refer_to_them() -> None:
+    memory, api = MemoryStore(), Api()
+    pipeline = DataPipeline([memory, api])
+    route_memory, route_api = pipeline.routes(Reading)
+    assert route_memory.tier.element is memory and route_api.tier.element is api
+    assert route_api.after[0].tier is route_memory.tier  # the write-back into memory
+    assert (route_memory.tier.keyed, route_memory.tier.in_process) == (True, True)
+    assert not route_api.tier.cached
+    with pytest.raises(AttributeError):
+        route_memory.max_age = 3  # type: ignore[misc]  # plans are immutable

@@ -18,9 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from datapipelines.context import PipelineContext
+from datapipelines.context import PipelineContext, current_session
 from datapipelines.errors import ConfigurationError, NotFoundError, type_name
-from datapipelines.pipeline import current_session
 from datapipelines.remote import RawResponse, RemoteQueryError, ResponseRecorder, request_for
 from datapipelines.sink import DataSink
 from datapipelines.source import DataSource
