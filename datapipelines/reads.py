@@ -18,7 +18,7 @@ the outcome sent back is:
 - ``(LOOKUP_MANY, route, queries, limit)``, ``(FETCH_MANY, route, queries)``,
   ``(WRITE_MANY, tier, type, pairs, seconds, passed)``: the batch twins;
 - ``(FLIGHT, key, steps)``: ``(result, joined)``; only the first caller per key runs
-  ``steps``, the others share its outcome;
+  ``steps()``'s steps, the others share its outcome;
 - ``(ACQUIRE, lock, name)``: the process lock's token, or None while another holds it;
   ``(WAIT, lock, name, probe)``: what ``probe()``'s steps found once the holder is done,
   or MISSING; ``(RELEASE, lock, name, token)``: None.
@@ -277,7 +277,20 @@ class Reads:
             if (refresh and route.cached) or (only_cached and not route.cached):
                 continue
             if not route.cached:
-                return (yield from self._fetch(request, index))
+                # The sources from here on, once per key however many callers wait.
+                if not request.write_back:
+                    # Its own call: a caller joining it would miss the write-back it expects.
+                    return (yield from self._ask_sources(request, index, None))
+                try:
+                    key = key_for(type, query)
+                except TypeError:
+                    # A query the key function cannot encode (1.x allows any object): no coalescing.
+                    return (yield from self._call_sources(request, index, None))
+                lead = functools.partial(self._call_sources, request, index, key)
+                result, joined = yield (FLIGHT, (type, key), lead)
+                if joined:
+                    route.stats.joins += 1
+                return result
             if id(route.source) in request.passed:
                 continue
             found = yield (LOOKUP, request, route)
@@ -296,33 +309,22 @@ class Reads:
                     continue
                 if age >= policy.soft_limit:
                     self.refresher.later(type, query)
-            return Result((yield from self._deliver_steps(request, route, value)), False, route.source_name)
+            if route.plain:
+                return Result(value, False, route.source_name)  # nothing to convert or write back
+            steps = deliver_steps(route, value, request.context, request.passed, request.trace)
+            return Result((yield from steps), False, route.source_name)
         if request.stale is not None:
             return request.stale
         selected = [r for r in routes if not (refresh and r.cached) and not (only_cached and not r.cached)]
         raise NotFoundError(type=type, query=query, tried=[r.name for r in selected])
 
-    def _fetch(self, request: Request, index: int) -> Steps:
-        """Ask the sources from ``routes[index]`` on, once per key however many callers wait."""
-        if not request.write_back:
-            # Its own call: a caller joining it would miss the write-back it expects.
-            return (yield from self._ask_sources(request, index, None))
-        try:
-            key = key_for(request.type, request.query)
-        except TypeError:
-            # A query the key function cannot encode (1.x allows any object): no coalescing.
-            return (yield from self._call_sources(request, index, None))
-        result, joined = yield (FLIGHT, (request.type, key), self._call_sources(request, index, key))
-        if joined:
-            request.routes[index].stats.joins += 1
-        return result
-
     def _call_sources(self, request: Request, index: int, key: str | None) -> Steps:
+        """The steps of the one caller per key that asks the sources (a plain function, so the
+        common case costs no generator of its own)."""
         # A caller that missed just before another flight wrote back must not call again.
         found = self._recheck_local(request)
         if found is not None:
-            route, value = found
-            return Result((yield from self._deliver_steps(request, route, value)), False, route.source_name)
+            return self._answer(request, *found)
         policy = request.policy
         if policy is not None and policy.negative_ttl and key is not None:
             until = self.negative.until((request.type, key))
@@ -331,7 +333,11 @@ class Reads:
                 raise NotFoundError(type=request.type, query=request.query, tried=["negative cache"])
         lock = self.process_lock
         if lock is None or key is None:
-            return (yield from self._ask_sources(request, index, key))
+            return self._ask_sources(request, index, key)
+        return self._locked(request, index, key, lock)
+
+    def _locked(self, request: Request, index: int, key: str, lock: RedisLock) -> Steps:
+        """Ask the sources under the process lock, unless another process's value arrives."""
         name = f"{type_name(request.type)}:{key}"
         token = yield (ACQUIRE, lock, name)
         if token is None:
@@ -349,8 +355,9 @@ class Reads:
             yield (RELEASE, lock, name, token)
 
     @staticmethod
-    def _deliver_steps(request: Request, route: Route, value: Any) -> Steps:
-        return deliver_steps(route, value, request.context, request.passed, request.trace)
+    def _answer(request: Request, route: Route, value: Any) -> Steps:
+        steps = deliver_steps(route, value, request.context, request.passed, request.trace)
+        return Result((yield from steps), False, route.source_name)
 
     def _recheck_local(self, request: Request) -> tuple[Route, Any] | None:
         """(route, value) of a fresh value in an in-process tier that missed earlier, if one arrived."""
@@ -401,7 +408,8 @@ class Reads:
                 return Result(convert(route.chain, value, context), False, route.source_name)
             if policy is not None and policy.ttl is not None:
                 context[_EXPIRY] = {type: policy.lifetime()}
-            return Result((yield from self._deliver_steps(request, route, value)), False, route.source_name)
+            steps = deliver_steps(route, value, request.context, request.passed, request.trace)
+            return Result((yield from steps), False, route.source_name)
         if policy is not None and policy.negative_ttl and key is not None:
             self.negative.remember((type, key), self.clock() + policy.negative_ttl)
         raise NotFoundError(type=type, query=request.query, tried=tried)
@@ -436,16 +444,25 @@ class Reads:
                 if found is None:
                     passed.add(id(route.source))
                     continue
+            if route.plain:
+                # Nothing to convert or write back: the values are the results.
+                missed = []
+                for index, value in zip(pending, found, strict=True):
+                    if value is MISSING:
+                        missed.append(index)
+                    else:
+                        results[index] = value
+                pending = missed
+                continue
             hits = [(i, value) for i, value in zip(pending, found, strict=True) if value is not MISSING]
             if not hits:
                 continue
-            if not route.plain:
-                yield from self._write_back_batch(route, route.before, [(queries[i], v) for i, v in hits],
-                                                  expiry, passed)  # fmt: skip
-                hits = [(i, convert(route.chain, v, self.new_context(queries[i]))) for i, v in hits]
-                yield from self._write_back_batch(route, route.after, [(queries[i], v) for i, v in hits],
-                                                  expiry, passed)  # fmt: skip
-            for index, value in hits:
+            yield from self._write_back_batch(route, route.before, [(queries[i], v) for i, v in hits],
+                                              expiry, passed)  # fmt: skip
+            converted = [(i, convert(route.chain, v, self.new_context(queries[i]))) for i, v in hits]
+            yield from self._write_back_batch(route, route.after, [(queries[i], v) for i, v in converted],
+                                              expiry, passed)  # fmt: skip
+            for index, value in converted:
                 results[index] = value
             pending = [index for index in pending if results[index] is MISSING]
         if pending:
@@ -543,8 +560,7 @@ class Reads:
                     else:
                         outcome = request.trace.lookup(self._lookup)(route, request.type, request.query)
                 elif kind is FLIGHT:
-                    # Only the leader runs the steps; a joiner's are never started.
-                    outcome = self.flight.run(step[1], functools.partial(self.run, step[2]))
+                    outcome = self.flight.run(step[1], functools.partial(self._lead, step[2]))
                 else:
                     outcome = self._perform(step)
             except BaseException as raised:  # handed to the rules at their ``yield``
@@ -574,6 +590,10 @@ class Reads:
             _, lock, name, token = step
             return lock.release(name, token)
         raise AssertionError(f"unknown step {kind!r}")
+
+    def _lead(self, steps: Callable[[], Steps]) -> Any:
+        """Run the steps ``steps()`` makes: the single-flight leader's work."""
+        return self.run(steps())
 
     def _lookup(self, route: Route, type: Any, query: Mapping[str, Any]) -> Any:
         return route.tier.lookup_entry(route.source_type, query)
