@@ -8,7 +8,6 @@ back into every faster tier. The 1.x public API is importable from here.
 import importlib
 from typing import Any
 
-from .batch import BATCH_KEY
 from .breaker import CircuitBreaker
 from .cache_mode import CacheMode
 from .context import TYPE_WILDCARD, PipelineContext
@@ -47,6 +46,7 @@ from .queries import (
     validate_query,
 )
 from .store import MISSING, Store
+from .tier import BATCH_KEY
 
 __version__ = "2.0.0.dev0"
 

@@ -1,7 +1,10 @@
-"""The per-call context handed to every source, sink and transformer."""
+"""The per-call context handed to every source, sink and transformer, and the current session."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -59,3 +62,21 @@ class PipelineContext(dict):  # type: ignore[type-arg]
         EXPIRY = "expiry"
         # Set (True) under CacheMode.NEVER: nothing is written back or recorded, errors included.
         NO_WRITE_BACK = "no_write_back"
+
+
+_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("datapipelines_session", default=None)
+
+
+def current_session() -> str | None:
+    """The id of the session opened by ``pipeline.session(...)`` in this context, or None."""
+    return _session.get()
+
+
+@contextlib.contextmanager
+def in_session(session_id: str) -> Iterator[str]:
+    """Make ``session_id`` the current session inside the block."""
+    token = _session.set(session_id)
+    try:
+        yield session_id
+    finally:
+        _session.reset(token)

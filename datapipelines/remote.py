@@ -583,9 +583,10 @@ def sent(response: RawResponse, pipeline: Any) -> RawResponse:
 
 def _record(response: RawResponse, pipeline: Any) -> None:
     """Hand ``response`` to every ResponseRecorder of ``pipeline``."""
-    for element in getattr(pipeline, "elements", None) or ():
-        if isinstance(element, ResponseRecorder):
-            element.record(response)
+    if pipeline is None:
+        return
+    for recorder in pipeline.recorders:
+        recorder.record(response)
 
 
 def checked(response: RawResponse, pipeline: Any) -> RawResponse:

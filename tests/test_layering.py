@@ -126,7 +126,7 @@ def test_the_graph_walk_finds_a_cycle_and_what_the_modules_import() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
     graph = import_graph()
-    assert "datapipelines.keys" in graph["datapipelines.pipeline"]
+    assert "datapipelines.keys" in graph["datapipelines.reads"]
     assert "datapipelines.sinks.catalog.sink" in graph["datapipelines.sinks.catalog"]
     assert "datapipelines" not in graph["datapipelines.pipeline"]  # its own package
 

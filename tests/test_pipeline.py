@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import datapipelines.pipeline as pipeline_module
+import datapipelines.plan as plan_module
 from datapipelines import (
     ConfigurationError,
     DataPipeline,
@@ -426,13 +426,13 @@ def test_session_is_closed_even_when_the_block_raises() -> None:
 
 def test_the_plan_for_a_type_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Any] = []
-    real = pipeline_module.plan_routes
+    real = plan_module.plan_routes
 
-    def counting(*args: Any) -> Any:
+    def counting(*args: Any, **options: Any) -> Any:
         calls.append(args[-1])
-        return real(*args)
+        return real(*args, **options)
 
-    monkeypatch.setattr(pipeline_module, "plan_routes", counting)
+    monkeypatch.setattr(plan_module, "plan_routes", counting)
     store, source = MemoryStore(), Source("s", ("paris", "lyon"))
     pipeline = DataPipeline([store, source])
     assert pipeline.routes(Weather) is pipeline.routes(Weather)

@@ -18,11 +18,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from datapipelines.context import PipelineContext
+from datapipelines.context import PipelineContext, current_session
 from datapipelines.data_sink import DataSink
 from datapipelines.data_source import DataSource
 from datapipelines.errors import ConfigurationError, NotFoundError, type_name
-from datapipelines.pipeline import current_session
 from datapipelines.remote import RawResponse, RemoteQueryError, ResponseRecorder, request_for
 
 from .blobs import BLOBS, BlobStore, DamagedBlobError
