@@ -154,12 +154,13 @@ class Ingest:
         for work in self.work_folders:
             tracker = tracker_for(work)
             for folder, target in self._folders(work):
-                for file, tags in self._orphans(folder, work, tracker):
+                orphans = list(self._orphans(folder, work, tracker))
+                if target is not None:
+                    found += target.take_up(orphans)
+                    continue
+                for file, _tags in orphans:
                     found += 1
-                    if target is None:
-                        self.pipeline.put(IncomingFile, file)
-                    else:
-                        target.resume(file, tags)
+                    self.pipeline.put(IncomingFile, file)
         if found:
             self.reprocessed += found
             LOGGER.info("Reconcile: %d claimed files taken up again", found)
