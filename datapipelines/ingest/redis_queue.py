@@ -141,6 +141,10 @@ class RedisStreamQueue:
     def close(self) -> None:
         self.client.close()
 
+    def delete(self) -> None:
+        """Remove the stream, its group, its delay set and its dead letters from the server."""
+        self.client.delete(self.stream, self.delayed, self.dead_stream)
+
     def start(self) -> None:
         """Create the stream and group if missing; warn when the server may evict them."""
         try:

@@ -88,6 +88,10 @@ class StreamQueue(Protocol):
         """Forget these dead letters; how many were there."""
         ...
 
+    def delete(self) -> None:
+        """Remove the stream and everything kept for it (delayed entries, dead letters)."""
+        ...
+
     def close(self) -> None:
         """Let the connection go."""
         ...
