@@ -36,11 +36,12 @@ class IngestConfig:
     listener: DirectoryListener
     router: Router
     targets: dict[str, Target]
+    reconcile_every: float = 60.0
 
     def build(self) -> Ingest:
         from ..pipeline import DataPipeline
 
-        return Ingest(DataPipeline([self.router]), self.listener)
+        return Ingest(DataPipeline([self.router]), self.listener, reconcile_every=self.reconcile_every)
 
 
 class _Reader:
@@ -254,7 +255,16 @@ def load_config(path: str | os.PathLike[str]) -> IngestConfig:
         raise top.error("listener", 'is required: a table with watch = "<folder>"')
     listen = _Reader(file, "listener", data["listener"])
     listen.only(
-        "watch", "work", "settle", "rescan_every", "poll", "max_in_flight", "min_free_mb", "ignore", "name"
+        "watch",
+        "work",
+        "settle",
+        "rescan_every",
+        "reconcile_every",
+        "poll",
+        "max_in_flight",
+        "min_free_mb",
+        "ignore",
+        "name",
     )
     poll = listen.get("poll", _NUMBER, 0, check=lambda v: v >= 0)
     try:
@@ -271,4 +281,5 @@ def load_config(path: str | os.PathLike[str]) -> IngestConfig:
         )
     except ConfigurationError as error:
         raise listen.error("watch", str(error)) from None
-    return IngestConfig(file, listener, router, targets)
+    reconcile_every = float(listen.get("reconcile_every", _NUMBER, 60.0, check=lambda v: v > 0))
+    return IngestConfig(file, listener, router, targets, reconcile_every)
