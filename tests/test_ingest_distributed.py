@@ -56,10 +56,15 @@ def test_the_url_scheme_picks_the_engine(redis_url: str, monkeypatch: pytest.Mon
         open_stream_queue("amqp://127.0.0.1", "parse")
 
     opened = []
+
+    class NatsStreamQueue:
+        @classmethod
+        def from_url(cls, url: str, step: str, **options: object) -> str:
+            opened.append((url, step, options))
+            return "nats queue"
+
     engine = types.ModuleType("datapipelines.ingest.nats_queue")
-    engine.NatsStreamQueue = types.SimpleNamespace(  # type: ignore[attr-defined]
-        from_url=lambda url, step, **options: opened.append((url, step, options)) or "nats queue"
-    )
+    engine.NatsStreamQueue = NatsStreamQueue  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "datapipelines.ingest.nats_queue", engine)
     assert open_stream_queue("nats://127.0.0.1:4222", "parse", lease=2.0) == "nats queue"
     assert opened == [("nats://127.0.0.1:4222", "parse", {"lease": 2.0})]
