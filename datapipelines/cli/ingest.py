@@ -22,6 +22,14 @@ from typing import Any
 from .output import print_json, table
 
 
+class _StepAndIds(argparse.Action):
+    """``--step NAME [ID ...]``: ids may follow the step's name as well as come before the option."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
+        namespace.step = values[0]
+        namespace.ids = [*(getattr(namespace, "ids", None) or []), *values[1:]]
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("ingest", help="watch a folder and route, process and archive its files")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -46,8 +54,10 @@ def register(subparsers: Any) -> None:
     )
     dead.add_argument("action", choices=("list", "retry", "drop"))
     dead.add_argument("config", help="the ingest's TOML file")
-    dead.add_argument("--step", required=True, help="the distributed step")
     dead.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (as listed) to retry or drop")
+    dead.add_argument(
+        "--step", required=True, nargs="+", action=_StepAndIds, metavar=("NAME", "ID"), help="the step, ids"
+    )
     dead.add_argument("--all", action="store_true", help="retry or drop every dead letter of the step")
     dead.set_defaults(func=_dead)
     status = commands.add_parser("status", help="the counters of a running (or the last) ingest")

@@ -258,6 +258,7 @@ class StepWorker:
         step.stream = open_started(step.url, step.name, consumer=self.consumer, **step.queue_options)
         for target in self.downstream:
             target.start()
+        LOGGER.info("Worker %s of step %s: reading from %s", step.stream.consumer, step.name, step.url)
         try:
             while not self.stopping and not (until is not None and until()):
                 try:
