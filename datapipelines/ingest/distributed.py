@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigurationError, DataPipelinesError
-from .files import ATTEMPT, DUE, IncomingFile, Tags
+from .files import ATTEMPT, DUE, TAGS_SUFFIX, IncomingFile, Tags, remove_quietly, split_work_name
 from .redis_queue import DEFAULT_PREFIX, Entry
 from .stats import tracker_for
 from .step import Step
@@ -121,6 +121,7 @@ class DistributedStep(Step):
         }
         self.stream: StreamQueue | None = None
         self.in_hand: dict[str, Entry] = {}  # in a worker: the entry of each file being settled
+        self.handed_on: list[str] = []  # in a worker: sidecars to remove once the next target has the file
 
     def __repr__(self) -> str:
         return f"DistributedStep({self.name!r}, {self.url!r})"
@@ -183,8 +184,18 @@ class DistributedStep(Step):
             self.stream.publish_later(file_payload(file), delay)
             tracker_for(file.work).finished(file.uid)
 
-    def take_up(self, found: list[tuple[IncomingFile, dict[str, str] | None]]) -> int:
+    def _succeeded(self, file: IncomingFile) -> None:
+        """Hand the file on; its sidecar here goes only when the worker has flushed what follows, so a
+        redo after a lost entry still finds the tags."""
+        if self.then is None:
+            super()._succeeded(file)
+            return
+        self.then.handle(file.with_tags({}, attempt=1))
+        self.handed_on.append(os.path.join(os.path.dirname(file.path), file.uid + TAGS_SUFFIX))
+
+    def take_up(self, folder: str, found: list[tuple[IncomingFile, dict[str, str] | None]]) -> int:
         """Publish again the files of this step's folder that have no entry on the engine; how many."""
+        _remove_lone_sidecars(folder)
         if not found:
             return 0
         self._ensure_started()
@@ -222,6 +233,20 @@ class DistributedStep(Step):
         report = super().report()
         report["distributed"] = self.url
         return report
+
+
+def _remove_lone_sidecars(folder: str) -> None:
+    """Remove sidecars whose file has gone on (a worker died between the hand-over and removing it)."""
+    with os.scandir(folder) as entries:
+        names = [entry.name for entry in entries]
+    present = {parts[0] for parts in map(split_work_name, names) if parts is not None}
+    now = time.time()
+    for name in names:
+        uid = name[: -len(TAGS_SUFFIX)]
+        if name.endswith(TAGS_SUFFIX) and uid not in present:
+            path = os.path.join(folder, name)
+            if not _changed_within(path, now, RECONCILE_GRACE):
+                remove_quietly(path)
 
 
 def _changed_within(path: str, now: float, seconds: float) -> bool:
@@ -290,7 +315,9 @@ class StepWorker:
         for entry in entries:
             file = file_from_json(json.loads(entry.payload))
             if not os.path.lexists(file.path):
-                done.append(entry.id)  # settled before, the acknowledgement was lost with its worker
+                # Settled before; its worker died before the acknowledgement (and maybe the sidecar).
+                remove_quietly(os.path.join(os.path.dirname(file.path), file.uid + TAGS_SUFFIX))
+                done.append(entry.id)
                 continue
             if entry.deliveries > 1:
                 step.counters.add("reprocessed")
@@ -315,6 +342,9 @@ class StepWorker:
             flush = getattr(target, "flush", None)
             if flush is not None:
                 flush()
+        for sidecar in step.handed_on:
+            remove_quietly(sidecar)
+        step.handed_on.clear()
         stream.ack(*done)
 
     def _dead_lettered(self, entry: Entry) -> None:

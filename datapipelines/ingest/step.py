@@ -350,18 +350,21 @@ class Step(Target):
         reconcile scan finds it there, tags and all."""
         folder = os.path.join(file.work, self.name)
         path = os.path.join(folder, work_name(file.uid, file.name))
+        sidecar = os.path.join(folder, file.uid + TAGS_SUFFIX)
+        text = tags_to_json(file.tags.merged(changes))
+        # The sidecar first: a crash in between leaves the file where it was, never here without its tags.
+        try:
+            write_json_atomic(sidecar, text)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            write_json_atomic(sidecar, text)
         if file.path != path:
             try:
                 os.rename(file.path, path)
-            except FileNotFoundError:
-                if os.path.isdir(folder):
-                    raise  # the file itself is gone
-                os.makedirs(folder, exist_ok=True)
-                os.rename(file.path, path)
-            file = file.with_tags({}, path=path)
-        tags = file.tags.merged(changes)
-        write_json_atomic(os.path.join(folder, file.uid + TAGS_SUFFIX), tags_to_json(tags))
-        return file.with_tags(changes)
+            except OSError:
+                remove_quietly(sidecar)
+                raise
+        return file.with_tags(changes, path=path)
 
     def failure_policy(self, work: str) -> FailurePolicy:
         """The failure policy in force for files of the work folder ``work``."""

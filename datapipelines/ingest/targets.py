@@ -42,9 +42,9 @@ class Target(DataSink):
         """Take back a file a reconcile scan found in this target's work folder (tags from its sidecar)."""
         self.handle(file)
 
-    def take_up(self, found: list[tuple[IncomingFile, dict[str, str] | None]]) -> int:
-        """Take back every file one reconcile scan found in this target's work folder; how many are
-        done again (a target that knows some are still on their way elsewhere leaves those)."""
+    def take_up(self, folder: str, found: list[tuple[IncomingFile, dict[str, str] | None]]) -> int:
+        """Take back every file one reconcile scan found in this target's work folder ``folder``; how
+        many are done again (a target that knows some are still on their way elsewhere leaves those)."""
         for file, tags in found:
             self.resume(file, tags)
         return len(found)
