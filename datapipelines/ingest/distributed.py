@@ -21,7 +21,16 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigurationError, DataPipelinesError
-from .files import ATTEMPT, DUE, TAGS_SUFFIX, IncomingFile, Tags, remove_quietly, split_work_name
+from .files import (
+    ATTEMPT,
+    DUE,
+    TAGS_SUFFIX,
+    IncomingFile,
+    Tags,
+    process_alive,
+    remove_quietly,
+    split_work_name,
+)
 from .redis_queue import DEFAULT_PREFIX, Entry
 from .stats import tracker_for
 from .step import Step
@@ -236,14 +245,18 @@ class DistributedStep(Step):
 
 
 def _remove_lone_sidecars(folder: str) -> None:
-    """Remove sidecars whose file has gone on (a worker died between the hand-over and removing it)."""
+    """Remove sidecars whose file has gone on (a worker died between the hand-over and removing it),
+    and temporaries of sidecars whose writer died."""
     with os.scandir(folder) as entries:
         names = [entry.name for entry in entries]
     present = {parts[0] for parts in map(split_work_name, names) if parts is not None}
     now = time.time()
     for name in names:
         uid = name[: -len(TAGS_SUFFIX)]
-        if name.endswith(TAGS_SUFFIX) and uid not in present:
+        writer = name.split(".")[1] if name.startswith(".") and name.endswith(".tmp") else ""
+        if writer.isdigit() and not process_alive(int(writer)):
+            remove_quietly(os.path.join(folder, name))  # half a sidecar; its writer died
+        elif name.endswith(TAGS_SUFFIX) and uid not in present:
             path = os.path.join(folder, name)
             if not _changed_within(path, now, RECONCILE_GRACE):
                 remove_quietly(path)
