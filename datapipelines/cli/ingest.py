@@ -1,8 +1,10 @@
 """``datapipelines ingest``: run an ingest from a TOML file, watch its counters, retry what it kept.
 
 datapipelines ingest run CONFIG [--until-idle]
+datapipelines ingest worker CONFIG --step NAME [-n PROCESSES] [--consumer NAME]
 datapipelines ingest status CONFIG [--watch SECONDS] [--json]
 datapipelines ingest retry CONFIG [--step NAME] [--dry-run]
+datapipelines ingest dead list|retry|drop CONFIG --step NAME [ID ...] [--all]
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from typing import Any
 from .output import print_json, table
 
 
+class _StepAndIds(argparse.Action):
+    """``--step NAME [ID ...]``: ids may follow the step's name as well as come before the option."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
+        namespace.step = values[0]
+        namespace.ids = [*(getattr(namespace, "ids", None) or []), *values[1:]]
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("ingest", help="watch a folder and route, process and archive its files")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -31,6 +41,25 @@ def register(subparsers: Any) -> None:
     run.add_argument("--timeout", type=float, default=600.0, help="with --until-idle: give up after SECONDS")
     run.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     run.set_defaults(func=_run)
+    worker = commands.add_parser("worker", help="work a distributed step (one with a queue) until SIGTERM")
+    worker.add_argument("config", help="the ingest's TOML file")
+    worker.add_argument("--step", required=True, help="the distributed step to work")
+    worker.add_argument("-n", "--processes", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument("--consumer", help="consumer name (default: host name and a random suffix)")
+    worker.add_argument("--count", type=int, help="entries read at a time (default: the batch size, or 20)")
+    worker.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    worker.set_defaults(func=_worker)
+    dead = commands.add_parser(
+        "dead", help="files a distributed step dead-lettered: list, retry or drop them"
+    )
+    dead.add_argument("action", choices=("list", "retry", "drop"))
+    dead.add_argument("config", help="the ingest's TOML file")
+    dead.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (as listed) to retry or drop")
+    dead.add_argument(
+        "--step", required=True, nargs="+", action=_StepAndIds, metavar=("NAME", "ID"), help="the step, ids"
+    )
+    dead.add_argument("--all", action="store_true", help="retry or drop every dead letter of the step")
+    dead.set_defaults(func=_dead)
     status = commands.add_parser("status", help="the counters of a running (or the last) ingest")
     status.add_argument("config", help="the ingest's TOML file")
     status.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
@@ -68,34 +97,91 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if not args.until_idle or idle else 1
 
 
-def _status_path(config: str) -> str:
+def _worker(args: argparse.Namespace) -> int:
+    from ..errors import ConfigurationError
     from ..ingest.config import load_config
+    from ..ingest.step_workers import check_reachable, distributed_step, supervise, work
+
+    if args.processes < 1:
+        raise ConfigurationError(f"-n must be at least 1, got {args.processes}")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    check_reachable(distributed_step(load_config(args.config), args.step))
+    if args.processes == 1:
+        print_json({"step": args.step, "counters": work(args.config, args.step, args.consumer, args.count)})
+    else:
+        restarts = supervise(args.config, args.step, args.processes, args.consumer, args.count)
+        print_json({"step": args.step, "restarts": restarts})
+    return 0
+
+
+def _dead(args: argparse.Namespace) -> int:
+    from ..errors import ConfigurationError
+    from ..ingest.config import load_config
+    from ..ingest.dead_letters import drop, listing, retry
+    from ..ingest.step_workers import distributed_step
+
+    config = load_config(args.config)
+    step = distributed_step(config, args.step)
+    if args.action == "list":
+        rows = listing(step)
+        print(table(["dead id", "entry", "deliveries", "uid", "file"], rows) if rows else "no dead letters")
+        return 0
+    if not args.ids and not args.all:
+        raise ConfigurationError(f"ingest dead {args.action}: name the dead letters (IDs as listed) or --all")
+    if args.action == "retry":
+        rows = retry(step, config.listener.work, args.ids or None)
+        print(table(["dead id", "file", "result"], rows) if rows else "no dead letters")
+    else:
+        print(f"{drop(step, args.ids or None)} dead letter(s) dropped")
+    return 0
+
+
+def _status_path(config: Any) -> str:
     from ..ingest.engine import STATUS_FILE
 
-    return os.path.join(load_config(config).listener.work, STATUS_FILE)
+    return os.path.join(config.listener.work, STATUS_FILE)
+
+
+def _read_status(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        return None
 
 
 def _status(args: argparse.Namespace) -> int:
     from ..errors import ConfigurationError
+    from ..ingest.config import load_config
+    from ..ingest.distributed import DistributedStep, queue_status
     from ..ingest.files import process_alive
 
-    path = _status_path(args.config)
+    config = load_config(args.config)
+    path = _status_path(config)
+    distributed = [t for t in config.targets.values() if isinstance(t, DistributedStep)]
     while True:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                status = json.load(handle)
-        except FileNotFoundError:
-            raise ConfigurationError(f"No ingest status at {path}: has this ingest run yet?") from None
+        status = _read_status(path)
+        if status is None and not distributed:
+            raise ConfigurationError(f"No ingest status at {path}: has this ingest run yet?")
+        queues = {step.name: queue_status(step) for step in distributed}
         if args.json:
-            print_json(status)
+            print_json({**(status or {}), "distributed": queues})
         else:
             if args.watch:
                 print("\033[2J\033[H", end="")
-            age = time.time() - status["time"]
-            alive = process_alive(status["pid"])
-            state = "running" if alive else "not running"
-            print(f"ingest pid {status['pid']} ({state}), status written {age:.1f} s ago")
-            print_report(status["ingest"])
+            if status is None:
+                print(f"no listener status at {path} yet")
+            else:
+                age = time.time() - status["time"]
+                alive = process_alive(status["pid"])
+                state = "running" if alive else "not running"
+                print(f"ingest pid {status['pid']} ({state}), status written {age:.1f} s ago")
+                print_report(status["ingest"])
+            if queues:
+                print()
+                print_queues(queues)
         if not args.watch:
             return 0
         try:
@@ -144,6 +230,23 @@ def print_report(report: dict[str, Any]) -> None:
     print(table(["step", *_STEP_COLUMNS], steps))
     print()
     print(f"in flight: {report['in_flight']}   oldest pending: {report['oldest_pending_age_s'] or 0} s")
+
+
+_QUEUE_COLUMNS = ("outstanding", "pending", "delayed", "oldest_age_s", "dead")
+
+
+def print_queues(queues: dict[str, dict[str, Any]]) -> None:
+    """Per distributed step: its stream's counts, then each consumer's pending entries and idle time."""
+    rows = [[name, *(status.get(c) for c in _QUEUE_COLUMNS)] for name, status in queues.items()]
+    print(table(["distributed step", *_QUEUE_COLUMNS], rows))
+    consumers = [
+        [name, consumer["name"], consumer["pending"], consumer["idle_s"]]
+        for name, status in queues.items()
+        for consumer in status["consumers"]
+    ]
+    if consumers:
+        print()
+        print(table(["distributed step", "consumer", "pending", "idle_s"], consumers))
 
 
 def printable(name: str) -> str:

@@ -12,18 +12,22 @@ import os
 import sys
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..config import read_toml
 from ..errors import ConfigurationError
 from .archive import ArchivedFile, ArchiveSink
 from .broker_config import broker_from_table
 from .broker_listener import BrokerListener
+from .distributed import DistributedStep
 from .engine import Ingest
 from .listener import DEFAULT_IGNORE, DirectoryListener
 from .policies import NO_RETRY, BatchPolicy, FailurePolicy, RetryPolicy
+from .redis_queue import DEFAULT_PREFIX
 from .router import Router
 from .rules import load_callable, rules_from_tables
 from .step import DEFAULT_STEP_LIMIT, Step
+from .stream_queue import SCHEMES
 from .targets import Target
 
 
@@ -35,12 +39,18 @@ class IngestConfig:
     listener: DirectoryListener
     router: Router
     targets: dict[str, Target]
+    reconcile_every: float = 60.0
     brokers: list[BrokerListener] = dataclasses.field(default_factory=list)
 
     def build(self) -> Ingest:
         from ..pipeline import DataPipeline
 
-        return Ingest(DataPipeline([self.router]), self.listener, brokers=self.brokers)
+        return Ingest(
+            DataPipeline([self.router]),
+            self.listener,
+            reconcile_every=self.reconcile_every,
+            brokers=self.brokers,
+        )
 
 
 class _Reader:
@@ -108,6 +118,25 @@ def _policy(reader: _Reader, key: str, default: FailurePolicy) -> FailurePolicy:
     return FailurePolicy(action, table.path("dir"))
 
 
+def _queue_options(step: _Reader) -> dict[str, Any]:
+    """``queue = "redis://..."`` or ``queue = { url = ..., prefix = ..., lease = ..., max_length = ... }``."""
+    if isinstance(step.table["queue"], str):
+        table = _Reader(step.file, f"{step.where}.queue", {"url": step.table["queue"]})
+    else:
+        table = step.sub("queue")
+    table.only("url", "prefix", "lease", "max_length")
+    url = table.get("url", str)
+    if urlsplit(url).scheme not in SCHEMES:
+        known = ", ".join(f"{name}://" for name in SCHEMES)
+        raise table.error("url", f"{url!r} names no stream engine; use {known}")
+    return {
+        "url": url,
+        "prefix": table.get("prefix", str, DEFAULT_PREFIX, check=bool),
+        "lease": float(table.get("lease", _NUMBER, 30.0, check=lambda v: v > 0)),
+        "max_length": table.get("max_length", int, 10_000, check=lambda v: v >= 1),
+    }
+
+
 def load_config(path: str | os.PathLike[str]) -> IngestConfig:
     """Parse and check the ingest config at ``path``; nothing starts until ``build().start()``."""
     file = os.path.abspath(os.fspath(path))
@@ -154,7 +183,16 @@ def load_config(path: str | os.PathLike[str]) -> IngestConfig:
     for index, table in enumerate(top.get("step", list, [])):
         reader = _Reader(file, f"step[{index}]", table)
         reader.only(
-            "name", "function", "workers", "then", "retry", "failure", "batch", "step_limit", "max_deliveries"
+            "name",
+            "function",
+            "workers",
+            "then",
+            "retry",
+            "failure",
+            "batch",
+            "step_limit",
+            "max_deliveries",
+            "queue",
         )
         name = reader.get("name", str)
         function = load_callable(reader.get("function", str), f"ingest config {file}: step[{index}].function")
@@ -176,17 +214,19 @@ def load_config(path: str | os.PathLike[str]) -> IngestConfig:
                 batch_reader.get("max_size", int, 100, check=lambda v: v >= 1),
                 float(batch_reader.get("max_wait", _NUMBER, 10.0, check=lambda v: v >= 0)),
             )
+        options: dict[str, Any] = {
+            "retry": retry,
+            "failure": _policy(reader, "failure", None),  # type: ignore[arg-type]
+            "batch": batch,
+            "workers": reader.get("workers", int, 0, check=lambda v: v >= 0),
+            "step_limit": reader.get("step_limit", int, DEFAULT_STEP_LIMIT, check=lambda v: v >= 1),
+            "max_deliveries": reader.get("max_deliveries", int, 5, check=lambda v: v >= 1),
+        }
         try:
-            step = Step(
-                name,
-                function,
-                retry=retry,
-                failure=_policy(reader, "failure", None),  # type: ignore[arg-type]
-                batch=batch,
-                workers=reader.get("workers", int, 0, check=lambda v: v >= 0),
-                step_limit=reader.get("step_limit", int, DEFAULT_STEP_LIMIT, check=lambda v: v >= 1),
-                max_deliveries=reader.get("max_deliveries", int, 5, check=lambda v: v >= 1),
-            )
+            if "queue" in reader.table:
+                step: Step = DistributedStep(name, function, **_queue_options(reader), **options)
+            else:
+                step = Step(name, function, **options)
         except ConfigurationError as error:
             raise reader.error("name", str(error)) from None
         add(step, reader)
@@ -224,7 +264,16 @@ def load_config(path: str | os.PathLike[str]) -> IngestConfig:
         raise top.error("listener", 'is required: a table with watch = "<folder>"')
     listen = _Reader(file, "listener", data["listener"])
     listen.only(
-        "watch", "work", "settle", "rescan_every", "poll", "max_in_flight", "min_free_mb", "ignore", "name"
+        "watch",
+        "work",
+        "settle",
+        "rescan_every",
+        "reconcile_every",
+        "poll",
+        "max_in_flight",
+        "min_free_mb",
+        "ignore",
+        "name",
     )
     poll = listen.get("poll", _NUMBER, 0, check=lambda v: v >= 0)
     try:
@@ -241,8 +290,9 @@ def load_config(path: str | os.PathLike[str]) -> IngestConfig:
         )
     except ConfigurationError as error:
         raise listen.error("watch", str(error)) from None
+    reconcile_every = float(listen.get("reconcile_every", _NUMBER, 60.0, check=lambda v: v > 0))
     brokers = [
         broker_from_table(_Reader(file, f"broker[{index}]", table), listener.directory)
         for index, table in enumerate(top.get("broker", list, []))
     ]
-    return IngestConfig(file, listener, router, targets, brokers)
+    return IngestConfig(file, listener, router, targets, reconcile_every, brokers)

@@ -15,6 +15,7 @@ from ..errors import ConfigurationError
 from .broker_listener import BrokerListener
 from .files import (
     ORIGINAL_BASENAME,
+    ORIGINAL_DIRNAME,
     ORIGINAL_UID,
     RECEIVED_AT,
     TAGS_SUFFIX,
@@ -162,13 +163,15 @@ class Ingest:
         found = 0
         for work in self.work_folders:
             tracker = tracker_for(work)
+            watched = next(listener.directory for listener in self.listeners if listener.work == work)
             for folder, target in self._folders(work):
-                for file, tags in self._orphans(folder, work, tracker):
+                orphans = list(self._orphans(folder, work, watched, tracker))
+                if target is not None:
+                    found += target.take_up(folder, orphans)
+                    continue
+                for file, _tags in orphans:
                     found += 1
-                    if target is None:
-                        self.pipeline.put(IncomingFile, file)
-                    else:
-                        target.resume(file, tags)
+                    self.pipeline.put(IncomingFile, file)
         if found:
             self.reprocessed += found
             LOGGER.info("Reconcile: %d claimed files taken up again", found)
@@ -191,7 +194,7 @@ class Ingest:
 
     @staticmethod
     def _orphans(
-        folder: str, work: str, tracker: Any
+        folder: str, work: str, watched: str, tracker: Any
     ) -> Iterable[tuple[IncomingFile, dict[str, str] | None]]:
         with os.scandir(folder) as entries:
             names = sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
@@ -212,6 +215,7 @@ class Ingest:
             base = {
                 ORIGINAL_BASENAME: name,
                 ORIGINAL_UID: uid.split(".")[0],
+                ORIGINAL_DIRNAME: os.path.basename(watched),  # claimed there: the work folder is its own
                 RECEIVED_AT: iso(received),
             }
             merged = Tags({**base, **(tags or {})})

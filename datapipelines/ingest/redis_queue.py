@@ -16,7 +16,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,14 @@ local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonu
 redis.call('ZADD', KEYS[2], due, ARGV[2])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[4])
 redis.call('XDEL', KEYS[1], ARGV[4])
+return due
+"""
+
+# Park a new entry in the delay set until ARGV[2] ms from now (server clock).
+_PUBLISH_LATER = """
+local now = redis.call('TIME')
+local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], due, ARGV[1])
 return due
 """
 
@@ -73,6 +81,11 @@ class Entry:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _lost_group(error: redis.ResponseError) -> bool:
+    """The server no longer has the group (a restart without persistence, FLUSHALL)."""
+    return str(error).startswith("NOGROUP")
 
 
 def _payload(fields: Mapping[Any, Any]) -> str:
@@ -118,6 +131,19 @@ class RedisStreamQueue:
         self._add_bounded = client.register_script(_ADD_BOUNDED)
         self._delay = client.register_script(_DELAY)
         self._release_due = client.register_script(_RELEASE_DUE)
+        self._publish_later = client.register_script(_PUBLISH_LATER)
+
+    @classmethod
+    def from_url(cls, url: str, step: str, **options: Any) -> RedisStreamQueue:
+        """The queue of ``step`` on the Redis at ``url`` (``redis://`` or ``rediss://``)."""
+        return cls(redis.Redis.from_url(url), step, **options)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def delete(self) -> None:
+        """Remove the stream, its group, its delay set and its dead letters from the server."""
+        self.client.delete(self.stream, self.delayed, self.dead_stream)
 
     def start(self) -> None:
         """Create the stream and group if missing; warn when the server may evict them."""
@@ -145,10 +171,47 @@ class RedisStreamQueue:
             time.sleep(pause)
             pause = min(0.2, pause * 2)
 
+    def publish_many(self, payloads: Sequence[str], timeout: float = 10.0) -> list[str]:
+        """Append every payload, one round trip for all while the stream has room; their ids."""
+        ids: list[str | None] = [None] * len(payloads)
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            waiting = [index for index, known in enumerate(ids) if known is None]
+            if not waiting:
+                return [str(known) for known in ids]
+            with self.client.pipeline(transaction=False) as pipe:
+                for index in waiting:
+                    self._add_bounded(
+                        keys=[self.stream], args=[self.max_length, "payload", payloads[index]], client=pipe
+                    )
+                added = pipe.execute()
+            for index, entry_id in zip(waiting, added, strict=True):
+                ids[index] = None if entry_id is None else _text(entry_id)
+            if all(known is not None for known in ids):
+                continue
+            if time.monotonic() >= deadline:
+                raise QueueFullError(
+                    f"stream {self.stream!r} still holds {self.max_length} unacknowledged entries "
+                    f"after {timeout} s; its workers are not keeping up"
+                )
+            time.sleep(pause)
+            pause = min(0.2, pause * 2)
+
+    def publish_later(self, payload: str, delay: float) -> None:
+        """Deliver ``payload`` as a new entry in ``delay`` seconds, on the server's clock."""
+        self._publish_later(keys=[self.delayed], args=[payload, int(delay * 1000)])
+
     def retry_later(self, entry: Entry, delay: float, payload: str | None = None) -> None:
         """Settle ``entry`` now and deliver ``payload`` (default: the same) again in ``delay`` seconds."""
         member = payload if payload is not None else entry.payload
-        self._delay(keys=[self.stream, self.delayed], args=[self.group, member, int(delay * 1000), entry.id])
+        try:
+            arguments: list[str | int] = [self.group, member, int(delay * 1000), entry.id]
+            self._delay(keys=[self.stream, self.delayed], args=arguments)
+        except redis.ResponseError as error:
+            if not _lost_group(error):
+                raise
+            self.publish_later(member, delay)  # the entry went with the group; the retry must not
 
     def release_due(self, limit: int = 1000) -> int:
         """Move delayed entries whose time has come into the stream; how many moved."""
@@ -159,7 +222,18 @@ class RedisStreamQueue:
         """(entries to process, entries just dead-lettered). An entry whose lease ran out is claimed
         first and comes alone: its consumer died, maybe on it, and a file that kills its worker must
         not take the rest of a batch with it each time. Otherwise up to ``count`` new entries are
-        read, waiting up to ``block`` seconds for some."""
+        read, waiting up to ``block`` seconds for some. A group the server lost is made again."""
+        try:
+            return self._read(count, block)
+        except redis.ResponseError as error:
+            if not _lost_group(error):
+                raise
+            LOGGER.warning("Stream %s lost its group %s (a Redis restart or FLUSHALL?); creating it again",
+                           self.stream, self.group)  # fmt: skip
+            self.start()
+            return [], []
+
+    def _read(self, count: int, block: float) -> tuple[list[Entry], list[Entry]]:
         self.release_due()
         dead: list[Entry] = []
         while claimed := self._claim_expired():
@@ -222,19 +296,29 @@ class RedisStreamQueue:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.xack(self.stream, self.group, *ids)
             pipe.xdel(self.stream, *ids)
-            pipe.execute()
+            try:
+                pipe.execute()
+            except redis.ResponseError as error:
+                if not _lost_group(error):
+                    raise  # a lost group lost these entries with it: nothing left to acknowledge
 
     def renew(self, *ids: str) -> None:
         """Still working on these (a long file): restart their lease without counting a delivery."""
         if ids:
-            self.client.xclaim(self.stream, self.group, self.consumer, 0, list(ids), justid=True)
+            self._claim_quietly(ids, idle=None)
 
     def hand_back(self, *ids: str) -> None:
         """Give these up now (a graceful stop): their lease is made to have run out already."""
         if ids:
-            self.client.xclaim(
-                self.stream, self.group, self.consumer, 0, list(ids), idle=self.lease_ms, justid=True
-            )
+            self._claim_quietly(ids, idle=self.lease_ms)
+
+    def _claim_quietly(self, ids: tuple[str, ...], idle: int | None) -> None:
+        try:
+            claimed: list[Any] = list(ids)
+            self.client.xclaim(self.stream, self.group, self.consumer, 0, claimed, idle=idle, justid=True)
+        except redis.ResponseError as error:
+            if not _lost_group(error):
+                raise
 
     # -- looking ----------------------------------------------------------------------------
     def dead_letters(self, count: int = 100) -> list[Mapping[str, str]]:
@@ -244,9 +328,56 @@ class RedisStreamQueue:
             {_text(k): _text(v) for k, v in fields.items()} | {"dead_id": _text(i)} for i, fields in entries
         ]
 
+    def drop_dead(self, *dead_ids: str) -> int:
+        """Forget these dead letters (the files stay where the failure policy put them)."""
+        return int(self.client.xdel(self.dead_stream, *dead_ids)) if dead_ids else 0
+
     def outstanding(self) -> int:
-        """Entries unread or pending (acknowledged ones are deleted)."""
+        """Entries unread or pending (acknowledged ones are deleted; delayed ones are not in the stream)."""
         return int(self.client.xlen(self.stream))
+
+    def waiting(self) -> list[str]:
+        """Every payload not yet settled: in the stream (unread or pending) or in the delay set, read
+        in one transaction, so an entry moving from one to the other is seen once."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.xrange(self.stream)
+            pipe.zrange(self.delayed, 0, -1)
+            entries, delayed = pipe.execute()
+        return [_payload(fields) for _, fields in entries] + [_text(member) for member in delayed]
+
+    def status(self) -> dict[str, Any]:
+        """What ``datapipelines ingest status`` shows for this step."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.xlen(self.stream)
+            pipe.xrange(self.stream, count=1)
+            pipe.zcard(self.delayed)
+            pipe.xlen(self.dead_stream)
+            (seconds, micros), outstanding, oldest, delayed, dead = pipe.execute()
+        try:
+            pending = int(self.client.xpending(self.stream, self.group)["pending"])
+            consumers = [
+                {
+                    "name": _text(consumer["name"]),
+                    "pending": int(consumer["pending"]),
+                    "idle_s": round(int(consumer["idle"]) / 1000, 3),
+                }
+                for consumer in self.client.xinfo_consumers(self.stream, self.group)
+            ]
+        except redis.ResponseError as error:
+            if not _lost_group(error) and "no such key" not in str(error):
+                raise
+            pending, consumers = 0, []  # no worker has started since the server lost the group
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        oldest_ms = int(_text(oldest[0][0]).partition("-")[0]) if oldest else None
+        return {
+            "outstanding": int(outstanding),
+            "pending": pending,
+            "delayed": int(delayed),
+            "oldest_age_s": None if oldest_ms is None else round(max(0, now_ms - oldest_ms) / 1000, 3),
+            "dead": int(dead),
+            "consumers": consumers,
+        }
 
 
 def warn_if_evictable(client: redis.Redis) -> bool:

@@ -1,17 +1,19 @@
-"""A step's batches run by worker processes anywhere that share Redis and the filesystem.
+"""A step's batches run by worker processes anywhere that share a stream engine and the filesystem.
 
-:class:`RedisWorkQueue` is the :class:`~datapipelines.ingest.workers.WorkQueue`
-a step uses instead of local processes: each batch is one entry of the step's
-stream (a :class:`~datapipelines.ingest.redis_queue.RedisStreamQueue`), run by
-:func:`serve` in any worker process, whose outcome comes back on the step's own
-reply stream. The entry is acknowledged only after the step has settled the
-outcome (moved the file on, scheduled its retry or given it up), so a worker or
-a step process that dies first leaves work to be done again, never lost.
+:class:`StreamWorkQueue` (also importable as ``RedisWorkQueue``, its first
+name) is the :class:`~datapipelines.ingest.workers.WorkQueue` a step uses
+instead of local processes: each batch is one entry of the step's stream (a
+:class:`~datapipelines.ingest.stream_queue.StreamQueue` on the engine the URL
+names), run by :func:`serve` in any worker process, whose outcome comes back on
+the step's own reply stream. The entry is acknowledged only after the step has
+settled the outcome (moved the file on, scheduled its retry or given it up), so
+a worker or a step process that dies first leaves work to be done again, never
+lost. Only the function runs elsewhere; a :class:`~datapipelines.ingest.
+distributed.DistributedStep` runs the whole step there.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import multiprocessing
@@ -21,21 +23,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
-from .files import IncomingFile, Tags
-from .redis_queue import DEFAULT_PREFIX, RedisStreamQueue
+from .distributed import file_from_json, file_to_json
+from .files import IncomingFile
+from .redis_queue import DEFAULT_PREFIX
+from .stream_queue import StreamQueue, open_stream_queue
 from .workers import Finished, HandedBack, Outcome, run_function
 
 LOGGER = logging.getLogger(__name__)
 
-
-def file_to_json(file: IncomingFile) -> dict[str, Any]:
-    return dataclasses.asdict(file) | {"tags": dict(file.tags)}
-
-
-def file_from_json(data: dict[str, Any]) -> IncomingFile:
-    return IncomingFile(**(data | {"tags": Tags(data["tags"])}))
+__all__ = ["RedisWorkQueue", "StreamWorkQueue", "file_from_json", "file_to_json", "serve"]
 
 
 def _batch_payload(batch: list[IncomingFile], reply: str) -> str:
@@ -59,31 +55,36 @@ def serve(
     until the process ``parent`` (a local step that started it) is gone."""
     state = {"stop": False}
     signal.signal(signal.SIGTERM, lambda signum, frame: state.update(stop=True))
-    client = redis.Redis.from_url(url)
-    queue = RedisStreamQueue(
-        client, step, prefix=prefix, consumer=consumer, lease=lease, max_deliveries=max_deliveries
+    queue = open_stream_queue(
+        url, step, prefix=prefix, consumer=consumer, lease=lease, max_deliveries=max_deliveries
     )
     queue.start()
+    replies: dict[str, StreamQueue] = {}
+
+    def answer(reply: str, message: dict[str, Any]) -> None:
+        if reply not in replies:
+            replies[reply] = open_stream_queue(url, reply, prefix=prefix, max_length=1_000_000)
+        replies[reply].publish(json.dumps(message))
+
     while not state["stop"] and (parent is None or os.getppid() == parent):
         entries, dead = queue.read(count=1, block=0.5)
         for entry in dead:
-            reply = json.loads(entry.payload)["reply"]
-            client.xadd(reply, {"id": entry.id, "dead": entry.deliveries - 1})
+            answer(json.loads(entry.payload)["reply"], {"id": entry.id, "dead": entry.deliveries - 1})
         for entry in entries:
             payload = json.loads(entry.payload)
             batch = [file_from_json(f) for f in payload["files"]]
             started = time.perf_counter()
             outcomes = run_function(function, batch, batched)
             seconds = time.perf_counter() - started
-            client.xadd(
-                payload["reply"], {"id": entry.id, "outcomes": json.dumps(outcomes), "seconds": seconds}
-            )
+            answer(payload["reply"], {"id": entry.id, "outcomes": outcomes, "seconds": seconds})
+    for reply_queue in [queue, *replies.values()]:
+        reply_queue.close()
 
 
-class RedisWorkQueue:
-    """A step's work on the Redis at ``url``; ``workers`` local :func:`serve` processes (0: only remote
-    ones). Give the step the same ``max_deliveries``: a batch delivered that often without an answer
-    is handed back as in hand that many times, and the step gives its files up."""
+class StreamWorkQueue:
+    """A step's work on the stream engine at ``url``; ``workers`` local :func:`serve` processes (0: only
+    remote ones). Give the step the same ``max_deliveries``: a batch delivered that often without an
+    answer is handed back as in hand that many times, and the step gives its files up."""
 
     def __init__(
         self,
@@ -109,16 +110,11 @@ class RedisWorkQueue:
         self.max_deliveries = max_deliveries
         self.prefetch = prefetch
         self.restarts = 0
-        self.client = redis.Redis.from_url(url)
-        self.queue = RedisStreamQueue(
-            self.client,
-            step,
-            prefix=prefix,
-            max_length=max_length,
-            lease=lease,
-            max_deliveries=max_deliveries,
+        self.queue = open_stream_queue(
+            url, step, prefix=prefix, max_length=max_length, lease=lease, max_deliveries=max_deliveries
         )
-        self.reply = f"{self.queue.stream}:reply:{self.queue.consumer}"
+        self.reply = f"{step}:reply:{self.queue.consumer}"
+        self.replies = open_stream_queue(url, self.reply, prefix=prefix, max_length=1_000_000)
         self._sent: dict[str, list[IncomingFile]] = {}
         self._settled: list[str] = []
         self._processes: list[Any] = []
@@ -128,6 +124,7 @@ class RedisWorkQueue:
     def start(self) -> None:
         self._stopping = False
         self.queue.start()
+        self.replies.start()
         self._processes = [self._spawn() for _ in range(self.workers)]
 
     def _spawn(self) -> Any:
@@ -164,27 +161,21 @@ class RedisWorkQueue:
         # The step settled what the last call returned before calling again: its effects are complete.
         self._ack_settled()
         self._replace_dead_workers()
-        reply: Any = self.client.xread(
-            {self.reply: "0-0"}, count=1000, block=max(1, int(min(timeout, 0.05) * 1000))
-        )
+        entries, _dead = self.replies.read(count=1000, block=min(timeout, 0.05))
         done: list[Finished] = []
         returned: list[HandedBack] = []
-        seen = []
-        for _, messages in reply or []:
-            for message_id, fields in messages:
-                seen.append(message_id)
-                entry_id = fields[b"id"].decode()
-                batch = self._sent.pop(entry_id, None)
-                if batch is None:
-                    continue  # a second answer for a redelivered batch: the first one counted
-                self._settled.append(entry_id)
-                if b"dead" in fields:
-                    returned.append((batch, int(fields[b"dead"])))
-                    continue
-                outcomes: list[Outcome] = [(ok, error) for ok, error in json.loads(fields[b"outcomes"])]
-                done.append((batch, outcomes, float(fields[b"seconds"])))
-        if seen:
-            self.client.xdel(self.reply, *seen)
+        for entry in entries:
+            message = json.loads(entry.payload)
+            batch = self._sent.pop(message["id"], None)
+            if batch is None:
+                continue  # a second answer for a redelivered batch: the first one counted
+            self._settled.append(message["id"])
+            if "dead" in message:
+                returned.append((batch, int(message["dead"])))
+                continue
+            outcomes: list[Outcome] = [(ok, error) for ok, error in message["outcomes"]]
+            done.append((batch, outcomes, float(message["seconds"])))
+        self.replies.ack(*(entry.id for entry in entries))
         return done, returned
 
     def _ack_settled(self) -> None:
@@ -227,5 +218,9 @@ class RedisWorkQueue:
         self._settled.extend(self._sent)
         self._sent = {}
         self._ack_settled()
-        self.client.delete(self.reply)
+        self.replies.delete()
+        self.replies.close()
         return done, unanswered
+
+
+RedisWorkQueue = StreamWorkQueue  # its name before other engines came

@@ -343,15 +343,28 @@ class Step(Target):
     def _park(self, file: IncomingFile, delay: float, error: str) -> IncomingFile:
         """Keep a file due for retry in this step's work folder with a sidecar saying when, so a restart
         resumes the schedule."""
+        return self._keep_here(file, {DUE: repr(time.time() + delay), "latest.core.error": error})
+
+    def _keep_here(self, file: IncomingFile, changes: dict[str, str]) -> IncomingFile:
+        """Move ``file`` into this step's work folder with a sidecar of its tags (plus ``changes``), so a
+        reconcile scan finds it there, tags and all."""
         folder = os.path.join(file.work, self.name)
         path = os.path.join(folder, work_name(file.uid, file.name))
-        if file.path != path:
+        sidecar = os.path.join(folder, file.uid + TAGS_SUFFIX)
+        text = tags_to_json(file.tags.merged(changes))
+        # The sidecar first: a crash in between leaves the file where it was, never here without its tags.
+        try:
+            write_json_atomic(sidecar, text)
+        except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
-            os.rename(file.path, path)
-            file = file.with_tags({}, path=path)
-        tags = file.tags.merged({DUE: repr(time.time() + delay), "latest.core.error": error})
-        write_json_atomic(os.path.join(folder, file.uid + TAGS_SUFFIX), tags_to_json(tags))
-        return file.with_tags(tags)
+            write_json_atomic(sidecar, text)
+        if file.path != path:
+            try:
+                os.rename(file.path, path)
+            except OSError:
+                remove_quietly(sidecar)
+                raise
+        return file.with_tags(changes, path=path)
 
     def failure_policy(self, work: str) -> FailurePolicy:
         """The failure policy in force for files of the work folder ``work``."""

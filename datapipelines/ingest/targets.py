@@ -42,6 +42,13 @@ class Target(DataSink):
         """Take back a file a reconcile scan found in this target's work folder (tags from its sidecar)."""
         self.handle(file)
 
+    def take_up(self, folder: str, found: list[tuple[IncomingFile, dict[str, str] | None]]) -> int:
+        """Take back every file one reconcile scan found in this target's work folder ``folder``; how
+        many are done again (a target that knows some are still on their way elsewhere leaves those)."""
+        for file, tags in found:
+            self.resume(file, tags)
+        return len(found)
+
     def targets(self) -> list[Target]:
         """The targets this one hands files to (for walking the whole graph)."""
         return []
