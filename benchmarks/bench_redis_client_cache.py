@@ -69,7 +69,9 @@ def main() -> None:
     tracked = RedisStore(url, namespace=namespace, client_side=True)
     try:
         wait_for_tracking(tracked)
-        pipelines = {"Redis": filled(plain), "Redis, client cache": filled(tracked), "memory": filled(MemoryStore())}
+        pipelines = {
+            "Redis": filled(plain), "Redis, client cache": filled(tracked), "memory": filled(MemoryStore()),
+        }  # fmt: skip
         for pipeline in pipelines.values():  # the values are equal, and the client cache holds its copies
             assert pipeline.get(Match, QUERY) == VALUE
             assert pipeline.get_batch(Match, BATCH_QUERIES) == [VALUE] * BATCH
