@@ -37,15 +37,28 @@ from datapipelines.forks import reset_in_children
 from datapipelines.keys import key_for
 from datapipelines.store import MISSING
 
-from .memory import MemoryStore
+from .memory import MemoryStore, _Entry
 
 # The frame Codec writes: magic, then (deadline, written at). A copy must die at the entry's deadline.
 from .serializers import _MAGIC, _STAMPS
 
 LOGGER = logging.getLogger(__name__)
 
-_FOREVER = float("inf")
 _RECONNECT_FIRST, _RECONNECT_MOST = 0.05, 2.0  # seconds between attempts to track again, doubling
+
+
+class _Copies(MemoryStore):
+    """A MemoryStore whose entries carry the Redis entry's own deadline and write time.
+
+    So a copy dies when the entry does, and a policy reads the entry's age, not
+    the copy's; every read path is the memory tier's own.
+    """
+
+    def keep(self, key: str, value: Any, blob: bytes, written_at: float) -> None:
+        """Hold ``value``, decoded from ``blob``, until the deadline written in the blob."""
+        deadline = _STAMPS.unpack_from(blob, len(_MAGIC))[0]
+        with self._lock:
+            self._insert(key, _Entry(key, value, deadline, written_at, 1))
 
 
 class ClientSideCache:
@@ -69,7 +82,7 @@ class ClientSideCache:
         reset_in_children(self)
 
     def _start(self) -> None:
-        self._copies = MemoryStore(self._maxsize, clock=self._store._clock)
+        self._copies = _Copies(self._maxsize, clock=self._store._clock)  # the entries' clock: wall time
         self._lock = threading.Lock()
         self._tracking = False  # whether Redis tells us of every change right now
         # Bumped whenever copies may have missed a change (tracking lost or regained, a flush):
@@ -95,54 +108,50 @@ class ClientSideCache:
 
     # -- reads -----------------------------------------------------------------------
     def lookup(self, type_: Any, query: Mapping[str, Any]) -> Any:
-        found = self._copies.lookup(type_, query)
-        if found is MISSING:
-            found = self._read([key_for(type_, query)], type_)[0]
-            if found is MISSING:
-                return MISSING
-        return found[0]
+        value = self._copies.lookup(type_, query)
+        if value is MISSING:
+            entry = self._read_one(type_, query)
+            return MISSING if entry is MISSING else entry[0]
+        return value
 
     def lookup_entry(self, type_: Any, query: Mapping[str, Any]) -> Any:
-        found = self._copies.lookup(type_, query)
-        if found is MISSING:
-            found = self._read([key_for(type_, query)], type_)[0]
-            if found is MISSING:
-                return MISSING
-        return found[0], max(0.0, self._store._clock() - found[1])
+        entry = self._copies.lookup_entry(type_, query)
+        return self._read_one(type_, query) if entry is MISSING else entry
 
     def lookup_fresh(self, type_: Any, query: Mapping[str, Any], max_age: float) -> Any:
+        value = self._copies.lookup_fresh(type_, query, max_age)
+        if value is not MISSING:
+            return value
+        # No copy, or one too old: then Redis holds that same entry (a change would have dropped it).
         entry = self.lookup_entry(type_, query)
-        if entry is MISSING or entry[1] >= max_age:
-            return MISSING
-        return entry[0]
+        return MISSING if entry is MISSING or entry[1] >= max_age else entry[0]
 
     def lookup_many_entries(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
         self._store._check_type(type_)
-        now = self._store._clock()
-        # A copy is ((value, written_at), age of the copy): the entry's own age is what counts.
-        found = [MISSING if c is MISSING else (c[0][0], max(0.0, now - c[0][1]))
-                 for c in self._copies.lookup_many_entries(type_, queries)]  # fmt: skip
+        found = self._copies.lookup_many_entries(type_, queries)
         missed = [index for index, entry in enumerate(found) if entry is MISSING]
         if missed:
             read = self._read([key_for(type_, queries[index]) for index in missed], type_)
-            now = self._store._clock()
             for index, entry in zip(missed, read, strict=True):
-                if entry is not MISSING:
-                    found[index] = (entry[0], max(0.0, now - entry[1]))
+                found[index] = entry
         return found
 
+    def _read_one(self, type_: Any, query: Mapping[str, Any]) -> Any:
+        return self._read([key_for(type_, query)], type_)[0]
+
     def _read(self, keys: Sequence[str], type_: Any) -> list[Any]:
-        """``(value, written_at)`` (or MISSING) under ``keys`` from Redis, kept as copies if still current."""
+        """``(value, age)`` (or MISSING) under ``keys`` from Redis, kept as copies if still current."""
         store = self._store
         with self._lock:
             epoch = self._epoch if self._tracking else None
             for key in keys:
                 self._reading[key] = self._reading.get(key, 0) + 1
-        found: list[Any] = []
+        decoded: list[Any] = []  # (value, written_at) or MISSING
         try:
             blobs = [store._fetch(keys[0])] if len(keys) == 1 else store._fetch_many(keys)
             now = store._clock()
-            found = [store._codec.read(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
+            read = store._codec.read
+            decoded = [read(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
         finally:
             # Under the lock, so that no invalidation falls between these checks and the copy.
             with self._lock:
@@ -150,11 +159,11 @@ class ClientSideCache:
                 unchanged = [key not in self._spoiled for key in keys]
                 for key in keys:
                     self._done_reading(key)
-                if current and found:
-                    for key, blob, entry, keep in zip(keys, blobs, found, unchanged, strict=True):
+                if current and decoded:
+                    for key, blob, entry, keep in zip(keys, blobs, decoded, unchanged, strict=True):
                         if keep and entry is not MISSING:
-                            self._keep(key, blob, entry, type_, now)
-        return found
+                            self._copies.keep(key, entry[0], blob, entry[1])
+        return [MISSING if e is MISSING else (e[0], max(0.0, now - e[1])) for e in decoded]
 
     def _done_reading(self, key: str) -> None:
         # Called with the lock held.
@@ -164,12 +173,6 @@ class ClientSideCache:
         else:
             del self._reading[key]
             self._spoiled.discard(key)
-
-    def _keep(self, key: str, blob: bytes, entry: tuple[Any, float], type_: Any, now: float) -> None:
-        # Called with the lock held. The copy dies at the entry's own deadline.
-        deadline = _STAMPS.unpack_from(blob, len(_MAGIC))[0]
-        seconds = None if deadline == _FOREVER else deadline - now
-        self._copies._save_many([(key, entry)], seconds, type_)
 
     # -- changes -----------------------------------------------------------------------
     def forget(self, keys: Sequence[str]) -> None:

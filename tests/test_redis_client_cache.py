@@ -85,11 +85,26 @@ def put(store: RedisStore, ident: int, name: str) -> None:
     store.store_many(Item, [({"id": ident}, Item(ident, name))])
 
 
+def hold(store: RedisStore, *expected: Item) -> None:
+    """Read ``expected`` until the client cache holds them as its only copies.
+
+    A copy made right after this store's own write is dropped once more when
+    Redis's message about that write arrives: the next read makes it again.
+    """
+    queries = [{"id": item.id} for item in expected]
+
+    def held() -> bool:
+        return store.lookup_many(Item, queries) == list(expected) and len(store.client_cache) == len(expected)
+
+    wait_until(held, timeout=2, what=f"copies of {expected}")
+
+
 def test_a_repeated_hit_is_answered_without_a_command(private_redis: RedisServer) -> None:  # noqa: F811
     store = tracked_store(private_redis.url, "cc")
     pipeline = DataPipeline([store])
     put(store, 1, "one")
     assert pipeline.get(Item, {"id": 1}) == Item(1, "one")
+    hold(store, Item(1, "one"))
     before = gets(private_redis)
     for _ in range(100):
         assert pipeline.get(Item, {"id": 1}) == Item(1, "one")
@@ -100,8 +115,7 @@ def test_a_repeated_hit_is_answered_without_a_command(private_redis: RedisServer
 
 def test_another_process_writing_and_deleting_reaches_the_copy(store: RedisStore, redis_url: str) -> None:
     put(store, 7, "first")
-    assert store.lookup(Item, {"id": 7}) == Item(7, "first")
-    assert len(store.client_cache) == 1
+    hold(store, Item(7, "first"))
     writer = Writer(redis_url, store.namespace)
     try:
         writer("put 7 second")
@@ -127,27 +141,31 @@ def test_batches_use_the_copies_and_read_only_what_they_miss(private_redis: Redi
     store = tracked_store(private_redis.url, "cc")
     for ident in range(4):
         put(store, ident, f"n{ident}")
-    assert store.lookup(Item, {"id": 0}) == Item(0, "n0")
+    hold(store, Item(0, "n0"))
     queries = [{"id": ident} for ident in range(5)]
     first = store.lookup_many_entries(Item, queries)
     assert [e if e is MISSING else e[0] for e in first] == [Item(i, f"n{i}") for i in range(4)] + [MISSING]
     assert all(e is MISSING or 0 <= e[1] < 5 for e in first)
+    hold(store, *[Item(i, f"n{i}") for i in range(4)])
     before = gets(private_redis)
     again = store.lookup_many_entries(Item, queries[:4])
     assert [e[0] for e in again] == [Item(i, f"n{i}") for i in range(4)]
     assert gets(private_redis) == before
+    assert len(store.client_cache) == 4
     store.close()
 
 
 def test_a_copy_dies_at_the_entry_deadline(redis_url: str, redis_namespace: str, fake_clock: Any) -> None:
     store = tracked_store(redis_url, redis_namespace, clock=fake_clock)
     put(store, 1, "short-lived")
-    assert store.lookup(Item, {"id": 1}) == Item(1, "short-lived")
+    hold(store, Item(1, "short-lived"))
     fake_clock.advance(59)
     assert store.lookup_entry(Item, {"id": 1}) == (Item(1, "short-lived"), 59)
     assert store.lookup_fresh(Item, {"id": 1}, max_age=30) is MISSING  # a policy's age counts from the write
     fake_clock.advance(2)  # past the 60 s expiry by the store's clock; Redis still has the key
+    assert len(store.client_cache) == 1
     assert store.lookup(Item, {"id": 1}) is MISSING
+    assert len(store.client_cache) == 0
     store.clear()
     store.close()
 
@@ -167,7 +185,7 @@ def test_the_copies_are_bounded(redis_url: str, redis_namespace: str) -> None:
 def test_a_flush_drops_every_copy(private_redis: RedisServer) -> None:  # noqa: F811
     store = tracked_store(private_redis.url, "cc")
     put(store, 1, "one")
-    assert store.lookup(Item, {"id": 1}) == Item(1, "one")
+    hold(store, Item(1, "one"))
     with redis.Redis(port=private_redis.port) as client:
         client.flushall()
     wait_until(lambda: len(store.client_cache) == 0, timeout=2, what="the flush to drop the copies")
@@ -180,6 +198,7 @@ def test_after_the_server_dies_no_copy_is_served(private_redis: RedisServer) -> 
     pipeline = DataPipeline([store])
     put(store, 1, "before")
     assert pipeline.get(Item, {"id": 1}) == Item(1, "before")
+    hold(store, Item(1, "before"))
     private_redis.kill()
     wait_until(lambda: not store.client_cache.tracking, timeout=2, what="the lost connection to be noticed")
     assert len(store.client_cache) == 0
@@ -189,15 +208,14 @@ def test_after_the_server_dies_no_copy_is_served(private_redis: RedisServer) -> 
     wait_until(lambda: store.client_cache.tracking, timeout=5, what="tracking to resume")
     assert store.lookup(Item, {"id": 1}) is MISSING
     put(store, 1, "after")
-    assert store.lookup(Item, {"id": 1}) == Item(1, "after")
-    assert len(store.client_cache) == 1
+    hold(store, Item(1, "after"))
     store.close()
 
 
 def test_a_server_that_stops_answering_drops_the_copies(private_redis: RedisServer) -> None:  # noqa: F811
     store = tracked_store(private_redis.url, "cc", socket_timeout=0.2)
     put(store, 1, "one")
-    assert store.lookup(Item, {"id": 1}) == Item(1, "one")
+    hold(store, Item(1, "one"))
     assert private_redis.process is not None
     pid = private_redis.process.pid
     os.kill(pid, signal.SIGSTOP)  # the socket stays open; only the heartbeat can tell
@@ -238,14 +256,13 @@ def test_threads_reading_while_another_process_writes_end_on_the_last_write(
         for reader in readers:
             reader.join(10)
     assert errors == []
-    wait_until(lambda: store.lookup(Item, {"id": 1}) == Item(1, "v100"), timeout=2,
-               what="the last write to reach the copies")  # fmt: skip
-    assert store.client_cache.tracking and len(store.client_cache) == 1
+    hold(store, Item(1, "v100"))
+    assert store.client_cache.tracking
 
 
 def test_close_stops_tracking_and_reads_go_to_redis(store: RedisStore) -> None:
     put(store, 1, "one")
-    assert store.lookup(Item, {"id": 1}) == Item(1, "one")
+    hold(store, Item(1, "one"))
     listener = store.client_cache._listener
     store.client_cache.close()
     assert not listener.is_alive() and not store.client_cache.tracking
