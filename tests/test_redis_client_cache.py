@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from test_fork import in_a_child
 from test_resilience_support import RedisServer, private_redis, wait_until  # noqa: F401  (a fixture)
 from test_store_contract import Item
 
@@ -270,3 +271,28 @@ def test_close_stops_tracking_and_reads_go_to_redis(store: RedisStore) -> None:
     assert store.lookup(Item, {"id": 1}) == Item(1, "one")
     assert len(store.client_cache) == 0  # no copy without tracking
 
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() exists on POSIX only")
+def test_a_forked_child_starts_empty_and_tracks_on_a_connection_of_its_own(
+    store: RedisStore, redis_url: str
+) -> None:
+    put(store, 1, "parent")
+    hold(store, Item(1, "parent"))
+
+    def child() -> bool:
+        cache = store.client_cache
+        assert len(cache) == 0  # the parent's copies hear nothing in this process
+        wait_until(lambda: cache.tracking, timeout=5, what="the child to track")
+        hold(store, Item(1, "parent"))
+        other = RedisStore(redis_url, namespace=store.namespace, expirations={Item: 60})
+        put(other, 1, "child")
+        wait_until(lambda: store.lookup(Item, {"id": 1}) == Item(1, "child"), timeout=2,
+                   what="another client's write to reach the child's copies")  # fmt: skip
+        return True
+
+    in_a_child(child)
+    # The parent's tracking connection is untouched by the child, and heard the child's write.
+    assert store.client_cache.tracking
+    wait_until(lambda: store.lookup(Item, {"id": 1}) == Item(1, "child"), timeout=2,
+               what="the child's write to reach the parent's copies")  # fmt: skip
