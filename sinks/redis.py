@@ -95,6 +95,7 @@ class RedisStore(EncodedStore):
         self.client_cache: ClientSideCache | None = None
         if client_side:
             if self._cluster:
+                self.close()
                 raise ConfigurationError(f"{self!r}: client_side=True tracks one server, not a cluster")
             self.client_cache = ClientSideCache(self, client_side_maxsize, heartbeat=socket_timeout)
 
@@ -180,18 +181,23 @@ class RedisStore(EncodedStore):
         """Remove every key in this store's namespace (and nothing else)."""
         pattern = "".join("\\" + c if c in _GLOB_SPECIALS else c for c in self._prefix) + "*"
         batch: list[bytes] = []
-        for key in self.client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= _CLEAR_BATCH:
+        try:
+            for key in self.client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= _CLEAR_BATCH:
+                    self.client.unlink(*batch)
+                    batch.clear()
+            if batch:
                 self.client.unlink(*batch)
-                batch.clear()
-        if batch:
-            self.client.unlink(*batch)
-        if self.client_cache is not None:
-            self.client_cache.forget_all()
+        finally:
+            if self.client_cache is not None:
+                self.client_cache.forget_all()
 
     def close(self) -> None:
-        """Close the connections of a client this store created (a client you passed stays open)."""
+        """Close the connections of a client this store created (a client you passed stays open).
+
+        A client-side cache stops tracking and drops its copies either way.
+        """
         if self.client_cache is not None:
             self.client_cache.close()
         if self._owns_client:

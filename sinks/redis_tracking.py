@@ -90,12 +90,16 @@ class ClientSideCache:
         self._epoch = 0
         self._reading: dict[str, int] = {}  # key -> reads of it under way
         self._spoiled: set[str] = set()  # keys changed while a read of them was under way
+        self.invalidations = 0  # messages Redis pushed on the tracking connection
         self._connection: Any = None
         self._listener = threading.Thread(target=self._listen, name=f"{self._store!r} tracking", daemon=True)
         self._listener.start()
 
     def _after_fork(self) -> None:
         # The child has no listener thread and shares the parent's socket: start over, never touching it.
+        closed, self._closed = self._closed.is_set(), threading.Event()
+        if closed:
+            self._closed.set()
         self._start()
 
     def __len__(self) -> int:
@@ -195,13 +199,15 @@ class ClientSideCache:
     def _on_invalidate(self, message: Sequence[Any]) -> None:
         # ["invalidate", [raw keys]], or ["invalidate", None] when the database was flushed.
         raw_keys = message[1]
-        if raw_keys is None:
-            self.forget_all()
-            return
         start = len(self._prefix)
-        keys = [raw.decode("utf-8", "replace")[start:] for raw in raw_keys]
+        keys = None if raw_keys is None else [raw.decode("utf-8", "replace")[start:] for raw in raw_keys]
         with self._lock:
-            self._spoil(keys)
+            self.invalidations += 1
+            if keys is None:
+                self._epoch += 1
+                self._copies.clear()
+            else:
+                self._spoil(keys)
 
     # -- the tracking connection ---------------------------------------------------------------
     def _listen(self) -> None:
@@ -209,21 +215,21 @@ class ClientSideCache:
         while not self._closed.is_set():
             try:
                 connection = self._track()
-            except redis.ResponseError as error:
-                LOGGER.error("%r keeps no client-side cache, reading from Redis only: %s", self._store, error)
-                return
-            except (redis.RedisError, OSError):
+            except (redis.ConnectionError, redis.TimeoutError, OSError):  # not there yet: try again
                 self._closed.wait(pause)
                 pause = min(2 * pause, _RECONNECT_MOST)
                 continue
+            except Exception as error:  # the server refuses tracking (Redis < 6), or cannot speak RESP3
+                LOGGER.error("%r keeps no client-side cache, reading from Redis only: %s", self._store, error)
+                return
             pause = _RECONNECT_FIRST
             try:
                 self._follow(connection)
-            except (redis.RedisError, OSError) as error:
+            except Exception as error:  # whatever ends the connection ends every copy with it
                 if not self._closed.is_set():
                     LOGGER.warning(
-                        "%r lost its tracking connection (%s): dropped its client-side copies, "
-                        "reading from Redis until it is back", self._store, error,
+                        "%r lost its tracking connection (%s: %s): dropped its client-side copies, "
+                        "reading from Redis until it is back", self._store, type(error).__name__, error,
                     )  # fmt: skip
             finally:
                 self._untrack(connection)

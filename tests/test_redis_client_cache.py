@@ -83,15 +83,19 @@ def gets(server: RedisServer) -> int:
 
 
 def put(store: RedisStore, ident: int, name: str) -> None:
+    """Write Item(ident, name) through ``store``, and wait for Redis's message about it.
+
+    A copy made before that message arrives is dropped by it; after, it stays.
+    """
+    cache = store.client_cache
+    heard = cache.invalidations if cache is not None and cache.tracking else None
     store.store_many(Item, [({"id": ident}, Item(ident, name))])
+    if heard is not None:
+        wait_until(lambda: cache.invalidations > heard, timeout=2, what="Redis's message about the write")
 
 
 def hold(store: RedisStore, *expected: Item) -> None:
-    """Read ``expected`` until the client cache holds them as its only copies.
-
-    A copy made right after this store's own write is dropped once more when
-    Redis's message about that write arrives: the next read makes it again.
-    """
+    """Read ``expected`` until the client cache holds them as its only copies."""
     queries = [{"id": item.id} for item in expected]
 
     def held() -> bool:
@@ -131,8 +135,8 @@ def test_another_process_writing_and_deleting_reaches_the_copy(store: RedisStore
 
 def test_a_write_of_this_store_is_read_back_at_once(store: RedisStore) -> None:
     put(store, 1, "old")
-    assert store.lookup(Item, {"id": 1}) == Item(1, "old")
-    put(store, 1, "new")  # no waiting for the invalidation Redis sends
+    hold(store, Item(1, "old"))
+    store.store_many(Item, [({"id": 1}, Item(1, "new"))])  # no waiting for Redis's message about it
     assert store.lookup(Item, {"id": 1}) == Item(1, "new")
     assert store.delete(Item, {"id": 1})
     assert store.lookup(Item, {"id": 1}) is MISSING
