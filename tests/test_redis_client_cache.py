@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import redis
 from test_fork import in_a_child
+from test_redis_cluster import PrivateCluster, cluster  # noqa: F401  (a fixture)
 from test_resilience_support import RedisServer, private_redis, wait_until  # noqa: F401  (a fixture)
 from test_store_contract import Item
 
-from datapipelines import MISSING, DataPipeline
+from datapipelines import MISSING, ConfigurationError, DataPipeline
 from datapipelines.sinks.redis import RedisStore
 
 TESTS = Path(__file__).resolve().parent
@@ -300,3 +301,8 @@ def test_a_forked_child_starts_empty_and_tracks_on_a_connection_of_its_own(
     assert store.client_cache.tracking
     wait_until(lambda: store.lookup(Item, {"id": 1}) == Item(1, "child"), timeout=2,
                what="the child's write to reach the parent's copies")  # fmt: skip
+
+
+def test_a_cluster_store_refuses_a_client_cache(cluster: PrivateCluster) -> None:  # noqa: F811
+    with pytest.raises(ConfigurationError, match="client_side=True tracks one server, not a cluster"):
+        RedisStore(cluster.url, cluster=True, namespace="cc", client_side=True)
