@@ -11,9 +11,11 @@ An asyncio client belongs to the loop it first ran on, so each event loop gets
 its own, on a :class:`~redis.asyncio.BlockingConnectionPool` (a burst of tasks
 waits for a connection rather than failing); a store used from two loops in
 sequence, or from threads that each run a loop, works. ``aclose()`` closes the
-calling loop's client. The connection settings (address, database, password,
-TLS, timeouts) are the store's own client's; a cluster store gets an async
-cluster client on the same nodes.
+calling loop's client: call it before the loop ends (a client left on an ended
+loop is dropped, unclosed, when another loop first asks for its own). The
+connection settings (address, database, password, TLS, timeouts) are the
+store's own client's; a cluster store gets an async cluster client on the
+same nodes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,7 +89,7 @@ class AsyncRedisBytes:
                     f"connections (pass a client built by redis-py's from_url, or a URL)"
                 )
             self._connection_class = _ASYNC_CONNECTIONS[connection_class]
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._lock = threading.Lock()  # loops in several threads may ask for their client at once
 
     def __repr__(self) -> str:
@@ -99,6 +100,9 @@ class AsyncRedisBytes:
         client = self._clients.get(loop)
         if client is None:
             with self._lock:
+                # A client of a loop that ended without aclose() cannot be closed any more: let it go.
+                for ended in [other for other in self._clients if other.is_closed()]:
+                    del self._clients[ended]
                 client = self._clients.get(loop)
                 if client is None:
                     client = self._clients[loop] = self._connect()

@@ -154,6 +154,7 @@ def test_two_loops_in_sequence_and_two_threads_with_their_own_loops(store: Redis
     expected = items(range(20))
     assert asyncio.run(round_trip(0)) == expected
     assert asyncio.run(round_trip(0)) == expected  # a new loop: the first loop's client is not reused
+    assert len(twins._clients) == 1  # the ended first loop's client was let go
     results: dict[int, Any] = {}
 
     def in_a_thread(offset: int) -> None:
