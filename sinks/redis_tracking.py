@@ -45,6 +45,7 @@ from .serializers import _MAGIC, _STAMPS
 LOGGER = logging.getLogger(__name__)
 
 _RECONNECT_FIRST, _RECONNECT_MOST = 0.05, 2.0  # seconds between attempts to track again, doubling
+_HEARTBEAT = 2.0  # seconds, for a store whose reads have no socket timeout
 
 
 class _Copies(MemoryStore):
@@ -64,19 +65,19 @@ class _Copies(MemoryStore):
 class ClientSideCache:
     """Decoded copies of what ``store`` read, at most ``maxsize``, kept while Redis tracks them.
 
-    ``heartbeat`` (seconds) is how long the tracking connection may stay silent
-    before it is pinged; a ping unanswered for as long again counts as a lost
-    connection. Safe to share between threads; a forked child starts empty and
+    ``heartbeat`` (seconds; None: 2) is how long the tracking connection may stay
+    silent before it is pinged; a ping unanswered for as long again counts as a
+    lost connection. Safe to share between threads; a forked child starts empty and
     tracks on its own connection.
     """
 
-    def __init__(self, store: Any, maxsize: int, heartbeat: float) -> None:
+    def __init__(self, store: Any, maxsize: int, heartbeat: float | None) -> None:
         if maxsize <= 0:
             raise ValueError(f"client_side_maxsize must be positive, got {maxsize!r}")
         self._store = store
         self._prefix = store.namespace + ":"
         self._maxsize = maxsize
-        self._heartbeat = heartbeat
+        self._heartbeat = _HEARTBEAT if heartbeat is None else heartbeat
         self._closed = threading.Event()
         self._start()
         reset_in_children(self)
