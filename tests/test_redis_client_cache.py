@@ -266,6 +266,35 @@ def test_threads_reading_while_another_process_writes_end_on_the_last_write(
     assert store.client_cache.tracking
 
 
+def test_a_read_that_a_change_overtakes_keeps_no_copy(
+    store: RedisStore, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(store, 1, "old")
+    fetched, release = threading.Event(), threading.Event()
+    fetch = store._fetch
+
+    def slow_fetch(key: str) -> Any:
+        blob = fetch(key)  # the old bytes, read before the change below
+        fetched.set()
+        assert release.wait(5)
+        return blob
+
+    monkeypatch.setattr(store, "_fetch", slow_fetch)
+    found: list[Any] = []
+    reader = threading.Thread(target=lambda: found.append(store.lookup(Item, {"id": 1})))
+    reader.start()
+    assert fetched.wait(5)
+    heard = store.client_cache.invalidations
+    put(RedisStore(redis_url, namespace=store.namespace, expirations={Item: 60}), 1, "new")
+    wait_until(lambda: store.client_cache.invalidations > heard, timeout=2, what="the change's message")
+    release.set()
+    reader.join(5)
+    assert found == [Item(1, "old")]  # what Redis held when it was read
+    assert len(store.client_cache) == 0  # but not kept: the change's message came first
+    monkeypatch.undo()
+    assert store.lookup(Item, {"id": 1}) == Item(1, "new")
+
+
 def test_close_stops_tracking_and_reads_go_to_redis(store: RedisStore) -> None:
     put(store, 1, "one")
     hold(store, Item(1, "one"))
