@@ -14,6 +14,7 @@ from redis.cluster import RedisCluster
 from datapipelines.errors import ConfigurationError
 
 from .encoded import EncodedStore
+from .redis_tracking import ClientSideCache
 from .serializers import Serializer
 
 _CLEAR_BATCH = 500
@@ -46,6 +47,10 @@ class RedisStore(EncodedStore):
     never returned. Batches are one round trip: ``MGET`` to read, a pipeline of
     ``SET ... PX`` to write. Values go through ``serializer`` (default JSON, or
     HMAC-signed pickle when ``secret`` or env ``DATAPIPELINES_SECRET`` is set).
+
+    ``client_side=True`` keeps up to ``client_side_maxsize`` decoded values in
+    this process while Redis tracks them (see :mod:`.redis_tracking`): a repeated
+    hit costs a memory hit, and another client's change drops the copy.
     """
 
     def __init__(
@@ -63,6 +68,8 @@ class RedisStore(EncodedStore):
         socket_timeout: float = 2.0,
         socket_connect_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
+        client_side: bool = False,
+        client_side_maxsize: int = 10_000,
         **client_options: Any,
     ) -> None:
         super().__init__(
@@ -85,6 +92,12 @@ class RedisStore(EncodedStore):
             )
         self._cluster = isinstance(client, RedisCluster)
         self._mget = client.mget_nonatomic if self._cluster else client.mget
+        self.client_cache: ClientSideCache | None = None
+        if client_side:
+            if self._cluster:
+                self.close()
+                raise ConfigurationError(f"{self!r}: client_side=True tracks one server, not a cluster")
+            self.client_cache = ClientSideCache(self, client_side_maxsize, heartbeat=socket_timeout)
 
     @staticmethod
     def _connect(url: str, cluster: bool, timeout: float, connect_timeout: float, options: dict) -> Any:
@@ -97,6 +110,27 @@ class RedisStore(EncodedStore):
     def __repr__(self) -> str:
         where = self.url if self.url is not None else type(getattr(self, "client", None)).__name__
         return f"RedisStore({where!r}, namespace={self.namespace!r})"
+
+    # -- reads through the client-side cache, when there is one ------------------------------
+    def lookup(self, type_: Any, query: Mapping[str, Any]) -> Any:
+        cache = self.client_cache
+        return super().lookup(type_, query) if cache is None else cache.lookup(type_, query)
+
+    def lookup_entry(self, type_: Any, query: Mapping[str, Any]) -> Any:
+        cache = self.client_cache
+        return super().lookup_entry(type_, query) if cache is None else cache.lookup_entry(type_, query)
+
+    def lookup_fresh(self, type_: Any, query: Mapping[str, Any], max_age: float) -> Any:
+        cache = self.client_cache
+        if cache is None:
+            return super().lookup_fresh(type_, query, max_age)
+        return cache.lookup_fresh(type_, query, max_age)
+
+    def lookup_many_entries(self, type_: Any, queries: Sequence[Mapping[str, Any]]) -> list[Any]:
+        cache = self.client_cache
+        if cache is None:
+            return super().lookup_many_entries(type_, queries)
+        return cache.lookup_many_entries(type_, queries)
 
     def _drop(self, key: str) -> None:
         self.client.unlink(self._prefix + key)
@@ -121,33 +155,51 @@ class RedisStore(EncodedStore):
         prefix, encode = self._prefix, self._codec.encode
         # Serialize everything first: a value that cannot be stored fails the call before any write.
         blobs = [(prefix + key, encode(value, type_, key, now, seconds)) for key, value in entries]
-        if len(blobs) == 1:
-            self.client.set(blobs[0][0], blobs[0][1], px=px)
-            return
-        pipe = self.client.pipeline() if self._cluster else self.client.pipeline(transaction=False)
-        for key, blob in blobs:
-            pipe.set(key, blob, px=px)
-        pipe.execute()
+        try:
+            if len(blobs) == 1:
+                self.client.set(blobs[0][0], blobs[0][1], px=px)
+                return
+            pipe = self.client.pipeline() if self._cluster else self.client.pipeline(transaction=False)
+            for key, blob in blobs:
+                pipe.set(key, blob, px=px)
+            pipe.execute()
+        finally:
+            # After the write, so that no read under way keeps what was there before.
+            if self.client_cache is not None:
+                self.client_cache.forget([key for key, _ in entries])
 
     def _delete_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        return int(self.client.unlink(*[self._prefix + key for key in keys]))
+        try:
+            return int(self.client.unlink(*[self._prefix + key for key in keys]))
+        finally:
+            if self.client_cache is not None:
+                self.client_cache.forget(keys)
 
     def clear(self) -> None:
         """Remove every key in this store's namespace (and nothing else)."""
         pattern = "".join("\\" + c if c in _GLOB_SPECIALS else c for c in self._prefix) + "*"
         batch: list[bytes] = []
-        for key in self.client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= _CLEAR_BATCH:
+        try:
+            for key in self.client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= _CLEAR_BATCH:
+                    self.client.unlink(*batch)
+                    batch.clear()
+            if batch:
                 self.client.unlink(*batch)
-                batch.clear()
-        if batch:
-            self.client.unlink(*batch)
+        finally:
+            if self.client_cache is not None:
+                self.client_cache.forget_all()
 
     def close(self) -> None:
-        """Close the connections of a client this store created (a client you passed stays open)."""
+        """Close the connections of a client this store created (a client you passed stays open).
+
+        A client-side cache stops tracking and drops its copies either way.
+        """
+        if self.client_cache is not None:
+            self.client_cache.close()
         if self._owns_client:
             if self._cluster:
                 # RedisCluster.close() leaves the nodes' sockets open: disconnect their pools first.
