@@ -17,8 +17,8 @@ from .encoded import EncodedStore
 from .serializers import Serializer
 
 _CLEAR_BATCH = 500
-# What _fetch hands the codec for a key of another Redis type: not bytes, so a bad entry.
-_OTHER_TYPE = "<a key of another Redis type>"
+# What fetch answers for a key of another Redis type: bytes no entry starts with, so a damaged one.
+_OTHER_TYPE = b"<a key of another Redis type>"
 _GLOB_SPECIALS = "\\*?[]"
 
 
@@ -98,38 +98,34 @@ class RedisStore(EncodedStore):
         where = self.url if self.url is not None else type(getattr(self, "client", None)).__name__
         return f"RedisStore({where!r}, namespace={self.namespace!r})"
 
-    def _drop(self, key: str) -> None:
-        self.client.unlink(self._prefix + key)
-
-    def _fetch(self, key: str) -> Any:
+    # -- the five byte-level methods ----------------------------------------------------------------
+    def fetch(self, key: str) -> bytes | None:
         try:
-            return self.client.get(self._prefix + key)
+            return self.client.get(self._prefix + key)  # type: ignore[no-any-return]
         except redis.ResponseError as error:
             if not str(error).startswith("WRONGTYPE"):
                 raise
-            # A hash, list, ... under our namespace: a bad entry (dropped, a miss), not a failing tier.
+            # A hash, list, ... under our namespace: a damaged entry (dropped, a miss), not a failing tier.
             return _OTHER_TYPE
 
-    def _fetch_many(self, keys: Sequence[str]) -> list[Any]:
+    def fetch_many(self, keys: Sequence[str]) -> list[bytes | None]:
         prefix = self._prefix
         return self._mget([prefix + key for key in keys])  # type: ignore[no-any-return]
 
-    def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
-        now = self._clock()
+    def save_many(self, entries: Sequence[tuple[str, bytes]], seconds: float | None) -> None:
         # PX takes whole milliseconds; round up so a short expiry never becomes "now".
         px = None if seconds is None else max(1, math.ceil(seconds * 1000))
-        prefix, encode = self._prefix, self._codec.encode
-        # Serialize everything first: a value that cannot be stored fails the call before any write.
-        blobs = [(prefix + key, encode(value, type_, key, now, seconds)) for key, value in entries]
-        if len(blobs) == 1:
-            self.client.set(blobs[0][0], blobs[0][1], px=px)
+        prefix = self._prefix
+        if len(entries) == 1:
+            key, blob = entries[0]
+            self.client.set(prefix + key, blob, px=px)
             return
         pipe = self.client.pipeline() if self._cluster else self.client.pipeline(transaction=False)
-        for key, blob in blobs:
-            pipe.set(key, blob, px=px)
+        for key, blob in entries:
+            pipe.set(prefix + key, blob, px=px)
         pipe.execute()
 
-    def _delete_many(self, keys: Sequence[str]) -> int:
+    def delete_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
         return int(self.client.unlink(*[self._prefix + key for key in keys]))
