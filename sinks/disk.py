@@ -85,8 +85,8 @@ class DiskStore(EncodedStore):
     """A directory of serialized values, safe for several processes and threads at once.
 
     Values go through ``serializer`` (see :mod:`datapipelines.sinks.serializers`;
-    the default is JSON, or HMAC-signed pickle when ``secret`` or env
-    ``DATAPIPELINES_SECRET`` is set). ``size_limit`` bounds the directory in bytes;
+    the default is MessagePack into the requested type, or HMAC-signed pickle when
+    ``secret`` or env ``DATAPIPELINES_SECRET`` is set). ``size_limit`` bounds the directory in bytes;
     diskcache evicts the least recently stored entries beyond it. Expired entries
     are never returned: each carries its deadline, checked against ``clock``
     (wall-clock seconds, injectable for tests), and diskcache's own expiry evicts them.

@@ -44,8 +44,9 @@ class RedisStore(EncodedStore):
     Each value is written with its TTL in the same command (``SET ... PX``) and
     also carries its deadline, checked against ``clock``, so an expired entry is
     never returned. Batches are one round trip: ``MGET`` to read, a pipeline of
-    ``SET ... PX`` to write. Values go through ``serializer`` (default JSON, or
-    HMAC-signed pickle when ``secret`` or env ``DATAPIPELINES_SECRET`` is set).
+    ``SET ... PX`` to write. Values go through ``serializer`` (default MessagePack into
+    the requested type, or HMAC-signed pickle when ``secret`` or env ``DATAPIPELINES_SECRET``
+    is set).
     """
 
     def __init__(
