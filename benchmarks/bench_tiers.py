@@ -1,9 +1,13 @@
 """Hit latency of each built-in tier through a pipeline, beside the raw library underneath.
 
 1. Memory: ``pipeline.get`` hit vs a raw ``cachetools.LRUCache`` lookup (goal <= 4x, under 1 µs).
-2. Disk: hit vs raw ``diskcache.Cache.get`` plus the same JSON decode (goal <= 1.2x).
+2. Disk: hit vs raw ``diskcache.Cache.get`` plus the same decode (goal <= 1.2x).
 3. Redis: hit vs raw redis-py ``GET`` plus the same decode (goal <= 1.15x).
 4. Redis batch: ``get_batch`` of 100 vs one raw ``MGET`` of the same keys plus decode, per key (<= 1.5x).
+5. Serializers: one entry read through each option side by side (the envelope
+   included where a serializer has one), as a ratio to plain ``pickle.loads``:
+   the JSON tag walk, msgspec JSON and MessagePack decoding into the dataclass,
+   HMAC-signed pickle. "The same decode" above is the store's default serializer.
 
 Raw and pipeline alternate (in bursts for memory, call by call otherwise) so a
 shared machine's load hits both alike; medians. The raw Redis calls use the store's own
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import pickle
 import statistics
 import sys
 import tempfile
@@ -28,13 +33,14 @@ from typing import Any
 
 import cachetools
 import diskcache
+import msgspec
 import redis
 
 from datapipelines import DataPipeline, key_for
 from datapipelines.sinks.disk import DiskStore
 from datapipelines.sinks.memory import MemoryStore
 from datapipelines.sinks.redis import RedisStore
-from datapipelines.sinks.serializers import JsonSerializer
+from datapipelines.sinks.serializers import Codec, JsonSerializer, MsgpackSerializer, SignedPickleSerializer
 
 CHART = Path(__file__).with_name("bench_tiers.png")
 BATCH = 100
@@ -125,8 +131,9 @@ def memory_cases() -> list[Case]:
 
 
 def disk_case(directory: str) -> Case:
-    serializer = JsonSerializer()
-    pipeline = DataPipeline([DiskStore(os.path.join(directory, "store"))])
+    store = DiskStore(os.path.join(directory, "store"))
+    serializer = store.serializer  # the default, so only our layer differs
+    pipeline = DataPipeline([store])
     pipeline.put(Match, VALUE, query=QUERY)
     raw = diskcache.Cache(os.path.join(directory, "raw"))
     key = key_for(Match, QUERY)
@@ -136,8 +143,8 @@ def disk_case(directory: str) -> Case:
 
 
 def redis_cases(url: str, namespace: str) -> list[Case]:
-    serializer = JsonSerializer()
     store = RedisStore(url, namespace=namespace)
+    serializer = store.serializer
     pipeline = DataPipeline([store])
     pipeline.put(Match, VALUE, query=QUERY)
     pipeline.put_many(Match, [VALUE] * BATCH, queries=BATCH_QUERIES)
@@ -153,6 +160,44 @@ def redis_cases(url: str, namespace: str) -> list[Case]:
              lambda: [serializer.loads(b, Match) for b in client.mget(raw_keys)], BATCH, 1.5,
              "MGET + decode"),
     ]
+
+
+def serializer_options() -> dict[str, Callable[[], Any]]:
+    """Reading VALUE back through each serializer option; the first is the reference."""
+    key = key_for(Match, QUERY)
+    pickled = pickle.dumps(VALUE, protocol=pickle.HIGHEST_PROTOCOL)
+    as_json, as_msgpack = msgspec.json.encode(VALUE), msgspec.msgpack.encode(VALUE)
+    json_into, msgpack_into = msgspec.json.Decoder(Match).decode, msgspec.msgpack.Decoder(Match).decode
+    options: dict[str, Callable[[], Any]] = {
+        "pickle.loads (unsafe)": lambda: pickle.loads(pickled),
+        "msgspec JSON into Match": lambda: json_into(as_json),
+        "msgspec msgpack into Match": lambda: msgpack_into(as_msgpack),
+    }
+    for name, serializer in [
+        ("entry: JSON tag walk", JsonSerializer()),
+        ("entry: MessagePack (default)", MsgpackSerializer()),
+        ("entry: signed pickle", SignedPickleSerializer("a secret")),
+    ]:
+        codec = Codec(serializer)
+        entry = codec.encode(VALUE, Match, key, time.time(), None)
+        options[name] = lambda codec=codec, entry=entry: codec.decode(entry, Match, key, 0.0)[0]
+    return options
+
+
+def compare_serializers(runs: int) -> None:
+    """Median µs per read of each option, bursts interleaved, and the ratio to the first."""
+    options = serializer_options()
+    assert all(read() == VALUE for read in options.values())
+    calls = calibrate(next(iter(options.values())), budget=0.01)
+    samples: dict[str, list[float]] = {name: [] for name in options}
+    for _ in range(runs * 4):
+        for name, read in options.items():
+            samples[name].append(per_operation(read, calls, 1))
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    reference = next(iter(medians.values()))
+    print(f"\n{'reading one Match':<30}{'median':>13}  vs pickle.loads")
+    for name, seconds in medians.items():
+        print(f"{name:<30}{micros(seconds):>13}  {seconds / reference:6.2f}x")
 
 
 def redis_url() -> str | None:
@@ -221,6 +266,7 @@ def main() -> int:
             if url is not None:
                 RedisStore(url, namespace=namespace).clear()
     report(rows, args.runs)
+    compare_serializers(args.runs)
     chart(rows)
     return 0
 

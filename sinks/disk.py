@@ -54,7 +54,8 @@ def _named_errors(method: F) -> F:
 
     @functools.wraps(method)
     def guarded(self: DiskStore, *args: Any) -> Any:
-        self._check_directory()
+        if self._lost is not None or time.monotonic() >= self._next_check:
+            self._check_directory()  # tested here, not called, on the hit path: a call per hit costs
         try:
             return method(self, *args)
         except _DATABASE_ERRORS as error:
@@ -65,22 +66,27 @@ def _named_errors(method: F) -> F:
 
 
 class _BytesOnlyDisk(diskcache.Disk):
-    """diskcache's Disk that never unpickles: a pickled value in the directory reads as garbage."""
+    """diskcache's Disk that only ever returns bytes, and never unpickles.
+
+    A value another program stored as something else (a pickle, text, a number)
+    reads as bytes no entry starts with: a damaged entry, never an unpickling.
+    """
 
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
         if mode == _MODE_RAW and value.__class__ is bytes:
             return value  # the common case, answered without a second call
         if mode == _MODE_PICKLE:
-            return "<a pickle, left unread>"
-        return super().fetch(mode, filename, value, read)
+            return b"<a pickle, left unread>"
+        found = super().fetch(mode, filename, value, read)
+        return found if found.__class__ is bytes else f"<{type(found).__name__}, not bytes>".encode()
 
 
 class DiskStore(EncodedStore):
     """A directory of serialized values, safe for several processes and threads at once.
 
     Values go through ``serializer`` (see :mod:`datapipelines.sinks.serializers`;
-    the default is JSON, or HMAC-signed pickle when ``secret`` or env
-    ``DATAPIPELINES_SECRET`` is set). ``size_limit`` bounds the directory in bytes;
+    the default is MessagePack into the requested type, or HMAC-signed pickle when
+    ``secret`` or env ``DATAPIPELINES_SECRET`` is set). ``size_limit`` bounds the directory in bytes;
     diskcache evicts the least recently stored entries beyond it. Expired entries
     are never returned: each carries its deadline, checked against ``clock``
     (wall-clock seconds, injectable for tests), and diskcache's own expiry evicts them.
@@ -181,35 +187,26 @@ class DiskStore(EncodedStore):
             LOGGER.warning("%r found its database removed or replaced; reopened it", self)
         stale.close()
 
+    # -- the five byte-level methods ----------------------------------------------------------------
     @_named_errors
-    def _drop(self, key: str) -> None:
-        self._cache.delete(key)
+    def fetch(self, key: str) -> bytes | None:
+        return self._cache.get(key)  # type: ignore[no-any-return]
 
     @_named_errors
-    def _fetch(self, key: str) -> Any:
-        return self._cache.get(key)
-
-    @_named_errors
-    def _fetch_many(self, keys: Sequence[str]) -> list[Any]:
+    def fetch_many(self, keys: Sequence[str]) -> list[bytes | None]:
         cache = self._cache
         with cache.transact():
             return [cache.get(key) for key in keys]
 
-    def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
-        now = self._clock()
-        # Serialize everything first: a value that cannot be stored fails the call before any write.
-        blobs = [(key, self._codec.encode(value, type_, key, now, seconds)) for key, value in entries]
-        self._write(blobs, seconds)
-
     @_named_errors
-    def _write(self, blobs: Sequence[tuple[str, bytes]], seconds: float | None) -> None:
+    def save_many(self, entries: Sequence[tuple[str, bytes]], seconds: float | None) -> None:
         cache = self._cache
         with cache.transact():
-            for key, blob in blobs:
+            for key, blob in entries:
                 cache.set(key, blob, expire=seconds)
 
     @_named_errors
-    def _delete_many(self, keys: Sequence[str]) -> int:
+    def delete_many(self, keys: Sequence[str]) -> int:
         cache = self._cache
         with cache.transact():
             return sum(cache.delete(key) for key in keys)

@@ -18,8 +18,8 @@ from .redis_tracking import ClientSideCache
 from .serializers import Serializer
 
 _CLEAR_BATCH = 500
-# What _fetch hands the codec for a key of another Redis type: not bytes, so a bad entry.
-_OTHER_TYPE = "<a key of another Redis type>"
+# What fetch answers for a key of another Redis type: bytes no entry starts with, so a damaged one.
+_OTHER_TYPE = b"<a key of another Redis type>"
 _GLOB_SPECIALS = "\\*?[]"
 
 
@@ -45,8 +45,9 @@ class RedisStore(EncodedStore):
     Each value is written with its TTL in the same command (``SET ... PX``) and
     also carries its deadline, checked against ``clock``, so an expired entry is
     never returned. Batches are one round trip: ``MGET`` to read, a pipeline of
-    ``SET ... PX`` to write. Values go through ``serializer`` (default JSON, or
-    HMAC-signed pickle when ``secret`` or env ``DATAPIPELINES_SECRET`` is set).
+    ``SET ... PX`` to write. Values go through ``serializer`` (default MessagePack into
+    the requested type, or HMAC-signed pickle when ``secret`` or env ``DATAPIPELINES_SECRET``
+    is set).
 
     ``client_side=True`` keeps up to ``client_side_maxsize`` decoded values in
     this process while Redis tracks them (see :mod:`.redis_tracking`): a repeated
@@ -132,43 +133,39 @@ class RedisStore(EncodedStore):
             return super().lookup_many_entries(type_, queries)
         return cache.lookup_many_entries(type_, queries)
 
-    def _drop(self, key: str) -> None:
-        self.client.unlink(self._prefix + key)
-
-    def _fetch(self, key: str) -> Any:
+    # -- the five byte-level methods ----------------------------------------------------------------
+    def fetch(self, key: str) -> bytes | None:
         try:
-            return self.client.get(self._prefix + key)
+            return self.client.get(self._prefix + key)  # type: ignore[no-any-return]
         except redis.ResponseError as error:
             if not str(error).startswith("WRONGTYPE"):
                 raise
-            # A hash, list, ... under our namespace: a bad entry (dropped, a miss), not a failing tier.
+            # A hash, list, ... under our namespace: a damaged entry (dropped, a miss), not a failing tier.
             return _OTHER_TYPE
 
-    def _fetch_many(self, keys: Sequence[str]) -> list[Any]:
+    def fetch_many(self, keys: Sequence[str]) -> list[bytes | None]:
         prefix = self._prefix
         return self._mget([prefix + key for key in keys])  # type: ignore[no-any-return]
 
-    def _save_many(self, entries: Sequence[tuple[str, Any]], seconds: float | None, type_: Any) -> None:
-        now = self._clock()
+    def save_many(self, entries: Sequence[tuple[str, bytes]], seconds: float | None) -> None:
         # PX takes whole milliseconds; round up so a short expiry never becomes "now".
         px = None if seconds is None else max(1, math.ceil(seconds * 1000))
-        prefix, encode = self._prefix, self._codec.encode
-        # Serialize everything first: a value that cannot be stored fails the call before any write.
-        blobs = [(prefix + key, encode(value, type_, key, now, seconds)) for key, value in entries]
+        prefix = self._prefix
         try:
-            if len(blobs) == 1:
-                self.client.set(blobs[0][0], blobs[0][1], px=px)
+            if len(entries) == 1:
+                key, blob = entries[0]
+                self.client.set(prefix + key, blob, px=px)
                 return
             pipe = self.client.pipeline() if self._cluster else self.client.pipeline(transaction=False)
-            for key, blob in blobs:
-                pipe.set(key, blob, px=px)
+            for key, blob in entries:
+                pipe.set(prefix + key, blob, px=px)
             pipe.execute()
         finally:
             # After the write, so that no read under way keeps what was there before.
             if self.client_cache is not None:
                 self.client_cache.forget([key for key, _ in entries])
 
-    def _delete_many(self, keys: Sequence[str]) -> int:
+    def delete_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
         try:

@@ -59,7 +59,7 @@ class _Copies(MemoryStore):
         """Hold ``value``, decoded from ``blob``, until the deadline written in the blob."""
         deadline = _STAMPS.unpack_from(blob, len(_MAGIC))[0]
         with self._lock:
-            self._insert(key, _Entry(key, value, deadline, written_at, 1))
+            self._insert(key, _Entry(value, deadline, written_at))
 
 
 class ClientSideCache:
@@ -153,10 +153,9 @@ class ClientSideCache:
                 self._reading[key] = self._reading.get(key, 0) + 1
         decoded: list[Any] = []  # (value, written_at) or MISSING
         try:
-            blobs = [store._fetch(keys[0])] if len(keys) == 1 else store._fetch_many(keys)
+            blobs = [store.fetch(keys[0])] if len(keys) == 1 else store.fetch_many(keys)
             now = store._clock()
-            read = store._codec.read
-            decoded = [read(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
+            decoded = [store._decoded(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
         finally:
             # Under the lock, so that no invalidation falls between these checks and the copy.
             with self._lock:

@@ -11,8 +11,10 @@ a wrong object. A signing serializer authenticates that frame with the value.
 
 Choosing (:func:`make_serializer`): with a secret (argument or env
 ``DATAPIPELINES_SECRET``) the default is pickle signed with HMAC-SHA256, and JSON
-asked for by name is signed too; without one it is JSON, which covers plain data
-and dataclasses. Unsigned pickle is used only when asked for by name.
+or MessagePack asked for by name is signed too; without one it is MessagePack
+decoded straight into the requested type (msgspec), which covers plain data and
+dataclasses, or JSON where msgspec is not installed. Unsigned pickle is used only
+when asked for by name.
 """
 
 from __future__ import annotations
@@ -24,21 +26,24 @@ import decimal
 import hashlib
 import hmac
 import json
-import logging
 import os
 import pickle
 import struct
 import typing
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from datapipelines.errors import ConfigurationError, DataPipelinesError, type_name
 from datapipelines.keys import schema_version, type_name_of
 from datapipelines.store import MISSING
 
-LOGGER = logging.getLogger(__name__)
+try:  # a core dependency on CPython; elsewhere the default falls back to JSON
+    import msgspec
+except ImportError:  # pragma: no cover - exercised only where no wheel exists
+    msgspec = None  # type: ignore[assignment]
+
 
 SECRET_ENV = "DATAPIPELINES_SECRET"
 
@@ -77,6 +82,13 @@ class Serializer(ABC):
     def loads_entry(self, data: bytes, type_: Any, frame: bytes) -> Any:
         """The value in ``data``, read after ``frame``; SerializationError if it cannot be trusted."""
         return self.loads(data, type_)
+
+    def reader_of(self, name: str) -> Serializer | None:
+        """The serializer that reads entries another serializer called ``name`` wrote, if this one can.
+
+        Lets a new default read what the previous default left behind instead of missing it.
+        """
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -225,6 +237,79 @@ def _check_holds(value: Any, type_: Any) -> None:
         raise SerializationError(f"entry holds a {held}, not a {type_name(type_)}")
 
 
+# -- MessagePack -------------------------------------------------------------------------------------
+
+# Never the first byte of a MessagePack value: marks a payload kept in the JSON form instead.
+_JSON_FORM = b"\xc1"
+_NOT_TYPED = object()
+
+
+class MsgpackSerializer(Serializer):
+    """MessagePack decoded straight into the requested type by msgspec; the default without a secret.
+
+    A value is written as MessagePack when msgspec decodes it, as the requested
+    type, back to an equal value (a dataclass whose fields are what their
+    annotations say, plain data of JSON's kinds); anything else (a tuple in a
+    field annotated ``list``, a set in a dict, a dataclass without ``__eq__``) is
+    written in :class:`JsonSerializer`'s form, so every value reads back as it
+    was written. Reading builds only the requested type and the types its
+    annotations name, as JSON does; it also reads entries the JSON serializer
+    wrote, the default before this one.
+    """
+
+    name = "msgpack"
+
+    def __init__(self) -> None:
+        if msgspec is None:
+            raise ConfigurationError("serializer='msgpack' needs msgspec: pip install msgspec")
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decoders: dict[Any, Any] = {}
+        self._json = JsonSerializer()
+
+    def _decoder(self, type_: Any) -> Any:
+        """msgspec's decoder into ``type_``, or _NOT_TYPED when msgspec cannot decode into it."""
+        decoder = self._decoders.get(type_)
+        if decoder is None:
+            try:
+                decoder = msgspec.msgpack.Decoder(type_).decode
+            except Exception:  # an unsupported or unresolvable type: msgspec raises TypeError, NameError...
+                decoder = _NOT_TYPED
+            self._decoders[type_] = decoder
+        return decoder
+
+    def dumps(self, value: Any, type_: Any) -> bytes:
+        _check_holds(value, type_)
+        decode = self._decoder(type_)
+        if decode is not _NOT_TYPED:
+            try:
+                data: bytes = self._encode(value)
+                if decode(data) == value:
+                    return data
+            except Exception:  # not encodable as MessagePack, or not readable back as type_
+                pass
+        try:
+            return _JSON_FORM + self._json.dumps(value, type_)
+        except SerializationError as error:
+            raise SerializationError(
+                f"The MessagePack serializer cannot store this {type_name(type_)}: {error.__cause__}. "
+                f"Store plain data or dataclasses, or use serializer='signed-pickle' with a secret"
+            ) from error
+
+    def loads(self, data: bytes, type_: Any) -> Any:
+        if data[:1] == _JSON_FORM:
+            return self._json.loads(data[1:], type_)
+        decode = self._decoders.get(type_) or self._decoder(type_)
+        if decode is _NOT_TYPED:
+            raise SerializationError(f"entry holds MessagePack, which cannot be read as a {type_name(type_)}")
+        try:
+            return decode(data)
+        except Exception as error:  # msgspec's DecodeError, ValidationError, what __post_init__ raises
+            raise SerializationError(f"not a MessagePack {type_name(type_)}: {error!r:.200}") from error
+
+    def reader_of(self, name: str) -> Serializer | None:
+        return self._json if name == JsonSerializer.name else None
+
+
 # -- pickle -----------------------------------------------------------------------------------------
 
 
@@ -280,9 +365,8 @@ class SignedSerializer(Serializer):
         return f"{type(self).__name__}({self.inner!r})"
 
     def _mac(self, frame: bytes, data: bytes) -> bytes:
-        signed = hmac.new(self._secret, frame, hashlib.sha256)
-        signed.update(data)
-        return signed.digest()
+        # One call into C: cheaper than hmac.new(...).update(...) by about 2 µs per entry.
+        return hmac.digest(self._secret, frame + data, "sha256")
 
     def dumps_entry(self, value: Any, type_: Any, frame: bytes) -> bytes:
         data = self.inner.dumps(value, type_)
@@ -320,7 +404,7 @@ class SignedPickleSerializer(SignedSerializer):
 
 # -- choosing -----------------------------------------------------------------------------------------
 
-SERIALIZER_NAMES = ("json", "signed-pickle", "pickle")
+SERIALIZER_NAMES = ("msgpack", "json", "signed-pickle", "pickle")
 
 
 def make_serializer(
@@ -329,9 +413,10 @@ def make_serializer(
     """The serializer a shared tier uses.
 
     ``None``: signed pickle when a secret is given (or set in ``DATAPIPELINES_SECRET``),
-    JSON otherwise. A name: ``"json"`` (signed when there is a secret),
-    ``"signed-pickle"`` (needs a secret) or ``"pickle"`` (unsigned; only for tiers
-    nobody else can write). Or an instance.
+    MessagePack otherwise (JSON where msgspec is not installed). A name:
+    ``"msgpack"`` or ``"json"`` (signed when there is a secret), ``"signed-pickle"``
+    (needs a secret) or ``"pickle"`` (unsigned; only for tiers nobody else can
+    write). Or an instance.
     """
     if isinstance(serializer, Serializer):
         if secret is not None:
@@ -339,9 +424,12 @@ def make_serializer(
         return serializer
     secret = secret if secret is not None else os.environ.get(SECRET_ENV) or None
     if serializer is None:
-        return SignedPickleSerializer(secret) if secret else JsonSerializer()
-    if serializer == "json":
-        return SignedSerializer(JsonSerializer(), secret) if secret else JsonSerializer()
+        if secret:
+            return SignedPickleSerializer(secret)
+        return MsgpackSerializer() if msgspec is not None else JsonSerializer()
+    if serializer in ("msgpack", "json"):
+        plain = MsgpackSerializer() if serializer == "msgpack" else JsonSerializer()
+        return SignedSerializer(plain, secret) if secret else plain
     if serializer == "signed-pickle":
         if not secret:
             raise ConfigurationError(f"serializer='signed-pickle' needs secret= or env {SECRET_ENV}")
@@ -360,6 +448,7 @@ _MAGIC = b"DPE2"
 _STAMPS = struct.Struct("!dd")  # deadline, written at
 _TAG_LENGTH = struct.Struct("!H")
 _HEADER = len(_MAGIC) + _STAMPS.size
+_TAG_START = _HEADER + _TAG_LENGTH.size
 _FOREVER = float("inf")
 
 
@@ -374,19 +463,17 @@ class Codec:
     so a signing one authenticates it with the value.
     """
 
-    __slots__ = ("serializer", "_owner", "_drop")
+    __slots__ = ("serializer", "_name", "_reads_frame")
 
-    def __init__(
-        self, serializer: Serializer, owner: Any = None, drop: Callable[[str], Any] | None = None
-    ) -> None:
-        """``owner`` (the store) names the entries in logs; ``read`` hands bad keys to ``drop``."""
+    def __init__(self, serializer: Serializer) -> None:
         self.serializer = serializer
-        self._owner = owner
-        self._drop = drop
+        self._name = serializer.name.encode() + b" "
+        # A serializer that keeps Serializer.loads_entry ignores the frame: the hit path skips slicing it.
+        self._reads_frame = type(serializer).loads_entry is not Serializer.loads_entry
 
     def _tag(self, key: str) -> bytes:
         # The key (see keys.key_for) names the type, its schema version and the query.
-        text = f"{self.serializer.name} {key}".encode()
+        text = self._name + key.encode()
         return _TAG_LENGTH.pack(len(text)) + text
 
     def encode(self, value: Any, type_: Any, key: str, written_at: float, seconds: float | None) -> bytes:
@@ -397,35 +484,29 @@ class Codec:
 
     def decode(self, blob: Any, type_: Any, key: str, now: float) -> Any:
         """``(value, written_at)`` in ``blob``, MISSING once past its deadline; SerializationError if bad."""
-        tag = self._tag(key)
-        start = _HEADER + len(tag)
-        if blob.__class__ is not bytes or not blob.startswith(_MAGIC) or len(blob) < start:
+        if blob.__class__ is not bytes or not blob.startswith(_MAGIC) or len(blob) < _TAG_START:
             raise SerializationError(f"not a datapipelines entry ({blob!r:.40})")
-        if not blob.startswith(tag, _HEADER):
-            found_start = _HEADER + _TAG_LENGTH.size
-            found = blob[found_start : found_start + _TAG_LENGTH.unpack_from(blob, _HEADER)[0]]
-            raise SerializationError(f"written as {found.decode('utf-8', 'replace')!r}, "
-                                     f"expected {tag[_TAG_LENGTH.size:].decode()!r}")
+        tag = self._tag(key)
         deadline, written_at = _STAMPS.unpack_from(blob, len(_MAGIC))
+        if not blob.startswith(tag, _HEADER):
+            reader, start = self._reader_of(blob, tag)
+            if deadline <= now:
+                return MISSING
+            return reader.loads_entry(blob[start:], type_, blob[:start]), written_at
         if deadline <= now:
             return MISSING
-        return self.serializer.loads_entry(blob[start:], type_, blob[:start]), written_at
+        start = _HEADER + len(tag)
+        if self._reads_frame:
+            return self.serializer.loads_entry(blob[start:], type_, blob[:start]), written_at
+        return self.serializer.loads(blob[start:], type_), written_at
 
-    def read_entries(self, keys: Sequence[str], blobs: Sequence[Any], type_: Any, now: float) -> list[Any]:
-        """``(value, age)`` (or MISSING) of a batch read, aligned with ``keys``."""
-        entries = [self.read(key, blob, type_, now) for key, blob in zip(keys, blobs, strict=True)]
-        return [MISSING if e is MISSING else (e[0], max(0.0, now - e[1])) for e in entries]
-
-    def read(self, key: str, blob: Any, type_: Any, now: float) -> Any:
-        """``decode`` for a store: no blob is MISSING; a bad one is logged, dropped, and MISSING."""
-        if blob is None:
-            return MISSING
-        try:
-            return self.decode(blob, type_, key, now)
-        except SerializationError as error:
-            LOGGER.warning(
-                "%r dropped a bad %s entry under %s: %s", self._owner, type_name(type_), key, error
-            )
-            if self._drop is not None:
-                self._drop(key)
-            return MISSING
+    def _reader_of(self, blob: bytes, tag: bytes) -> tuple[Serializer, int]:
+        """The serializer that reads an entry tagged by another one under the same key, and where
+        its payload starts; SerializationError when there is none."""
+        end = _TAG_START + _TAG_LENGTH.unpack_from(blob, _HEADER)[0]
+        name, _, key = blob[_TAG_START:end].partition(b" ")
+        reader = self.serializer.reader_of(name.decode("utf-8", "replace"))
+        if reader is None or key != tag[len(self._name) + _TAG_LENGTH.size :] or len(blob) < end:
+            found = blob[_TAG_START:end].decode("utf-8", "replace")
+            raise SerializationError(f"written as {found!r}, expected {tag[_TAG_LENGTH.size :].decode()!r}")
+        return reader, end

@@ -15,6 +15,7 @@ from test_serializers import Exploit
 from test_store_contract import Item, assert_shared_cleanly, share_between_two_processes
 
 from datapipelines import MISSING, key_for
+from datapipelines.errors import DamagedEntryError
 from datapipelines.sinks.disk import DiskStore
 
 
@@ -74,8 +75,8 @@ def test_a_batch_is_one_transaction_each_way(store: DiskStore) -> None:
 def test_a_pickle_planted_in_the_directory_is_never_unpickled(store: DiskStore, caplog: Any) -> None:
     key = key_for(Item, {"id": 1})
     raw_cache(store).set(key, Exploit())
-    with caplog.at_level(logging.WARNING):
-        assert store.lookup(Item, {"id": 1}) is MISSING
+    with caplog.at_level(logging.WARNING), pytest.raises(DamagedEntryError, match="not a datapipelines"):
+        store.lookup(Item, {"id": 1})
     assert Exploit.ran is False
     assert "dropped a bad" in caplog.text and key in caplog.text
     assert key not in raw_cache(store)
@@ -97,16 +98,10 @@ def test_an_entry_signed_with_another_secret_is_a_miss(tmp_path: Path, caplog: A
     with DiskStore(tmp_path / "c", secret="old") as old, DiskStore(tmp_path / "c", secret="new") as new:
         old.store_many(Item, [({"id": 1}, Item(1, "x"))])
         assert old.lookup(Item, {"id": 1}) == Item(1, "x")
-        with caplog.at_level(logging.WARNING):
-            assert new.lookup(Item, {"id": 1}) is MISSING
+        with caplog.at_level(logging.WARNING), pytest.raises(DamagedEntryError, match="bad signature"):
+            new.lookup(Item, {"id": 1})
         assert "bad signature" in caplog.text
         assert old.lookup(Item, {"id": 1}) is MISSING  # dropped, not left to fail again
-
-
-def test_a_value_the_serializer_cannot_store_fails_the_put_and_writes_nothing(store: DiskStore) -> None:
-    with pytest.raises(ValueError, match="JSON serializer cannot store"):
-        store.store_many(object, [({"id": 1}, {"ok": 1}), ({"id": 2}, object())])
-    assert store.lookup(object, {"id": 1}) is MISSING
 
 
 def test_two_processes_share_one_directory(tmp_path: Path) -> None:

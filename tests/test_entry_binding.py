@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 import redis
 
-from datapipelines import MISSING, key_for
+from datapipelines import key_for
+from datapipelines.errors import DamagedEntryError
 from datapipelines.sinks import DiskStore, RedisStore
 from datapipelines.sinks.serializers import (
     JsonSerializer,
+    MsgpackSerializer,
     PickleSerializer,
     SignedPickleSerializer,
     SignedSerializer,
@@ -37,6 +39,8 @@ class Price:
 
 A, B = {"item": "apple"}, {"item": "gold bar"}
 SERIALIZERS: dict[str, Callable[[], Any]] = {
+    "msgpack": lambda: "msgpack",
+    "msgpack-signed": lambda: SignedSerializer(MsgpackSerializer(), "k3y"),
     "json": lambda: "json",
     "json-signed": lambda: SignedSerializer(JsonSerializer(), "k3y"),
     "signed-pickle": lambda: SignedPickleSerializer("k3y"),
@@ -82,13 +86,14 @@ def test_an_entry_copied_under_another_key_is_a_miss_and_is_dropped(
     store.store_many(Price, [(A, Price("apple", 50)), (B, Price("gold bar", 6_000_000))])
     raw.put(key_for(Price, B), raw.get(key_for(Price, A)))
 
-    assert store.lookup(Price, B) is MISSING  # never the apple's price
+    with pytest.raises(DamagedEntryError, match="gold bar|Price"):
+        store.lookup(Price, B)  # never the apple's price
     assert raw.get(key_for(Price, B)) is None  # dropped as a bad entry
     assert "dropped a bad" in caplog.text
     assert store.lookup(Price, A) == Price("apple", 50)
 
 
-@pytest.mark.parametrize("serializer", ["json-signed", "signed-pickle"])
+@pytest.mark.parametrize("serializer", ["msgpack-signed", "json-signed", "signed-pickle"])
 def test_a_signed_entry_with_a_later_deadline_is_a_miss(
     backend: Callable[[Any], tuple[Any, Raw]], serializer: str
 ) -> None:
@@ -97,7 +102,8 @@ def test_a_signed_entry_with_a_later_deadline_is_a_miss(
     blob = raw.get(key_for(Price, A))
     deadline, written_at = struct.unpack_from("!dd", blob, 4)
     raw.put(key_for(Price, A), blob[:4] + struct.pack("!dd", deadline + 10**9, written_at) + blob[20:])
-    assert store.lookup(Price, A) is MISSING
+    with pytest.raises(DamagedEntryError, match="bad signature"):
+        store.lookup(Price, A)
 
 
 def test_a_secret_signs_json_too_and_unsigned_json_is_refused_by_it() -> None:
@@ -109,11 +115,25 @@ def test_a_secret_signs_json_too_and_unsigned_json_is_refused_by_it() -> None:
         with DiskStore(directory, serializer="json") as plain:
             plain.store_many(Price, [(A, Price("apple", 50))])
         with DiskStore(directory, serializer="json", secret="k3y") as guarded:
-            assert guarded.lookup(Price, A) is MISSING  # written by another (unsigned) serializer
+            with pytest.raises(DamagedEntryError, match="written as 'json "):
+                guarded.lookup(Price, A)  # written by another (unsigned) serializer
             guarded.store_many(Price, [(A, Price("apple", 51))])
             assert guarded.lookup(Price, A) == Price("apple", 51)
         with DiskStore(directory, serializer="json", secret="other") as stranger:
-            assert stranger.lookup(Price, A) is MISSING
+            with pytest.raises(DamagedEntryError, match="bad signature"):
+                stranger.lookup(Price, A)
+
+
+def test_entries_of_the_previous_default_are_read_as_values(tmp_path: Any) -> None:
+    with DiskStore(tmp_path, serializer="json") as before:
+        before.store_many(Price, [(A, Price("apple", 50))])
+    with DiskStore(tmp_path) as now:  # the default: MessagePack, which reads JSON entries too
+        assert now.serializer.name == "msgpack"
+        assert now.lookup(Price, A) == Price("apple", 50)
+        now.store_many(Price, [(A, Price("apple", 51))])
+    with DiskStore(tmp_path, serializer="json") as before:
+        with pytest.raises(DamagedEntryError, match="written as 'msgpack"):
+            before.lookup(Price, A)  # an older reader misses a newer entry, never misreads it
 
 
 def test_entries_of_the_previous_format_are_misses() -> None:
@@ -122,4 +142,5 @@ def test_entries_of_the_previous_format_are_misses() -> None:
         tag = f"json {key.rsplit(':', 1)[0]}".encode()
         old = b"DPE1" + struct.pack("!dd", float("inf"), 0.0) + struct.pack("!H", len(tag)) + tag
         disk._cache.set(key, old + b'{"item":"apple","cents":1}')
-        assert disk.lookup(Price, A) is MISSING
+        with pytest.raises(DamagedEntryError, match="not a datapipelines entry"):
+            disk.lookup(Price, A)

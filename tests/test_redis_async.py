@@ -38,7 +38,7 @@ def encoded(store: RedisStore, ident: int, seconds: float | None = 60.0) -> tupl
 
 
 def decoded(store: RedisStore, key: str, blob: Any) -> Any:
-    entry = store._codec.read(key, blob, Item, store._clock())
+    entry = store._decoded(key, blob, Item, store._clock())
     return MISSING if entry is MISSING else entry[0]
 
 

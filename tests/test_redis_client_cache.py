@@ -271,7 +271,7 @@ def test_a_read_that_a_change_overtakes_keeps_no_copy(
 ) -> None:
     put(store, 1, "old")
     fetched, release = threading.Event(), threading.Event()
-    fetch = store._fetch
+    fetch = store.fetch
 
     def slow_fetch(key: str) -> Any:
         blob = fetch(key)  # the old bytes, read before the change below
@@ -279,7 +279,7 @@ def test_a_read_that_a_change_overtakes_keeps_no_copy(
         assert release.wait(5)
         return blob
 
-    monkeypatch.setattr(store, "_fetch", slow_fetch)
+    monkeypatch.setattr(store, "fetch", slow_fetch)
     found: list[Any] = []
     reader = threading.Thread(target=lambda: found.append(store.lookup(Item, {"id": 1})))
     reader.start()

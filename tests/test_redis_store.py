@@ -14,6 +14,7 @@ from test_serializers import Exploit
 from test_store_contract import Item, assert_shared_cleanly, share_between_two_processes
 
 from datapipelines import MISSING, ConfigurationError, key_for
+from datapipelines.errors import DamagedEntryError
 from datapipelines.sinks.redis import RedisStore
 from datapipelines.sinks.serializers import SECRET_ENV, SignedPickleSerializer
 
@@ -162,7 +163,9 @@ def test_stores_with_another_secret_miss_instead_of_unpickling(client: Any, redi
     reader = RedisStore(client=client, namespace=redis_namespace, secret="two")
     writer.store_many(Item, [({"id": 1}, Item(1, "x"))])
     assert writer.lookup(Item, {"id": 1}) == Item(1, "x")
-    assert reader.lookup(Item, {"id": 1}) is MISSING
+    with pytest.raises(DamagedEntryError, match="bad signature"):
+        reader.lookup(Item, {"id": 1})
+    assert writer.lookup(Item, {"id": 1}) is MISSING  # dropped, not left to fail again
 
 
 def test_the_secret_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

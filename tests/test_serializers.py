@@ -16,9 +16,11 @@ from datapipelines.sinks.serializers import (
     SECRET_ENV,
     Codec,
     JsonSerializer,
+    MsgpackSerializer,
     PickleSerializer,
     SerializationError,
     SignedPickleSerializer,
+    SignedSerializer,
     make_serializer,
 )
 
@@ -151,9 +153,11 @@ def test_unsigned_pickle_only_by_name() -> None:
     assert serializer.loads(serializer.dumps(Stranger(3), Stranger), Stranger) == Stranger(3)
 
 
-def test_the_default_is_json_without_a_secret_and_signed_pickle_with_one(monkeypatch: Any) -> None:
+def test_the_default_is_msgpack_without_a_secret_and_signed_pickle_with_one(monkeypatch: Any) -> None:
     monkeypatch.delenv(SECRET_ENV, raising=False)
-    assert isinstance(make_serializer(), JsonSerializer)
+    assert isinstance(make_serializer(), MsgpackSerializer)
+    signed = make_serializer("msgpack", secret="k")
+    assert isinstance(signed, SignedSerializer) and signed.name == "msgpack+hmac-sha256"
     assert isinstance(make_serializer(secret="k"), SignedPickleSerializer)
     monkeypatch.setenv(SECRET_ENV, "from-env")
     from_env = make_serializer()
@@ -169,6 +173,74 @@ def test_bad_serializer_settings_name_the_problem(monkeypatch: Any) -> None:
         make_serializer("signed-pickle")
     with pytest.raises(ConfigurationError, match="not both"):
         make_serializer(JsonSerializer(), secret="k")
+
+
+# -- MessagePack ------------------------------------------------------------------------------------
+
+JSON_FORM = b"\xc1"  # never starts a MessagePack value
+
+
+@dataclasses.dataclass(frozen=True)
+class Loose:
+    names: list[str]
+
+
+def test_msgpack_decodes_straight_into_the_requested_dataclass() -> None:
+    msgpack = MsgpackSerializer()
+    when = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    order = Order(1, [Part("a", when), Part("b", when)], backup=Part("c", when))
+    data = msgpack.dumps(order, Order)
+    assert not data.startswith(JSON_FORM)
+    back = msgpack.loads(data, Order)
+    assert back == order and back.total == 2 and isinstance(back.parts[0], Part)
+    assert back.parts[0].at == when and back.parts[0].at.tzinfo is not None
+
+
+def test_msgpack_keeps_what_annotations_do_not_say_in_the_json_form() -> None:
+    msgpack = MsgpackSerializer()
+    data = msgpack.dumps(PLAIN, dict)  # tuples, sets, non-string keys: MessagePack alone would lose them
+    assert data.startswith(JSON_FORM)
+    back = msgpack.loads(data, dict)
+    assert back == PLAIN and back["tuple"].__class__ is tuple and back["sets"][1].__class__ is frozenset
+    lying = Loose(("a", "b"))  # type: ignore[arg-type]
+    assert msgpack.dumps(lying, Loose).startswith(JSON_FORM)
+    assert msgpack.loads(msgpack.dumps(lying, Loose), Loose).names.__class__ is tuple
+    assert not msgpack.dumps({"plain": [1, 2.5, None, "x"]}, dict).startswith(JSON_FORM)
+
+
+def test_msgpack_never_builds_a_dataclass_that_was_not_requested() -> None:
+    msgpack = MsgpackSerializer()
+    with pytest.raises(SerializationError, match="Order"):
+        msgpack.loads(msgpack.dumps(Stranger(1), Stranger), Order)
+    with pytest.raises(SerializationError, match="Stranger"):
+        msgpack.loads(msgpack.dumps({"inner": Stranger(1)}, dict), dict)
+    assert msgpack.loads(msgpack.dumps({"id": 1}, dict), Stranger) == Stranger(1)  # the requested type
+
+
+@pytest.mark.parametrize("payload", [b"\xc1{not json", b"\x93\x01", b"\xff", b"", b"\x81\xa2id\xa1x"])
+def test_msgpack_garbage_is_a_serialization_error(payload: bytes) -> None:
+    with pytest.raises(SerializationError):
+        MsgpackSerializer().loads(payload, Stranger)
+
+
+def test_msgpack_refuses_what_it_cannot_represent_naming_the_type() -> None:
+    with pytest.raises(SerializationError, match="MessagePack .*cannot store .*Order.*signed-pickle"):
+        MsgpackSerializer().dumps(Order(1, [Part("wheel", object())]), Order)  # type: ignore[arg-type]
+    with pytest.raises(SerializationError, match="not a Order"):
+        MsgpackSerializer().dumps(Stranger(1), Order)
+
+
+def test_msgpack_reads_the_entries_json_wrote_and_nothing_else_it_did_not_write() -> None:
+    key = key_for(Stranger, {"id": 1})
+    old = Codec(JsonSerializer()).encode(Stranger(1), Stranger, key, 10.0, None)
+    assert Codec(MsgpackSerializer()).decode(old, Stranger, key, 20.0) == (Stranger(1), 10.0)
+    with pytest.raises(SerializationError, match="written as 'json"):
+        Codec(MsgpackSerializer()).decode(old, Stranger, key_for(Stranger, {"id": 2}), 20.0)
+    with pytest.raises(SerializationError, match="written as 'json"):
+        Codec(make_serializer("msgpack", secret="k")).decode(old, Stranger, key, 20.0)
+    pickled = Codec(PickleSerializer()).encode(Stranger(1), Stranger, key, 10.0, None)
+    with pytest.raises(SerializationError, match="written as 'pickle"):
+        Codec(MsgpackSerializer()).decode(pickled, Stranger, key, 20.0)
 
 
 def test_the_envelope_carries_the_deadline() -> None:

@@ -1,4 +1,5 @@
-"""The contract every built-in store keeps: memory, disk, Redis (real server) and Redis (fakeredis)."""
+"""The contract every store keeps: memory, disk, Redis (real server), Redis (fakeredis), and a
+dict of bytes (tests/tier_support.py), the smallest tier EncodedStore's five byte-level methods make."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from tier_support import DictOfBytesStore
 
 from datapipelines import (
     MISSING,
@@ -68,12 +70,12 @@ class Remote(DataSource):
 
 
 MakeStore = Callable[..., Store]
-STORES = ["memory", "disk", "redis-real", "redis-fakeredis"]
+ENCODED = ["disk", "redis-real", "redis-fakeredis", "dict-of-bytes"]
+STORES = ["memory", *ENCODED]
 
 
-@pytest.fixture(params=STORES)
-def make_store(request: pytest.FixtureRequest, tmp_path: Any, fake_clock: Any) -> Any:
-    """Builds stores of one kind on the test's clock; all of them are closed afterwards."""
+def stores_of_one_kind(request: pytest.FixtureRequest, tmp_path: Any, fake_clock: Any) -> Any:
+    """Builds stores of ``request.param``'s kind on the test's clock; all of them are closed afterwards."""
     kind = request.param
     built: list[Store] = []
 
@@ -84,6 +86,8 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Any, fake_clock: Any) -
             store = MemoryStore(**options)
         elif kind == "disk":
             store = DiskStore(tmp_path / f"cache{len(built)}", **options)
+        elif kind == "dict-of-bytes":
+            store = DictOfBytesStore(**options)
         else:
             client = request.getfixturevalue("redis_client" if kind == "redis-real" else "fake_redis_client")
             store = RedisStore(client=client, namespace=request.getfixturevalue("redis_namespace"), **options)
@@ -95,6 +99,11 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Any, fake_clock: Any) -
         store.clear()
         if hasattr(store, "close"):
             store.close()
+
+
+@pytest.fixture(params=STORES)
+def make_store(request: pytest.FixtureRequest, tmp_path: Any, fake_clock: Any) -> Any:
+    yield from stores_of_one_kind(request, tmp_path, fake_clock)
 
 
 def put(store: Store, type_: Any, query: dict[str, Any], value: Any) -> None:
