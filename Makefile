@@ -20,6 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
@@ -27,4 +28,4 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .venv-cassiopeia build dist *.egg-info .pytest_cache demo-cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo-cache

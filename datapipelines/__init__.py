@@ -51,7 +51,7 @@ from .tier import BATCH_KEY
 __version__ = "2.0.0.dev0"
 
 # Parts with optional clients (SQLAlchemy, httpx, redis-py) load on first use:
-# importing datapipelines loads none of them (tests/test_layering.py).
+# importing datapipelines loads none of them (tests/project/test_layering.py).
 _LAZY = {
     "Inventory": ".inventory",
     "HttpSource": ".http",

@@ -1,15 +1,16 @@
-"""Fixtures shared by the test suite: Redis servers and a clock tests can move."""
+"""Fixtures shared by the test suite: Redis servers and the fake clock (tests/support/clock.py)."""
 
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Iterator
 
 import fakeredis
 import pytest
 import redis
+
+from tests.support.clock import FakeClock
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -68,19 +69,6 @@ def redis_namespace(redis_server_answers: bool) -> Iterator[str]:
             keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
             if keys:
                 client.unlink(*keys)
-
-
-class FakeClock:
-    """A wall clock that only moves when told: ``clock()`` reads it, ``clock.advance(s)`` moves it."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self.now = time.time() if start is None else start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
