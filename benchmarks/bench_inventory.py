@@ -104,9 +104,13 @@ def raw_worker(url: str, schema: str | None, table: str) -> Callable[[], Callabl
                 lock(connection, ranges, "job")
                 last = connection.execute(sa.select(sa.func.max(ranges.c.last)).where(ranges.c.job == "job"))
                 start = (last.scalar() or -1) + 1
-                ids = connection.execute(
-                    sa.select(items.c.id).where(items.c.id >= start).order_by(items.c.id).limit(BATCH)
-                ).scalars().all()
+                ids = (
+                    connection.execute(
+                        sa.select(items.c.id).where(items.c.id >= start).order_by(items.c.id).limit(BATCH)
+                    )
+                    .scalars()
+                    .all()
+                )
                 if not ids:
                     return False
                 values = {"job": "job", "first": ids[0], "last": ids[-1], "done": False}

@@ -72,13 +72,17 @@ def main() -> None:
         title = CASES[args.case]
         print(f"{peak:.1f} {kept:.1f}" if args.quiet else f"{title}: peak +{peak:.1f}, kept +{kept:.1f} MiB")
         return
-    print(f"key memo budget: {MEMO_BYTES / MIB:.0f} MiB per memo (two memos); "
-          f"queries over {MEMO_ENTRY_BYTES} bytes are not memoised")
+    print(
+        f"key memo budget: {MEMO_BYTES / MIB:.0f} MiB per memo (two memos); "
+        f"queries over {MEMO_ENTRY_BYTES} bytes are not memoised"
+    )
     print(f"{'case':<34} {'RSS peak':>12} {'RSS kept':>12}")
     for case, title in CASES.items():
         done = subprocess.run(
             [sys.executable, __file__, "--case", case, "--quiet"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         peak, kept = map(float, done.stdout.split())
         print(f"{title:<34} {peak:>+8.1f} MiB {kept:>+8.1f} MiB")

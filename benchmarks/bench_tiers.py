@@ -121,12 +121,25 @@ def memory_cases() -> list[Case]:
     cache[typed] = VALUE
     return [
         # The issue's comparison: a lookup with the key already in hand.
-        Case("memory hit", lambda: pipeline.get(Match, QUERY), lambda: cache[key], 1, 4.0,
-             "LRUCache[key]", absolute_goal=1e-6),
+        Case(
+            "memory hit",
+            lambda: pipeline.get(Match, QUERY),
+            lambda: cache[key],
+            1,
+            4.0,
+            "LRUCache[key]",
+            absolute_goal=1e-6,
+        ),
         # The same job done with cachetools alone: from the query to the value, types kept
         # apart (as cachetools' own @cached(typed=True) keys it). Informative, no goal.
-        Case("memory hit, by query", lambda: pipeline.get(Match, QUERY),
-             lambda: cache[cachetools.keys.typedkey(**QUERY)], 1, float("inf"), "LRU[typedkey(**q)]"),
+        Case(
+            "memory hit, by query",
+            lambda: pipeline.get(Match, QUERY),
+            lambda: cache[cachetools.keys.typedkey(**QUERY)],
+            1,
+            float("inf"),
+            "LRU[typedkey(**q)]",
+        ),
     ]
 
 
@@ -138,8 +151,14 @@ def disk_case(directory: str) -> Case:
     raw = diskcache.Cache(os.path.join(directory, "raw"))
     key = key_for(Match, QUERY)
     raw.set(key, serializer.dumps(VALUE, Match))
-    return Case("disk hit", lambda: pipeline.get(Match, QUERY),
-                lambda: serializer.loads(raw.get(key), Match), 1, 1.2, "Cache.get + decode")
+    return Case(
+        "disk hit",
+        lambda: pipeline.get(Match, QUERY),
+        lambda: serializer.loads(raw.get(key), Match),
+        1,
+        1.2,
+        "Cache.get + decode",
+    )
 
 
 def redis_cases(url: str, namespace: str) -> list[Case]:
@@ -154,11 +173,22 @@ def redis_cases(url: str, namespace: str) -> list[Case]:
     client.set(raw_key, serializer.dumps(VALUE, Match))
     client.mset({k: serializer.dumps(VALUE, Match) for k in raw_keys})
     return [
-        Case("Redis hit", lambda: pipeline.get(Match, QUERY),
-             lambda: serializer.loads(client.get(raw_key), Match), 1, 1.15, "GET + decode"),
-        Case(f"Redis get_batch({BATCH})", lambda: pipeline.get_batch(Match, BATCH_QUERIES),
-             lambda: [serializer.loads(b, Match) for b in client.mget(raw_keys)], BATCH, 1.5,
-             "MGET + decode"),
+        Case(
+            "Redis hit",
+            lambda: pipeline.get(Match, QUERY),
+            lambda: serializer.loads(client.get(raw_key), Match),
+            1,
+            1.15,
+            "GET + decode",
+        ),
+        Case(
+            f"Redis get_batch({BATCH})",
+            lambda: pipeline.get_batch(Match, BATCH_QUERIES),
+            lambda: [serializer.loads(b, Match) for b in client.mget(raw_keys)],
+            BATCH,
+            1.5,
+            "MGET + decode",
+        ),
     ]
 
 
@@ -221,8 +251,10 @@ def report(rows: list[tuple[Case, float, float]], runs: int) -> None:
         met = ratio <= case.goal and (case.absolute_goal is None or ours <= case.absolute_goal)
         goal = "-" if case.goal == float("inf") else f"<={case.goal:g}x"
         goal += "" if case.absolute_goal is None else ", <1µs"
-        print(f"{case.name:<22}{micros(ours):>13}{micros(raw):>13}  {case.raw_label:<20}{ratio:>6.2f}x"
-              f"{goal:>8}  {'-' if goal == '-' else 'yes' if met else 'NO'}")
+        print(
+            f"{case.name:<22}{micros(ours):>13}{micros(raw):>13}  {case.raw_label:<20}{ratio:>6.2f}x"
+            f"{goal:>8}  {'-' if goal == '-' else 'yes' if met else 'NO'}"
+        )
     print(f"\nper operation (a batch: per key); medians of {runs} bursts (memory) or of every call (others)")
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
 

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 TARGET = HERE / ".datapipelines-1x"
 
 # The same code runs against either package: only sys.path differs.
-MEASURE = r'''
+MEASURE = r"""
 import json, statistics, sys, timeit
 from typing import Any
 from datapipelines import DataPipeline, DataSink, DataSource, NotFoundError
@@ -76,7 +76,7 @@ for _ in range(repeats):
     samples["hit"].append(timeit.timeit(hit, number=number) / number * 1e9)
     samples["miss"].append(timeit.timeit(miss, number=number // 10) / (number // 10) * 1e9)
 print(json.dumps({name: statistics.median(values) for name, values in samples.items()}))
-'''
+"""
 
 
 def ensure_1x() -> None:

@@ -47,8 +47,10 @@ def _with_optional_context(function: Function, role: str) -> Callable[[Any, Any]
         )
     parameters = list(inspect.signature(function).parameters.values())
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    takes_context = any(p.kind is p.VAR_POSITIONAL for p in parameters) or len(positional) >= 2 or any(
-        p.name == "context" for p in parameters
+    takes_context = (
+        any(p.kind is p.VAR_POSITIONAL for p in parameters)
+        or len(positional) >= 2
+        or any(p.name == "context" for p in parameters)
     )
     if takes_context:
         return function

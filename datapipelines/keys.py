@@ -125,7 +125,7 @@ def _check_text(value: str, path: str) -> None:
     except UnicodeEncodeError as error:
         raise QueryKeyError(
             f"Query value at {_shown(path)!r} is not valid Unicode ({error.reason} at index "
-            f"{error.start}: {value[error.start:error.end]!r}); pass file names as bytes (os.fsencode)"
+            f"{error.start}: {value[error.start : error.end]!r}); pass file names as bytes (os.fsencode)"
         ) from None
 
 

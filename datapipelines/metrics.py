@@ -109,8 +109,11 @@ def counter_samples(pipeline: Any) -> Iterator[Sample]:
 
 
 def _is_gauge(key: str, value: Any) -> bool:
-    return not isinstance(value, int) or isinstance(value, bool) or key in INGEST_GAUGE_KEYS or (
-        key.endswith(INGEST_GAUGE_SUFFIXES)
+    return (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or key in INGEST_GAUGE_KEYS
+        or (key.endswith(INGEST_GAUGE_SUFFIXES))
     )
 
 

@@ -33,8 +33,23 @@ class ElementStats:
     (lookups that found an entry failing its integrity check: a miss, fetched again).
     """
 
-    __slots__ = ("name", "lookups", "misses", "puts", "lookup_errors", "put_errors", "lookup_skips",
-                 "put_skips", "calls", "joins", "stale", "negative", "damaged", "sampled", "_latencies")
+    __slots__ = (
+        "name",
+        "lookups",
+        "misses",
+        "puts",
+        "lookup_errors",
+        "put_errors",
+        "lookup_skips",
+        "put_skips",
+        "calls",
+        "joins",
+        "stale",
+        "negative",
+        "damaged",
+        "sampled",
+        "_latencies",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -70,7 +85,7 @@ class ElementStats:
         """
         window, sampled = list(self._latencies), self.sampled
         new = sampled - mark if mark <= sampled else sampled
-        return sampled, window[len(window) - min(new, len(window)):]
+        return sampled, window[len(window) - min(new, len(window)) :]
 
     def snapshot(self) -> dict[str, Any]:
         ordered = sorted(self._latencies)

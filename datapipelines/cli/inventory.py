@@ -79,8 +79,6 @@ def _number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-
-
 def _status(args: argparse.Namespace) -> int:
     inventory = _inventory(args)
     try:

@@ -347,7 +347,8 @@ class Inventory:
         if pick is None:
             return None
         inserted = connection.execute(
-            sa.insert(t).values(
+            sa.insert(t)
+            .values(
                 source_table=plan.source.source.label,
                 job=plan.job,
                 job_identifier=plan.job_identifier,
@@ -384,7 +385,7 @@ class Inventory:
         if plan.id_max is not None:
             again.append(t.c.id_start <= plan.id_max)
         candidates = sa.select(t.c.id, t.c.status, t.c.attempt, t.c.max_attempts, t.c.job_identifier)
-        while (found := connection.execute(candidates.where(*again).order_by(t.c.id_start).limit(1)).first()):
+        while found := connection.execute(candidates.where(*again).order_by(t.c.id_start).limit(1)).first():
             values: dict[str, Any] = {}
             if found.status == RUNNING:
                 holder = f"attempt {found.attempt} ({found.job_identifier})"
