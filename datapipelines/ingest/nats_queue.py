@@ -30,9 +30,9 @@ import uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-from ..errors import ConfigurationError, DataPipelinesError
+from ..errors import DataPipelinesError
 from ..extras import reraise_naming_extra
-from .redis_queue import DEFAULT_PREFIX, Entry, QueueFullError
+from .redis_queue import DEFAULT_PREFIX, Entry, QueueFullError, check_limits
 
 try:
     import nats
@@ -98,11 +98,7 @@ class NatsStreamQueue:
         lease: float = 30.0,
         max_deliveries: int = 5,
     ) -> None:
-        if max_length < 1 or lease <= 0 or max_deliveries < 1:
-            raise ConfigurationError(
-                f"NatsStreamQueue {step!r}: max_length and max_deliveries must be >= 1 and lease > 0, "
-                f"got {max_length}, {max_deliveries}, {lease}"
-            )
+        check_limits(type(self).__name__, step, max_length, lease, max_deliveries)
         self.url = url
         self.step = step
         base, subject = f"{_token(prefix)}_{_token(step)}", f"{_token(prefix)}.{_token(step)}"

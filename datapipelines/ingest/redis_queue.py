@@ -93,6 +93,15 @@ def _payload(fields: Mapping[Any, Any]) -> str:
     return _text(fields.get(b"payload", fields.get("payload", "")))
 
 
+def check_limits(engine: str, step: str, max_length: int, lease: float, max_deliveries: int) -> None:
+    """Refuse limits no stream engine can honour, naming the engine and the step."""
+    if max_length < 1 or lease <= 0 or max_deliveries < 1:
+        raise ConfigurationError(
+            f"{engine} {step!r}: max_length and max_deliveries must be >= 1 and lease > 0, "
+            f"got {max_length}, {max_deliveries}, {lease}"
+        )
+
+
 class RedisStreamQueue:
     """The stream ``<prefix>:<step>`` with consumer group ``<step>``, seen by one consumer.
 
@@ -113,11 +122,7 @@ class RedisStreamQueue:
         lease: float = 30.0,
         max_deliveries: int = 5,
     ) -> None:
-        if max_length < 1 or lease <= 0 or max_deliveries < 1:
-            raise ConfigurationError(
-                f"RedisStreamQueue {step!r}: max_length and max_deliveries must be >= 1 and lease > 0, "
-                f"got {max_length}, {max_deliveries}, {lease}"
-            )
+        check_limits(type(self).__name__, step, max_length, lease, max_deliveries)
         self.client = client
         self.step = step
         self.stream = f"{prefix}:{step}"
